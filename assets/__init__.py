@@ -1,0 +1,1 @@
+"""Software-defined assets and asset checks: thin glue over ``ml/`` and ``storage/``."""

@@ -1,0 +1,50 @@
+"""Glue shared by the assets: catalogue rows -> model inputs, the current model of a catalogue."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from storage.catalogue import labels_matrix
+from storage.fs import StorageRoot
+from storage.model_store import read_card, read_weights
+
+
+def rows_where(table: pa.Table, flag: str) -> pa.Table:
+    return table.filter(table[flag])
+
+
+def model_inputs(table: pa.Table, img_size: int, channels: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row_ids, uint8 images (n, c, s, s), bool labels (n, C)) of the rows of ``table``."""
+    from ml.data import decode_images
+
+    images = decode_images(table["image"].to_pylist(), img_size, channels)
+    return table["row_id"].to_numpy(), images, labels_matrix(table, num_classes)
+
+
+def current_model_id(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, override: str = "") -> str:
+    """The model of this catalogue: ``override`` if given, else the latest ``hashing_model``
+    materialisation of the partition."""
+    if override:
+        return override
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("hashing_model"), asset_partitions=[context.partition_key]), limit=1
+    ).records
+    if not records:
+        raise ValueError(f"catalogue {context.partition_key!r} has no trained model yet: materialise hashing_model first")
+    return records[0].asset_materialization.metadata["model_id"].value
+
+
+def load_model(root: StorageRoot, model_id: str, device):
+    from ml.checkpoint import model_from_checkpoint
+
+    card = read_card(root, model_id)
+    return model_from_checkpoint(card, read_weights(root, model_id), device), card
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """A small PNG inlined in markdown metadata (Dagster has no image metadata type)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

@@ -1,0 +1,140 @@
+"""``model_evaluation``: retrieval metrics and bit diagnostics of the stored codes, into DuckDB."""
+
+
+import io
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from assets.common import current_model_id, load_model, model_inputs, png_markdown
+from assets.partitions import catalogues
+from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
+from storage.catalogue import labels_matrix, read_catalogue
+from storage.codes import read_codes
+from storage.diagnostics import insert_bit_stats, insert_metrics, insert_per_class, insert_pr_curve
+from storage.model_store import update_card
+
+
+class EvaluationConfig(dg.Config):
+    model_id: str = Field(default="", description="Model to evaluate; empty = the catalogue's latest hashing_model")
+    stability_sample: int = 2000
+    seed: int = 0
+
+
+def pr_curve_png(precision: list[float], recall: list[float], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=80)
+    ax.plot(recall, precision, marker=".")
+    for r in (0, 2, 4, 8):
+        if r < len(recall):
+            ax.annotate(f"r={r}", (recall[r], precision[r]), fontsize=7)
+    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@dg.asset(
+    partitions_def=catalogues,
+    deps=["packed_codes"],
+    group_name="vitrieve",
+    kinds={"duckdb"},
+    pool="duckdb_writer",
+    code_version="model_evaluation-v1",
+    description="mAP@k, P@k, PR by Hamming radius and bit diagnostics (queries vs database) -> DuckDB.",
+)
+def model_evaluation(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    storage: StorageResource,
+    diagnostics: DiagnosticsResource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    from ml.data import augment
+    from ml.encode import encode_images
+    from ml.metrics import bit_diagnostics, code_stability, evaluate_retrieval
+
+    name = context.partition_key
+    root = storage.get()
+    model_id = current_model_id(context, config.model_id)
+    table, info = read_catalogue(root, name, columns=["row_id", "labels", "in_query", "in_database"])
+    row_ids, codes, meta = read_codes(root, name, model_id)
+    bits = int(meta["bits"])
+    if not np.array_equal(row_ids, table["row_id"].to_numpy()):
+        raise ValueError(f"codes of {model_id} do not cover catalogue {name!r} row for row; re-run packed_codes")
+    labels = labels_matrix(table, len(info.label_names))
+    q = table["in_query"].to_numpy(zero_copy_only=False)
+    db = table["in_database"].to_numpy(zero_copy_only=False)
+    result = evaluate_retrieval(codes[q], labels[q], codes[db], labels[db], bits)
+    bitstats = bit_diagnostics(codes[db], labels[db], bits, seed=config.seed)
+
+    # Stability: re-encode a seeded database sample under the light augmentation used in training.
+    device = compute.torch_device()
+    model, card = load_model(root, model_id, device)
+    full = read_catalogue(root, name, columns=["row_id", "image", "labels", "channels", "in_database"])[0]
+    db_idx = np.flatnonzero(db)
+    pick = np.sort(np.random.default_rng(config.seed).permutation(db_idx)[: config.stability_sample])
+    sample = full.take(pick)
+    _, images, _ = model_inputs(sample, model.spec.img_size, model.spec.in_chans, len(info.label_names))
+    import torch
+
+    gen = torch.Generator().manual_seed(config.seed)
+    shifted = encode_images(model, images, device, transform=lambda x: augment(x, gen, shift=1, flip=False))
+    stability = code_stability(codes[pick], shifted, bits)
+
+    metric_rows = (
+        [("map", _k(k), v) for k, v in result.map_at.items()]
+        + [("precision", int(k), v) for k, v in result.precision_at.items()]
+        + [("recall", int(k), v) for k, v in result.recall_at.items()]
+        + [("precision_within_radius", 2, result.precision_within_radius2)]
+        + [(k, None, float(v)) for k, v in bitstats.items() if not isinstance(v, list)]
+        + [(k, None, float(v)) for k, v in stability.items()]
+    )
+    pr_rows = [(r, p, rc) for r, (p, rc) in enumerate(zip(result.precision_radius, result.recall_radius, strict=True))]
+    protocol = dict(catalogue=name, queries=int(q.sum()), database=int(db.sum()), protocol=info.protocol, bits=bits)
+
+    def write(run_id: str, con) -> None:
+        insert_metrics(con, run_id, metric_rows)
+        insert_pr_curve(con, run_id, pr_rows)
+        insert_bit_stats(con, run_id, bitstats["ones_rate"], bitstats["entropy"])
+        insert_per_class(con, run_id, [(label, ap, n) for label, (ap, n) in result.per_class_ap.items()])
+
+    run_id = diagnostics.get().record("evaluation", name, model_id, protocol, context.run.run_id, write)
+
+    png = pr_curve_png(result.precision_radius, result.recall_radius, f"{name} · {bits} bits")
+    root.write_bytes(png, "models", model_id, "eval", name, "pr_curve.png")
+    headline = {
+        "map@100": result.map_at.get("100"), "map@1000": result.map_at.get("1000"), "map@all": result.map_at.get("all"),
+        "p@1": result.precision_at.get("1"), "p@100": result.precision_at.get("100"),
+        "precision_within_radius2": result.precision_within_radius2,
+    }  # fmt: skip
+    update_card(root, model_id, evaluation={"run_id": run_id, "protocol": protocol, **headline})
+    table_md = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v:.4f} |" for k, v in headline.items() if v is not None)
+    bits_md = "\n".join(
+        f"| {k} | {float(bitstats[k]):.4f} |"
+        for k in ("mean_ones_rate", "mean_entropy", "redundancy", "intra_class_hamming", "inter_class_hamming", "unique_codes")
+    ) + f"\n| stability | {stability['stability']:.4f} |\n| exact_match_rate | {stability['exact_match_rate']:.4f} |"
+    return dg.MaterializeResult(
+        metadata={
+            "model_id": model_id,
+            "diagnostics_run_id": run_id,
+            "protocol": dg.MetadataValue.json(protocol),
+            "map_at_100": float(result.map_at["100"]),
+            "p_at_1": float(result.precision_at["1"]),
+            "metrics": dg.MetadataValue.md(table_md),
+            "bit_diagnostics": dg.MetadataValue.md("| diagnostic | value |\n|---|---|\n" + bits_md),
+            "pr_curve": dg.MetadataValue.md(png_markdown(png, "PR curve by Hamming radius")),
+        }
+    )
+
+
+def _k(key: str) -> int | None:
+    return None if key == "all" else int(key)

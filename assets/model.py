@@ -1,0 +1,173 @@
+"""``hashing_model``: train a hashing model on a catalogue's training split."""
+
+
+import hashlib
+import json
+import math
+import sys
+from datetime import UTC, datetime
+
+import dagster as dg
+import numpy as np
+
+from assets.common import model_inputs, rows_where
+from assets.partitions import catalogues
+from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
+from storage.catalogue import fingerprint, read_catalogue
+from storage.diagnostics import insert_training_log
+from storage.model_store import has_model, read_card, write_model
+
+# Training profiles (README, "Profiles"): epochs of the small CPU preset. Explicit config fields win.
+PROFILES = {"quick": dict(epochs=4), "full": dict(epochs=20)}
+
+
+class HashingModelConfig(dg.Config):
+    """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it."""
+
+    model: str = "vts"
+    loss: str = "csq"
+    bits: int = 64
+    preset: str = "small"
+    profile: str = "quick"
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    augment: bool = True
+    val_queries: int = 2000
+    val_database: int = 5000
+    min_val_map: float = 0.5
+    force: bool = False
+
+
+CODE_VERSION = "hashing_model-v1"  # bump when training code changes results: a new model_id, not a stale reuse
+
+
+def make_model_id(spec: dict, train_cfg: dict, catalogue: str, catalogue_fp: str) -> str:
+    """``<model>-<loss>-<bits>b-<preset>-<hash>``; the hash covers the full config, the data and the code version."""
+    payload = json.dumps(
+        {"spec": spec, "train": train_cfg, "catalogue": catalogue, "data": catalogue_fp, "code": CODE_VERSION},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
+    return f"{spec['model']}-{train_cfg['loss']}-{spec['bits']}b-{spec['preset']}-{digest}"
+
+
+@dg.asset(
+    partitions_def=catalogues,
+    deps=["catalogue"],
+    group_name="vitrieve",
+    kinds={"pytorch", "safetensors"},
+    pool="gpu",
+    code_version=CODE_VERSION,
+    description="Trained hashing model: safetensors weights + model card (model.json).",
+)
+def hashing_model(
+    context: dg.AssetExecutionContext,
+    config: HashingModelConfig,
+    storage: StorageResource,
+    diagnostics: DiagnosticsResource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    from ml.encode import encode_images
+    from ml.models import ModelSpec
+    from ml.train import TrainConfig, TrainData, train_hashing_model
+
+    name = context.partition_key
+    root = storage.get()
+    table, info = read_catalogue(root, name)
+    num_classes = len(info.label_names)
+    spec = ModelSpec(model=config.model, preset=config.preset, bits=config.bits, num_classes=num_classes,
+                     in_chans=int(table["channels"][0].as_py()))  # fmt: skip
+    if config.profile not in PROFILES:
+        raise ValueError(f"unknown profile {config.profile!r}; choose one of {sorted(PROFILES)}")
+    train_cfg = TrainConfig(
+        loss=config.loss, epochs=config.epochs or PROFILES[config.profile]["epochs"], batch_size=config.batch_size,
+        lr=config.lr, seed=config.seed, augment=config.augment,
+    )  # fmt: skip
+    fp = fingerprint(table)
+    model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
+    if has_model(root, model_id) and not config.force:
+        card = read_card(root, model_id)
+        context.log.info(f"model {model_id} already trained on this catalogue with this config; reusing it")
+        return dg.MaterializeResult(metadata=_card_metadata(root, card, reused=True))
+
+    device = compute.torch_device()
+    rng = np.random.default_rng(config.seed)
+    train_rows = rows_where(table, "in_train")
+    val_rows = rows_where(table, "in_validation")
+    val_q = val_rows.take(np.sort(rng.permutation(val_rows.num_rows)[: config.val_queries]))
+    val_db = train_rows.take(np.sort(rng.permutation(train_rows.num_rows)[: config.val_database]))
+    if val_q.num_rows == 0:
+        raise ValueError(f"catalogue {name!r} has no validation images; model selection needs a held-out slice")
+    size, ch = spec.img_size, spec.in_chans
+    _, x_train, y_train = model_inputs(train_rows, size, ch, num_classes)
+    _, x_vq, y_vq = model_inputs(val_q, size, ch, num_classes)
+    _, x_vdb, y_vdb = model_inputs(val_db, size, ch, num_classes)
+    data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
+    context.log.info(
+        f"training {model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs, "
+        f"validation {len(x_vq)} queries x {len(x_vdb)} database"
+    )
+    result = train_hashing_model(spec, train_cfg, data, device, log=context.log.info, progress=sys.stderr.isatty())
+
+    import time
+
+    sample = x_vdb[:2048]
+    t = time.perf_counter()
+    encode_images(result.model, sample, device)
+    infer_ips = len(sample) / (time.perf_counter() - t)
+
+    from ml.checkpoint import weights_to_bytes
+
+    card = dict(
+        model_id=model_id,
+        spec=spec.to_dict(),
+        train=train_cfg.to_dict(),
+        catalogue=name,
+        catalogue_fingerprint=fp,
+        label_names=info.label_names,
+        bits=spec.bits,
+        min_val_map=config.min_val_map,
+        parameters=result.parameters,
+        best_epoch=result.best_epoch,
+        best_val_map_at_100=result.best_val_map,
+        final_loss=result.final_loss,
+        train_images_per_s=result.train_images_per_s,
+        inference_images_per_s=infer_ips,
+        train_seconds=result.seconds,
+        device=str(device),
+        history=result.history,
+        code_version=CODE_VERSION,
+        created_at=datetime.now(UTC).isoformat(),
+        dagster_run_id=context.run.run_id,
+    )
+    write_model(root, model_id, weights_to_bytes(result.model.state_dict()), card)
+
+    diagnostics.get().record(
+        "training", name, model_id, card["train"] | {"spec": card["spec"]}, context.run.run_id,
+        lambda run_id, con: insert_training_log(con, run_id, result.history),
+    )  # fmt: skip
+    return dg.MaterializeResult(metadata=_card_metadata(root, card, reused=False))
+
+
+def _card_metadata(root, card: dict, reused: bool) -> dict:
+    history = card.get("history", [])
+    rows = "\n".join(
+        f"| {r['epoch']} | {r['loss']:.4f} | {r['val_map']:.4f} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |" for r in history
+    )
+    return {
+        "model_id": card["model_id"],
+        "dagster/uri": root.url("models", card["model_id"], "model.safetensors"),
+        "bits": card["bits"],
+        "parameters": card["parameters"],
+        "best_epoch": card["best_epoch"],
+        "val_map_at_100": float(card["best_val_map_at_100"]),
+        "final_loss": float(card["final_loss"]) if math.isfinite(card["final_loss"]) else -1.0,
+        "train_images_per_s": float(card["train_images_per_s"]),
+        "inference_images_per_s": float(card["inference_images_per_s"]),
+        "reused": reused,
+        "training_log": dg.MetadataValue.md(
+            "| epoch | loss | val mAP@100 | img/s | s |\n|---|---|---|---|---|\n" + rows
+        ),
+    }

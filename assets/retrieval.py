@@ -1,0 +1,102 @@
+"""``retrieval_diagnostics``: latency and throughput of the published index, and mAP through it."""
+
+
+import time
+
+import dagster as dg
+import numpy as np
+
+from assets.partitions import catalogues
+from pipelines.resources import DiagnosticsResource, StorageResource
+from storage.catalogue import labels_matrix, read_catalogue
+from storage.codes import read_codes
+from storage.diagnostics import insert_metrics, insert_search_latency
+from storage.index import current, load_index
+
+
+class RetrievalConfig(dg.Config):
+    k: int = 100
+    latency_queries: int = 1000
+    large_batch: int = 10_000
+    threads: int = 0
+
+
+def measure_latency(index, queries: np.ndarray, k: int, batch: int) -> dict:
+    """p50/p99 per-query latency (ms) and QPS for searches of ``batch`` queries at a time."""
+    per_query = []
+    start = time.perf_counter()
+    for lo in range(0, len(queries), batch):
+        t = time.perf_counter()
+        index.search(queries[lo : lo + batch], k)
+        per_query.append((time.perf_counter() - t) * 1000 / len(queries[lo : lo + batch]))
+    total = time.perf_counter() - start
+    return dict(batch=batch, p50_ms=float(np.percentile(per_query, 50)), p99_ms=float(np.percentile(per_query, 99)),
+                qps=len(queries) / total)  # fmt: skip
+
+
+@dg.asset(
+    partitions_def=catalogues,
+    deps=["binary_index"],
+    group_name="vitrieve",
+    kinds={"duckdb"},
+    pool="duckdb_writer",
+    code_version="retrieval_diagnostics-v1",
+    description="Query latency (p50/p99), QPS at batch 1 and large batch, mAP@k through the index -> DuckDB.",
+)
+def retrieval_diagnostics(
+    context: dg.AssetExecutionContext, config: RetrievalConfig, storage: StorageResource, diagnostics: DiagnosticsResource
+) -> dg.MaterializeResult:
+    import faiss
+
+    from ml.metrics import map_from_ranking
+
+    name = context.partition_key
+    root = storage.get()
+    pointer = current(root, name)
+    model_id = pointer["model_id"]
+    index, manifest = load_index(root, name)
+    table, info = read_catalogue(root, name, columns=["row_id", "labels", "in_query", "in_database"])
+    row_ids, codes, _ = read_codes(root, name, model_id)
+    q = table["in_query"].to_numpy(zero_copy_only=False)
+    queries = np.ascontiguousarray(codes[q])
+    if config.threads:
+        faiss.omp_set_num_threads(config.threads)
+    threads = faiss.omp_get_max_threads()
+    k = min(config.k, index.ntotal)
+    rows = [measure_latency(index, queries[: config.latency_queries], k, 1),
+            measure_latency(index, queries, k, min(config.large_batch, len(queries)))]  # fmt: skip
+
+    _, ids = index.search(queries, k)
+    labels = labels_matrix(table, len(info.label_names))
+    position = np.searchsorted(row_ids, ids)  # codes and catalogue are both sorted by row_id
+    rel = (labels[q][:, None, :] & labels[position]).any(axis=2)
+    map_via_index = map_from_ranking(rel)
+
+    latency_rows = [
+        dict(index_kind=manifest.kind, threads=threads, recall_at_k=None, k=k, n_database=int(index.ntotal),
+             n_queries=len(queries) if r["batch"] > 1 else min(config.latency_queries, len(queries)), **r)
+        for r in rows
+    ]  # fmt: skip
+
+    def write(run_id: str, con) -> None:
+        insert_search_latency(con, run_id, latency_rows)
+        insert_metrics(con, run_id, [("map_via_index", k, map_via_index)])
+
+    config_row = {"k": k, "threads": threads, "kind": manifest.kind}
+    run_id = diagnostics.get().record("retrieval", name, model_id, config_row, context.run.run_id, write)
+    md = "| batch | p50 ms | p99 ms | QPS |\n|---|---|---|---|\n" + "\n".join(
+        f"| {r['batch']} | {r['p50_ms']:.4f} | {r['p99_ms']:.4f} | {r['qps']:.0f} |" for r in rows
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_id": model_id,
+            "index_kind": manifest.kind,
+            "threads": threads,
+            "p50_ms_batch1": rows[0]["p50_ms"],
+            "p99_ms_batch1": rows[0]["p99_ms"],
+            "qps_large_batch": rows[1]["qps"],
+            f"map_at_{k}_via_index": map_via_index,
+            "latency": dg.MetadataValue.md(md),
+            "diagnostics_run_id": run_id,
+        }
+    )

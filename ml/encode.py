@@ -1,0 +1,49 @@
+"""Batched inference: images -> packed binary codes (numpy ``packbits``, big-endian bit order)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ml.data import iterate_batches, normalise
+
+
+def pack_outputs(u: torch.Tensor) -> np.ndarray:
+    """Real-valued hash outputs -> packed codes; bit = 1 where u >= 0 (never a 0 'bit', METHODS.md G.4)."""
+    return np.packbits((u >= 0).cpu().numpy(), axis=1)
+
+
+@torch.inference_mode()
+def encode_images(
+    model: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    progress: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> np.ndarray:
+    """Encode uint8 images (n, c, h, w) to packed codes (n, bits/8); ``transform`` acts on the
+    normalised float batch (used for stability diagnostics)."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    batches = iterate_batches(len(images), batch_size)
+    bar = tqdm(total=len(images), desc="encode", unit="img", disable=not progress, leave=False)
+    for idx in batches:
+        x = normalise(torch.from_numpy(images[idx.numpy()]).to(device))
+        if transform is not None:
+            x = transform(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            u = model(x)
+        chunks.append(pack_outputs(u.float()))
+        bar.update(len(idx))
+    bar.close()
+    model.train(was_training)
+    if not chunks:
+        bits = getattr(getattr(model, "spec", None), "bits", 8)
+        return np.zeros((0, bits // 8), np.uint8)
+    return np.concatenate(chunks)

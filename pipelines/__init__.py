@@ -1,0 +1,1 @@
+"""Dagster definitions, jobs, schedules, resources and the ``vitrieve`` CLI."""

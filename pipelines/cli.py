@@ -1,0 +1,142 @@
+"""The ``vitrieve`` command line: every verb that changes data runs as a Dagster materialisation."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from pipelines.resources import default_db, default_root
+
+ASSET_OF_VERB = {
+    "ingest": "catalogue",
+    "train": "hashing_model",
+    "encode": "packed_codes",
+    "evaluate": "model_evaluation",
+    "index": "binary_index",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalogue", default="fashion-mnist", help="catalogue name (Dagster partition)")
+    p.add_argument("--root", default=None, help="storage root URI (default $VITRIEVE_ROOT or ./data)")
+    p.add_argument("--db", default=None, help="diagnostics DuckDB file (default $VITRIEVE_DB or <root>/diagnostics.duckdb)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--model", default="vts")
+    p.add_argument("--loss", default="csq")
+    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", default=os.environ.get("VITRIEVE_DEVICE", "auto"), help="auto | cpu | cuda[:N]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", default="", help="IDX directory (default: the built-in source of the catalogue)")
+    p.add_argument("--train-limit", type=int, default=None, help="seeded subset of training images (quick looks)")
+    p.add_argument("--query-limit", type=int, default=None, help="seeded subset of query images")
+    p.add_argument("--force", action="store_true", help="retrain even if this exact model exists")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vitrieve", description=__doc__)
+    sub = ap.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("run", help="materialise the whole asset graph for a catalogue and print a summary")
+    _common(p)
+    _train_args(p)
+    for verb, asset in ASSET_OF_VERB.items():
+        p = sub.add_parser(verb, help=f"materialise {asset} for a catalogue")
+        _common(p)
+        _train_args(p)
+    p = sub.add_parser("search", help="top-k neighbours of row ids or image files in the published index")
+    _common(p)
+    p.add_argument("queries", nargs="+", help="row ids (integers) or image file paths")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("sql", help="run a read-only SQL query on the diagnostics DB")
+    p.add_argument("query")
+    p.add_argument("--db", default=None)
+    return ap
+
+
+def _locations(args) -> tuple[str, str]:
+    root = args.root or default_root()
+    return root, args.db or (os.path.join(root, "diagnostics.duckdb") if args.root and "://" not in root else default_db())
+
+
+def _run_config(args) -> dict:
+    cat = {"source": args.source, "seed": args.seed, "train_limit": args.train_limit, "query_limit": args.query_limit}
+    model = {"model": args.model, "loss": args.loss, "bits": args.bits, "profile": args.profile, "seed": args.seed,
+             "force": args.force}  # fmt: skip
+    if args.epochs:
+        model["epochs"] = args.epochs
+    return {"catalogue": {"config": cat}, "hashing_model": {"config": model}}
+
+
+def cmd_materialise(args, selection: list[str] | None) -> int:
+    from pipelines.execution import materialise
+    from pipelines.summary import print_summary
+
+    root, db = _locations(args)
+    run_config = _run_config(args)
+    if selection:
+        run_config = {k: v for k, v in run_config.items() if k in selection}
+    start = time.perf_counter()
+    result, instance = materialise(args.catalogue, "train_and_publish", run_config, root, db, args.device, selection)
+    wall = time.perf_counter() - start
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data:
+                print(f"step {event.step_key} failed: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+        failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+        for check in failed_checks:
+            print(f"check {check.asset_check_key.name} failed: {dict(check.metadata)}", file=sys.stderr)
+        return 1
+    print_summary(args.catalogue, root, db, result, instance, wall)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from pipelines.search_cli import run_search
+
+    root, _ = _locations(args)
+    return run_search(root, args.catalogue, args.queries, args.k, args.device, args.json)
+
+
+def cmd_sql(args) -> int:
+    from tabulate import tabulate
+
+    from storage.diagnostics import DiagnosticsDB, ReadOnlyQueryError
+
+    db = args.db or default_db()
+    try:
+        columns, rows = DiagnosticsDB(db).query(args.query)
+    except ReadOnlyQueryError as err:
+        print(f"vitrieve sql: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"vitrieve sql: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # DuckDB parser/binder errors: show them plainly
+        print(f"vitrieve sql: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print(tabulate(rows, headers=columns, floatfmt=".4f"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.verb == "run":
+        return cmd_materialise(args, None)
+    if args.verb in ASSET_OF_VERB:
+        return cmd_materialise(args, [ASSET_OF_VERB[args.verb]])
+    if args.verb == "search":
+        return cmd_search(args)
+    if args.verb == "sql":
+        return cmd_sql(args)
+    raise AssertionError(args.verb)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

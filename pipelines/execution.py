@@ -1,0 +1,74 @@
+"""Materialise assets of one catalogue in-process against a persistent Dagster instance (used by the CLI),
+so runs launched from the terminal show up in the Dagster UI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from assets.partitions import catalogues
+from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
+
+
+# Pools `gpu` (training) and `duckdb_writer` take one step at a time; run monitoring frees the slots of
+# cancelled or crashed runs (DAGSTER.md, "Concurrency").
+INSTANCE_YAML = """\
+concurrency:
+  pools:
+    default_limit: 1
+run_monitoring:
+  enabled: true
+  free_slots_after_run_end_seconds: 300
+telemetry:
+  enabled: false
+"""
+
+
+def dagster_home(root: str) -> str:
+    """``$DAGSTER_HOME``, else ``<root>/dagster_home`` for a local root (``./.dagster_home`` for S3)."""
+    home = os.environ.get("DAGSTER_HOME") or (
+        os.path.join(root, "dagster_home") if "://" not in root else os.path.abspath(".dagster_home")
+    )
+    home = os.path.abspath(home)
+    Path(home).mkdir(parents=True, exist_ok=True)
+    config = Path(home, "dagster.yaml")
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = home
+    return home
+
+
+def materialise(
+    catalogue: str,
+    job_name: str,
+    run_config: dict,
+    root: str,
+    db_path: str,
+    device: str = "auto",
+    selection: list[str] | None = None,
+) -> tuple[dg.ExecuteInProcessResult, dg.DagsterInstance]:
+    """Run ``job_name`` (or just ``selection`` of its assets) for one catalogue partition."""
+    from pipelines.definitions import defs
+
+    dagster_home(root)
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition(catalogues.name, catalogue):
+        instance.add_dynamic_partitions(catalogues.name, [catalogue])
+    job = defs().resolve_job_def(job_name)
+    resources = {
+        "storage": StorageResource(root=root),
+        "diagnostics": DiagnosticsResource(path=db_path),
+        "compute": ComputeResource(device=device),
+    }
+    result = job.execute_in_process(
+        run_config={"ops": run_config},
+        instance=instance,
+        partition_key=catalogue,
+        resources=resources,
+        asset_selection=[dg.AssetKey(a) for a in selection] if selection else None,
+        tags={"vitrieve/catalogue": catalogue},
+        raise_on_error=False,
+    )
+    return result, instance

@@ -1,0 +1,62 @@
+"""Dagster resources: storage root, diagnostics DB and compute device (defaults: the embedded set-up)."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from storage.diagnostics import DiagnosticsDB
+from storage.fs import StorageRoot
+
+DEFAULT_ROOT = "./data"
+
+
+def default_root() -> str:
+    return os.environ.get("VITRIEVE_ROOT", DEFAULT_ROOT)
+
+
+def default_db() -> str:
+    return os.environ.get("VITRIEVE_DB", os.path.join(default_root(), "diagnostics.duckdb")
+                          if "://" not in default_root() else "./diagnostics.duckdb")  # fmt: skip
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Root URI of catalogues, models, codes and indexes: a local path or ``s3://bucket/prefix``
+    (credentials, region and endpoint come from the usual AWS environment variables)."""
+
+    root: str = DEFAULT_ROOT
+
+    def get(self) -> StorageRoot:
+        return StorageRoot(self.root)
+
+
+class DiagnosticsResource(dg.ConfigurableResource):
+    """Local DuckDB file holding metrics, curves, bit stats, latencies and training logs."""
+
+    path: str = os.path.join(DEFAULT_ROOT, "diagnostics.duckdb")
+
+    def get(self) -> DiagnosticsDB:
+        return DiagnosticsDB(self.path)
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where torch runs: ``auto`` picks CUDA when present; ``threads`` 0 = all cores of the process."""
+
+    device: str = "auto"
+    threads: int = 0
+
+    def torch_device(self):
+        from ml.device import configure_threads, resolve_device
+
+        configure_threads(self.threads or None)
+        return resolve_device(self.device)
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """The embedded default: local files under ``VITRIEVE_ROOT`` (./data) and a local DuckDB file."""
+    return {
+        "storage": StorageResource(root=default_root()),
+        "diagnostics": DiagnosticsResource(path=default_db()),
+        "compute": ComputeResource(device=os.environ.get("VITRIEVE_DEVICE", "auto")),
+    }

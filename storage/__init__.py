@@ -1,0 +1,1 @@
+"""Storage: catalogues, model artifacts, packed codes, FAISS indexes, DuckDB diagnostics (no Dagster)."""

@@ -1,0 +1,70 @@
+"""Atomic writes, codes Parquet and FAISS index publication."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from storage.codes import read_codes, write_codes
+from storage.fs import StorageRoot
+from storage.index import build_index, current, load_index, publish, search, verify_index, write_index
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    root = StorageRoot(tmp_path)
+    root.write_text("old", "a", "b.txt")
+    with pytest.raises(RuntimeError), root.atomic_open("a", "b.txt") as f:
+        f.write(b"half")
+        raise RuntimeError("crash mid-write")
+    assert root.read_text("a", "b.txt") == "old"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]  # no temp file left behind
+
+
+def test_codes_roundtrip_and_width_check(tmp_path):
+    root = StorageRoot(tmp_path)
+    codes = np.random.default_rng(0).integers(0, 256, (5, 2), dtype=np.uint8)
+    write_codes(root, "cat", "m1", np.array([9, 3, 4, 1, 2]), codes, 16)
+    row_ids, back, meta = read_codes(root, "cat", "m1")
+    assert row_ids.tolist() == [1, 2, 3, 4, 9]
+    assert np.array_equal(back, codes[[3, 4, 1, 2, 0]])
+    assert meta["bits"] == "16" and meta["model_id"] == "m1" and meta["bit_order"]
+    with pytest.raises(ValueError, match="shape"):
+        write_codes(root, "cat", "m1", np.arange(5), codes, 32)
+    with pytest.raises(FileNotFoundError, match="no codes"):
+        read_codes(root, "cat", "nope")
+
+
+def brute_force_topk(db_ids, db_codes, q, k):
+    d = np.unpackbits(db_codes ^ q, axis=1).sum(axis=1)
+    ranked = sorted(zip(d.tolist(), db_ids.tolist(), strict=True))[:k]
+    return [r[0] for r in ranked], [r[1] for r in ranked]
+
+
+def test_search_breaks_ties_by_row_id_like_brute_force():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 4, (400, 1), dtype=np.uint8)  # 4 distinct codes: ties everywhere
+    ids = rng.permutation(10_000)[:400]
+    index = build_index(ids, codes, 8)
+    dist, got = search(index, codes[:20], 37)
+    for j in range(20):
+        ref_d, ref_i = brute_force_topk(ids, codes, codes[j], 37)
+        assert dist[j].tolist() == ref_d and got[j].tolist() == ref_i
+
+
+def test_verify_detects_missing_rows_and_publish_roundtrip(tmp_path):
+    root = StorageRoot(tmp_path)
+    codes = np.random.default_rng(0).integers(0, 256, (50, 8), dtype=np.uint8)
+    ids = np.arange(50) + 100
+    index = build_index(ids[:40], codes[:40], 64)
+    assert verify_index(index, ids, codes)  # 10 rows missing -> problems
+    index = build_index(ids, codes, 64)
+    assert verify_index(index, ids, codes) == []
+    manifest = write_index(root, index, "cat", "m1", "flat", 64, 50, 0.01)
+    with pytest.raises(FileNotFoundError, match="no published index"):
+        current(root, "cat")
+    publish(root, manifest)
+    loaded, m2 = load_index(root, "cat")
+    assert loaded.ntotal == 50 and m2.sha256 == manifest.sha256
+    (tmp_path / "indexes" / "cat" / "m1" / "flat.faiss").write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match="sha256"):
+        load_index(root, "cat")
