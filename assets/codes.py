@@ -1,4 +1,10 @@
-"""``packed_codes``: every catalogue image (queries included) -> packed binary code, in Parquet."""
+"""``packed_codes``: every catalogue image (queries included) -> packed binary code, in Parquet.
+
+Incremental: with the model unchanged, only catalogue rows missing from the stored codes (new rows, or rows
+whose image changed) are encoded, into a new part file; codes of deleted or changed rows are dropped by copying
+the surviving codes (no inference). The catalogue is streamed in batches through a pyarrow dataset, so memory
+stays bounded by ``chunk_rows`` decoded images whatever the catalogue size.
+"""
 
 
 import sys
@@ -6,19 +12,48 @@ import time
 
 import dagster as dg
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
 from pydantic import Field
 
-from assets.common import current_model_id, load_model, model_inputs
+from assets.common import current_model_id, load_model
 from assets.partitions import catalogues
 from pipelines.resources import ComputeResource, StorageResource
-from storage.catalogue import fingerprint, read_catalogue
-from storage.codes import codes_parts, read_codes, write_codes
+from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
+from storage.codes import (
+    PartWriter,
+    codes_dir,
+    codes_meta,
+    commit_parts,
+    image_hash_of,
+    parts_manifest,
+    read_row_index,
+    rewrite_without,
+)
+from storage.model_store import read_card
 
 
 class CodesConfig(dg.Config):
     model_id: str = Field(default="", description="Model to encode with; empty = the catalogue's latest hashing_model")
     batch_size: int = 256
-    chunk_rows: int = 8192
+    chunk_rows: int = Field(default=8192, description="catalogue rows decoded and encoded at a time (bounds memory)")
+    incremental: bool = Field(default=True, description="encode only rows missing from the stored codes (new or "
+                              "changed images); False re-encodes every row")  # fmt: skip
+
+
+def plan_codes(cat_ids: np.ndarray, cat_hash: np.ndarray, old_ids: np.ndarray | None,
+               old_hash: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(row_ids to encode, stored row_ids to drop) to bring stored codes in line with the catalogue.
+    Without per-row image hashes in the stored codes, everything is re-encoded."""
+    if old_ids is None or old_hash is None:
+        return cat_ids, (old_ids if old_ids is not None else np.zeros(0, np.int64))
+    pos = np.searchsorted(cat_ids, old_ids)
+    pos_c = np.minimum(pos, len(cat_ids) - 1) if len(cat_ids) else pos
+    present = (cat_ids[pos_c] == old_ids) if len(cat_ids) else np.zeros(len(old_ids), bool)
+    same = present & (cat_hash[pos_c] == old_hash) if len(cat_ids) else present
+    drop = old_ids[~same]
+    encode = np.setdiff1d(cat_ids, old_ids[same], assume_unique=True)
+    return encode, drop
 
 
 @dg.asset(
@@ -26,47 +61,55 @@ class CodesConfig(dg.Config):
     deps=["hashing_model"],
     group_name="vitrieve",
     kinds={"parquet"},
-    code_version="packed_codes-v1",
-    description="Packed codes of every catalogue image (row_id, code) for the current model.",
+    code_version="packed_codes-v2",
+    description="Packed codes of every catalogue image (row_id, code) for the current model; encodes only new rows.",
 )
 def packed_codes(
     context: dg.AssetExecutionContext, config: CodesConfig, storage: StorageResource, compute: ComputeResource
 ) -> dg.MaterializeResult:
-    from ml.encode import encode_images
-
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
-    table, _ = read_catalogue(root, name)
+    table, _ = read_catalogue(root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"])
     fp = fingerprint(table)
-    device = compute.torch_device()
-    model, card = load_model(root, model_id, device)
-    bits = card["bits"]
-    existing = _existing_codes(root, name, model_id)
-    if existing is not None and existing.get("catalogue_fingerprint") == fp:
-        context.log.info(f"codes of {name!r} under {model_id} are up to date; no inference needed")
-        rows = table.num_rows
-        seconds, ips = 0.0, 0.0
+    cat_ids = table["row_id"].to_numpy()
+    cat_hash = image_hash_of(table["sha256"])
+    bits = int(read_card(root, model_id)["bits"])
+    manifest = parts_manifest(root, name, model_id)
+    old_ids = old_hash = None
+    if manifest is not None and config.incremental and int(manifest.get("bits", bits)) == bits:
+        old_ids, old_hash = read_row_index(root, name, model_id)
+    stored_fp = codes_meta(root, name, model_id).get("catalogue_fingerprint") if manifest is not None else None
+    if stored_fp == fp and old_ids is not None and np.array_equal(old_ids, cat_ids):
+        encode, drop, mode = np.zeros(0, np.int64), np.zeros(0, np.int64), "up-to-date"
     else:
-        spec = model.spec
-        start = time.perf_counter()
-        parts = []
-        for offset in range(0, table.num_rows, config.chunk_rows):  # bounded memory: decode a chunk at a time
-            chunk = table.slice(offset, config.chunk_rows)
-            _, images, _ = model_inputs(chunk, spec.img_size, spec.in_chans, len(card["label_names"]))
-            parts.append(encode_images(model, images, device, config.batch_size, progress=sys.stderr.isatty()))
-            context.log.debug(f"encoded {offset + chunk.num_rows}/{table.num_rows}")
-        codes = np.concatenate(parts)
-        seconds = time.perf_counter() - start
-        ips = table.num_rows / seconds
-        write_codes(root, name, model_id, table["row_id"].to_numpy(), codes, bits, extra={"catalogue_fingerprint": fp})
-        rows = len(codes)
-        context.log.info(f"encoded {rows} images in {seconds:.1f}s ({ips:.0f} img/s)")
+        encode, drop = plan_codes(cat_ids, cat_hash, old_ids, old_hash)
+        mode = "incremental" if old_ids is not None and old_hash is not None else "full"
+    start = time.perf_counter()
+    extra = {"catalogue_fingerprint": fp}
+    parts = list(manifest["parts"]) if manifest is not None and mode != "full" else []
+    if mode != "up-to-date":
+        if len(drop) and mode == "incremental":  # copy the surviving codes without the dropped rows
+            compacted, kept = rewrite_without(root, name, model_id, np.sort(drop), bits)
+            parts = [compacted]
+            context.log.info(f"dropped {len(drop)} stale rows from the codes of {name!r} ({kept} kept, no inference)")
+        if len(encode):
+            parts.append(_encode_rows(context, root, name, model_id, bits, encode, config, compute, extra))
+        commit_parts(root, name, model_id, parts, bits, len(cat_ids), extra)
+    seconds = time.perf_counter() - start
+    ips = len(encode) / seconds if len(encode) and seconds > 0 else 0.0
+    context.log.info(f"codes of {name!r} under {model_id}: {mode}, encoded {len(encode)} of {len(cat_ids)} rows"
+                     + (f" in {seconds:.1f}s ({ips:.0f} img/s)" if len(encode) else ""))  # fmt: skip
     return dg.MaterializeResult(
         metadata={
             "model_id": model_id,
-            "dagster/uri": root.url(*codes_parts(name, model_id)),
-            "dagster/row_count": rows,
+            "dagster/uri": root.url(*codes_dir(name, model_id)),
+            "dagster/row_count": len(cat_ids),
+            "mode": mode,
+            "encoded_rows": len(encode),
+            "reused_rows": len(cat_ids) - len(encode),
+            "dropped_rows": len(drop),
+            "parts": len(parts) if mode != "up-to-date" else len(manifest["parts"]),
             "bits": bits,
             "bytes_per_image": bits // 8,
             "encode_seconds": seconds,
@@ -75,8 +118,33 @@ def packed_codes(
     )
 
 
-def _existing_codes(root, name: str, model_id: str) -> dict | None:
+def _encode_rows(context, root, name: str, model_id: str, bits: int, row_ids: np.ndarray, config: CodesConfig,
+                 compute: ComputeResource, extra: dict) -> str:  # fmt: skip
+    """Encode the catalogue rows ``row_ids`` (streamed in batches) into one new part; returns its name."""
+    from ml.data import decode_images
+    from ml.encode import encode_images
+
+    device = compute.torch_device()
+    model, _ = load_model(root, model_id, device)
+    spec = model.spec
+    fs = None if root.is_local else root.fs
+    dataset = pds.dataset(root.path(*catalogue_parts(name)), format="parquet", filesystem=fs)
+    row_filter = None if len(row_ids) == dataset.count_rows() else pc.field("row_id").isin(row_ids)
+    writer = PartWriter(root, name, model_id, bits, extra, with_image_hash=True)
+    done = 0
     try:
-        return read_codes(root, name, model_id)[2]
-    except FileNotFoundError:
-        return None
+        for batch in dataset.to_batches(columns=["row_id", "image", "sha256"], filter=row_filter,
+                                        batch_size=config.chunk_rows):  # fmt: skip
+            if batch.num_rows == 0:
+                continue
+            images = decode_images(batch.column("image").to_pylist(), spec.img_size, spec.in_chans)
+            codes = encode_images(model, images, device, config.batch_size, progress=sys.stderr.isatty())
+            writer.write(batch.column("row_id").to_numpy(), codes, image_hash_of(batch.column("sha256")))
+            done += batch.num_rows
+            context.log.debug(f"encoded {done}/{len(row_ids)}")
+        if done != len(row_ids):
+            raise RuntimeError(f"packed_codes of {name!r}: expected to encode {len(row_ids)} rows, the catalogue gave {done}")
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise

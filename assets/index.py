@@ -1,7 +1,14 @@
-"""``binary_index``: FAISS binary index over the database codes, published only if it verifies."""
+"""``binary_index``: FAISS binary index over the database codes, published only if it verifies.
+
+The kind (flat | flat-dedup | hnsw | ivf | multihash) and its parameters are chosen per catalogue in the
+config; left empty, the kind and parameters published for the catalogue are kept (else ``flat``), so the
+nightly job keeps each catalogue's choice. With the model unchanged and only new rows in the codes, the
+previous index of the same model, kind and parameters is extended with the new rows; otherwise it is rebuilt
+from the stored codes (never by encoding again).
+"""
 
 
-import time
+import json
 
 import dagster as dg
 import numpy as np
@@ -12,21 +19,64 @@ from assets.partitions import catalogues
 from pipelines.resources import StorageResource
 from storage.catalogue import read_catalogue
 from storage.codes import read_codes
-from storage.index import build_index, index_dir, publish, verify_index, write_index
+from storage.fs import StorageRoot
+from storage.index import (
+    KINDS,
+    current,
+    index_dir,
+    index_from_codes,
+    load_index,
+    publish,
+    set_search_threads,
+    verify_index,
+    write_index,
+)
+
+PARAM_FIELDS = ("m", "ef_construction", "ef_search", "nlist", "nprobe", "train_size", "nhash", "hash_bits", "nflip")
 
 
 class IndexConfig(dg.Config):
     model_id: str = Field(default="", description="Model whose codes to index; empty = the latest hashing_model")
-    kind: str = "flat"
+    kind: str = Field(default="", description=f"one of {', '.join(KINDS)}; empty = the kind published for this "
+                      "catalogue, else flat")  # fmt: skip
+    m: int | None = Field(default=None, description="hnsw: links per node")
+    ef_construction: int | None = Field(default=None, description="hnsw: candidate list size while building")
+    ef_search: int | None = Field(default=None, description="hnsw: candidate list size while searching")
+    nlist: int | None = Field(default=None, description="ivf: inverted lists (default ~4 sqrt(n))")
+    nprobe: int | None = Field(default=None, description="ivf: lists visited per query")
+    train_size: int | None = Field(default=None, description="ivf: codes sampled to train the coarse quantizer")
+    nhash: int | None = Field(default=None, description="multihash: hash tables")
+    hash_bits: int | None = Field(default=None, description="multihash: bits per hash table")
+    nflip: int | None = Field(default=None, description="multihash: bit flips probed per table")
+    incremental: bool = Field(default=True, description="add only new rows to the previous index of the same "
+                              "model/kind/parameters when possible")  # fmt: skip
+    threads: int = Field(default=0, description="faiss threads for building (0 = all cores)")
     probes: int = 256
+
+
+def database_rows(root, name: str) -> np.ndarray:
+    """Sorted row_ids of the catalogue's database rows."""
+    table, _ = read_catalogue(root, name, columns=["row_id", "in_database"])
+    return np.sort(table.filter(table["in_database"])["row_id"].to_numpy())
 
 
 def database_codes(root, name: str, model_id: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(row_ids, codes, bits) of the catalogue's database rows under ``model_id``."""
-    table, _ = read_catalogue(root, name, columns=["row_id", "in_database"])
     row_ids, codes, meta = read_codes(root, name, model_id)
-    db = np.isin(row_ids, table.filter(table["in_database"])["row_id"].to_numpy())
+    db = np.isin(row_ids, database_rows(root, name))
     return row_ids[db], codes[db], int(meta["bits"])
+
+
+def chosen_kind(root: StorageRoot, name: str, config: IndexConfig) -> tuple[str, dict]:
+    """(kind, explicit params): the config's, else the published ones of the catalogue, else flat."""
+    given = {f: getattr(config, f) for f in PARAM_FIELDS if getattr(config, f) is not None}
+    if config.kind:
+        return config.kind, given
+    try:
+        pointer = current(root, name)
+    except FileNotFoundError:
+        return "flat", given
+    return pointer["kind"], {**(pointer.get("params") or {}), **given}
 
 
 @dg.asset(
@@ -34,31 +84,75 @@ def database_codes(root, name: str, model_id: str) -> tuple[np.ndarray, np.ndarr
     deps=["packed_codes"],
     group_name="vitrieve",
     kinds={"faiss"},
-    code_version="binary_index-v1",
-    description="FAISS binary index (ids = row_id) with manifest; CURRENT moves only after verification.",
+    code_version="binary_index-v2",
+    description="FAISS binary index (ids = row_id) of the configured kind with manifest; CURRENT moves only "
+    "after the written file verifies.",
 )
 def binary_index(context: dg.AssetExecutionContext, config: IndexConfig, storage: StorageResource) -> dg.MaterializeResult:
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
-    row_ids, codes, bits = database_codes(root, name, model_id)
-    start = time.perf_counter()
-    index = build_index(row_ids, codes, bits, config.kind)
-    seconds = time.perf_counter() - start
+    kind, params = chosen_kind(root, name, config)
+    item = f"binary_index of {name!r}"
+    if kind not in KINDS:
+        raise ValueError(f"{item}: unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    threads = set_search_threads(config.threads or None)
+    previous = None
+    if config.incremental and root.exists(*index_dir(name, model_id), f"{kind}.manifest.json"):
+        try:
+            previous = load_index(root, name, model_id, kind, mmap=False)
+        except (OSError, ValueError, RuntimeError) as err:  # unreadable or corrupt: rebuild from the codes
+            context.log.warning(f"previous {kind} index of {name!r} unusable ({err}); rebuilding from the codes")
+    index, row_ids, codes, report = index_from_codes(root, name, model_id, kind, params, keep_rows=database_rows(root, name),
+                                                     previous=previous, item=item)  # fmt: skip
+    pointer = _pointer_or_none(root, name)
+    if report.mode == "unchanged":
+        manifest = previous[1]
+        if pointer and pointer["sha256"] == manifest.sha256:
+            context.log.info(f"{kind} index of {name!r} already holds every database row; CURRENT unchanged")
+            return _result(root, name, manifest, report, threads, published=False)
     problems = verify_index(index, row_ids, codes, probes=config.probes)
     if problems:
         raise ValueError(f"new index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}")
-    manifest = write_index(root, index, name, model_id, config.kind, bits, len(row_ids), seconds)
+    if report.mode != "unchanged":
+        manifest = write_index(root, index, name, model_id, kind, int(index.bits), len(row_ids), report.build_seconds,
+                               mode=report.mode)  # fmt: skip
+    del index
+    written, _ = load_index(root, name, model_id, kind)  # the stored file: sha256 against the manifest, then probes
+    problems = verify_index(written, row_ids, codes, probes=config.probes, seed=1)
+    if problems:
+        raise ValueError(f"written index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}")
     publish(root, manifest)
-    context.log.info(f"published {config.kind} index of {manifest.ntotal} codes for {name!r} ({model_id})")
+    context.log.info(f"published {kind} index of {manifest.ntotal} codes for {name!r} ({model_id}, {report.mode}, "
+                     f"{report.added_rows} rows added in {report.build_seconds:.2f}s)")  # fmt: skip
+    return _result(root, name, manifest, report, threads, published=True)
+
+
+def _pointer_or_none(root, name: str) -> dict | None:
+    try:
+        return current(root, name)
+    except FileNotFoundError:
+        return None
+
+
+def _result(root, name, manifest, report, threads: int, published: bool) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
-            "model_id": model_id,
-            "kind": config.kind,
-            "dagster/uri": root.url(*index_dir(name, model_id), manifest.file),
+            "model_id": manifest.model_id,
+            "kind": manifest.kind,
+            "params": dg.MetadataValue.json(manifest.params),
+            "dagster/uri": root.url(*index_dir(name, manifest.model_id), manifest.file),
             "ntotal": manifest.ntotal,
-            "bytes": manifest.ntotal * bits // 8,
+            "bytes": manifest.file_bytes,
+            "bytes_per_image": manifest.file_bytes / max(manifest.ntotal, 1),
             "sha256": manifest.sha256,
-            "build_seconds": seconds,
+            "build_seconds": report.build_seconds,
+            "read_seconds": report.read_seconds,
+            "mode": report.mode,
+            "added_rows": report.added_rows,
+            "threads": threads,
+            "published": published,
+            "manifest": dg.MetadataValue.json(json.loads(json.dumps(manifest.__dict__))),
         }
     )
+

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
+from pydantic import Field
 
 from assets.common import model_inputs, rows_where
 from assets.partitions import catalogues
 from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import fingerprint, read_catalogue
-from storage.diagnostics import insert_training_log
 from storage.model_store import has_model, read_card, write_model
 
 # Training profiles (README, "Profiles"): epochs of the small CPU preset. Explicit config fields win.
@@ -24,14 +24,21 @@ PROFILES = {"quick": dict(epochs=4), "full": dict(epochs=20)}
 class HashingModelConfig(dg.Config):
     """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it."""
 
-    model: str = "vts"
-    loss: str = "csq"
+    model: str = Field(default="vts", description="vts | vts-cls | xhashnet | transhash | hybridhash")
+    loss: str = Field(default="csq", description="dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet")
     bits: int = 64
-    preset: str = "small"
+    preset: str = Field(default="small", description="small (28-32 px, CPU) or the model's paper preset (224 px)")
+    overrides: dict = Field(default_factory=dict, description="preset fields to replace, e.g. {depth: 6}")
+    pretrained: str = Field(default="", description="local path or fsspec URI of timm backbone weights")
     profile: str = "quick"
     epochs: int | None = None
     batch_size: int = 128
+    optimizer: str = "adamw"
     lr: float = 2e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    warmup_steps: int = 200
+    loss_params: dict = Field(default_factory=dict, description="loss hyper-parameters, e.g. {alpha: 0.2}")
     seed: int = 0
     augment: bool = True
     val_queries: int = 2000
@@ -78,12 +85,15 @@ def hashing_model(
     table, info = read_catalogue(root, name)
     num_classes = len(info.label_names)
     spec = ModelSpec(model=config.model, preset=config.preset, bits=config.bits, num_classes=num_classes,
-                     in_chans=int(table["channels"][0].as_py()))  # fmt: skip
+                     in_chans=int(table["channels"][0].as_py()), overrides=dict(config.overrides),
+                     pretrained=config.pretrained)  # fmt: skip
+    spec.validate()
     if config.profile not in PROFILES:
         raise ValueError(f"unknown profile {config.profile!r}; choose one of {sorted(PROFILES)}")
     train_cfg = TrainConfig(
         loss=config.loss, epochs=config.epochs or PROFILES[config.profile]["epochs"], batch_size=config.batch_size,
-        lr=config.lr, seed=config.seed, augment=config.augment,
+        optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, schedule=config.schedule,
+        warmup_steps=config.warmup_steps, seed=config.seed, augment=config.augment, loss_params=dict(config.loss_params),
     )  # fmt: skip
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
@@ -109,7 +119,20 @@ def hashing_model(
         f"training {model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs, "
         f"validation {len(x_vq)} queries x {len(x_vdb)} database"
     )
-    result = train_hashing_model(spec, train_cfg, data, device, log=context.log.info, progress=sys.stderr.isatty())
+    store = diagnostics.get()
+    run_id = store.start_run("training", name, model_id, train_cfg.to_dict() | {"spec": spec.to_dict()}, context.run.run_id)
+    last = ("models", model_id, "last.pt")  # full training state after each epoch, for resuming after a crash
+    resume = root.read_bytes(*last) if root.exists(*last) and not config.force else None
+    try:
+        result = train_hashing_model(
+            spec, train_cfg, data, device, log=context.log.info, progress=sys.stderr.isatty(),
+            on_epoch=lambda row: store.write_training_log(run_id, [row]),
+            checkpoint=lambda state: root.write_bytes(state, *last),
+            resume=resume,
+        )  # fmt: skip
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
 
     import time
 
@@ -136,6 +159,7 @@ def hashing_model(
         train_images_per_s=result.train_images_per_s,
         inference_images_per_s=infer_ips,
         train_seconds=result.seconds,
+        resumed_from_epoch=result.resumed_from_epoch,
         device=str(device),
         history=result.history,
         code_version=CODE_VERSION,
@@ -143,11 +167,8 @@ def hashing_model(
         dagster_run_id=context.run.run_id,
     )
     write_model(root, model_id, weights_to_bytes(result.model.state_dict()), card)
-
-    diagnostics.get().record(
-        "training", name, model_id, card["train"] | {"spec": card["spec"]}, context.run.run_id,
-        lambda run_id, con: insert_training_log(con, run_id, result.history),
-    )  # fmt: skip
+    store.finish_run(run_id)
+    root.fs.rm(root.path(*last))
     return dg.MaterializeResult(metadata=_card_metadata(root, card, reused=False))
 
 

@@ -17,7 +17,7 @@ def weights_to_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
 def model_from_checkpoint(card: dict, weights: bytes, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model from its card (``model.json``) and safetensors bytes; fails clearly on mismatch."""
     spec = ModelSpec(**card["spec"])
-    model = build_model(spec)
+    model = build_model(spec, load_pretrained=False)  # the checkpoint holds every weight
     state = load_safetensors(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -1,9 +1,11 @@
-"""Seeded training loop for hashing models with model selection on a held-out validation slice."""
+"""Seeded training loop for hashing models: model selection on a held-out validation slice, resumable."""
 
 from __future__ import annotations
 
 import copy
+import io
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +21,9 @@ from ml.losses import build_loss
 from ml.metrics import evaluate_retrieval
 from ml.models import ModelSpec, build_model, count_parameters
 
+OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
+SCHEDULES = ("cosine", "constant")
+
 
 @dataclass
 class TrainConfig:
@@ -27,11 +32,15 @@ class TrainConfig:
     loss: str = "csq"
     epochs: int = 4
     batch_size: int = 128
+    optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "cosine"
     warmup_steps: int = 200
     grad_clip: float = 1.0
     augment: bool = True
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     seed: int = 0
     eval_batch_size: int = 512
     loss_params: dict = field(default_factory=dict)
@@ -62,6 +71,7 @@ class TrainResult:
     train_images_per_s: float
     seconds: float
     parameters: int
+    resumed_from_epoch: int = 0
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -72,12 +82,43 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW/Adam/RMSprop/SGD; weight decay on matrices only (not on biases, norms, embeddings' 1-d params)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {OPTIMIZERS}")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total_steps, cfg.warmup_steps))
+
+
 def validation_map(model: nn.Module, data: TrainData, bits: int, device: torch.device, batch: int) -> float:
     """mAP@100 of validation queries against the validation database (never the query split)."""
     q = encode_images(model, data.val_query_images, device, batch)
     db = encode_images(model, data.val_db_images, device, batch)
     result = evaluate_retrieval(q, data.val_query_labels, db, data.val_db_labels, bits, map_ks=(100,), precision_ks=(1,))
     return result.map_at["100"]
+
+
+def _state_bytes(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
 
 
 def train_hashing_model(
@@ -88,47 +129,61 @@ def train_hashing_model(
     log: Callable[[str], None] = print,
     progress: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    checkpoint: Callable[[bytes], None] | None = None,
+    resume: bytes | None = None,
 ) -> TrainResult:
-    """Train ``spec`` with ``cfg``; keep the weights of the epoch with the best validation mAP@100."""
+    """Train ``spec`` with ``cfg``; keep the weights of the epoch with the best validation mAP@100.
+
+    After every epoch the full training state (model, optimiser, schedule, loss buffers such as memory
+    banks, RNG states, history) is handed to ``checkpoint`` as bytes; passing those bytes back as ``resume``
+    continues from the next epoch and gives the same result as an uninterrupted run."""
     torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(spec).to(device)
-    loss_fn = build_loss(cfg.loss, spec.num_classes, spec.bits, seed=cfg.seed, **cfg.loss_params).to(device)
-    params = list(model.parameters()) + list(loss_fn.parameters())
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
     n = len(data.train_images)
     if n == 0:
         raise ValueError("no training images")
+    model = build_model(spec).to(device)
+    loss_fn = build_loss(cfg.loss, spec.num_classes, spec.bits, num_train=n, seed=cfg.seed, **cfg.loss_params).to(device)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    opt = make_optimizer(cfg, params)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, cfg.warmup_steps))
-    images = torch.from_numpy(data.train_images)
-    labels = torch.from_numpy(data.train_labels)
-    use_amp = device.type == "cuda"
+    sched = make_schedule(cfg, opt, steps_per_epoch * cfg.epochs)
     history: list[dict] = []
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best_val, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    first_epoch = 1
+    if resume is not None:
+        state = torch.load(io.BytesIO(resume), map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best_val, best_epoch, best_state = state["history"], state["best_val"], state["best_epoch"], state["best_model"]
+        first_epoch = state["epoch"] + 1
+        log(f"resuming after epoch {state['epoch']} (best val mAP@100 {best_val:.4f} at epoch {best_epoch})")
+    images = torch.from_numpy(data.train_images)
+    labels = torch.from_numpy(data.train_labels).float()
+    use_amp = cfg.amp and device.type == "cuda"
     start = time.perf_counter()
-    train_seconds = 0.0
-    final_loss = float("nan")
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
+        if hasattr(loss_fn, "set_epoch"):
+            loss_fn.set_epoch(epoch - 1)
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", disable=not progress, leave=False)
         for idx in iterate_batches(n, cfg.batch_size, gen):
-            x = normalise(images[idx].to(device))
+            x = normalise(images[idx].to(device, non_blocking=True))
             if cfg.augment:
                 x = augment(x, gen)
-            y = labels[idx].to(device)
+            y = labels[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 u = model(x)
-            loss = loss_fn(u.float(), y)
+            loss = loss_fn(u.float(), y, idx.to(device))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}")
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -140,35 +195,33 @@ def train_hashing_model(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
         epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        final_loss = float(np.mean(losses))
         val = validation_map(model, data, spec.bits, device, cfg.eval_batch_size)
-        row = dict(
-            epoch=epoch,
-            loss=final_loss,
-            lr=opt.param_groups[0]["lr"],
-            images_per_s=n / epoch_seconds,
-            seconds=epoch_seconds,
-            val_map=val,
-        )
+        row = dict(epoch=epoch, loss=float(np.mean(losses)), lr=opt.param_groups[0]["lr"],
+                   images_per_s=n / epoch_seconds, seconds=epoch_seconds, val_map=val)  # fmt: skip
         history.append(row)
-        log(
-            f"epoch {epoch}/{cfg.epochs}: loss {final_loss:.4f}, val mAP@100 {val:.4f}, "
-            f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s"
-        )
+        log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}, val mAP@100 {val:.4f}, "
+            f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s")  # fmt: skip
+        if val > best_val:
+            best_val, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
         if on_epoch:
             on_epoch(row)
-        if val > best[0]:
-            best = (val, epoch, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
+        if checkpoint:
+            checkpoint(_state_bytes(dict(
+                epoch=epoch, model=model.state_dict(), loss=loss_fn.state_dict(), optimizer=opt.state_dict(),
+                schedule=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(),
+                history=history, best_val=best_val, best_epoch=best_epoch, best_model=best_state,
+            )))  # fmt: skip
+    model.load_state_dict(best_state)
     model.eval()
+    train_seconds = sum(r["seconds"] for r in history)
     return TrainResult(
         model=model,
         history=history,
-        best_epoch=best[1],
-        best_val_map=best[0],
-        final_loss=final_loss,
-        train_images_per_s=n * cfg.epochs / train_seconds if train_seconds else 0.0,
+        best_epoch=best_epoch,
+        best_val_map=best_val,
+        final_loss=history[-1]["loss"] if history else float("nan"),
+        train_images_per_s=n * len(history) / train_seconds if train_seconds else 0.0,
         seconds=time.perf_counter() - start,
         parameters=count_parameters(model),
+        resumed_from_epoch=first_epoch - 1,
     )

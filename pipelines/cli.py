@@ -29,6 +29,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vts")
     p.add_argument("--loss", default="csq")
     p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--preset", default="small", help="small (28-32 px, CPU) or the model's paper preset (224 px)")
+    p.add_argument("--pretrained", default="", help="local path or URI of timm backbone weights (never downloaded)")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "rmsprop", "sgd"])
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default=os.environ.get("VITRIEVE_DEVICE", "auto"), help="auto | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
@@ -54,6 +58,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("bench", help="benchmarks; prints a table and stores rows in the diagnostics DB")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("search", help="index kinds vs exact search and NumPy: build, bytes, latency, QPS, recall")
+    _common(p)
+    p.add_argument("--quick", action="store_true", help="small synthetic N; asserts recall and consistency (CI)")
+    p.add_argument("--dataset", action="append", default=None,
+                   help="fashion-mnist | real:<catalogue> | synthetic-1m | synthetic-10m | synthetic-<N>k (repeatable)")
+    p.add_argument("--kinds", default=None, help="comma-separated index kinds (default: all that fit the dataset)")
+    p.add_argument("-k", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-recall", type=float, default=0.9, help="--quick fails below this ANN recall@k")
+    p.add_argument("--in-process", action="store_true", help="do not isolate each dataset in its own process")
+    p.add_argument("--json", default=None, help="also write the full results to this JSON file")
     p = sub.add_parser("sql", help="run a read-only SQL query on the diagnostics DB")
     p.add_argument("query")
     p.add_argument("--db", default=None)
@@ -68,7 +85,8 @@ def _locations(args) -> tuple[str, str]:
 def _run_config(args) -> dict:
     cat = {"source": args.source, "seed": args.seed, "train_limit": args.train_limit, "query_limit": args.query_limit}
     model = {"model": args.model, "loss": args.loss, "bits": args.bits, "profile": args.profile, "seed": args.seed,
-             "force": args.force}  # fmt: skip
+             "force": args.force, "preset": args.preset, "pretrained": args.pretrained, "optimizer": args.optimizer,
+             "lr": args.lr}  # fmt: skip
     if args.epochs:
         model["epochs"] = args.epochs
     return {"catalogue": {"config": cat}, "hashing_model": {"config": model}}
@@ -104,6 +122,29 @@ def cmd_search(args) -> int:
     return run_search(root, args.catalogue, args.queries, args.k, args.device, args.json)
 
 
+def cmd_bench(args) -> int:
+    from storage.search_bench import default_specs, format_table, quick_assertions, run_bench
+
+    root, db = _locations(args)
+    try:
+        specs = default_specs(args.quick, args.dataset, root, args.threads, args.k,
+                              args.kinds.split(",") if args.kinds else None)  # fmt: skip
+    except ValueError as err:
+        print(f"vitrieve {err}", file=sys.stderr)
+        return 2
+    results = run_bench(specs, db, isolate=not args.in_process, log=lambda m: print(m, file=sys.stderr))
+    print(format_table(results))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+    problems = quick_assertions(results, args.min_recall) if args.quick else []
+    for problem in problems:
+        print(f"vitrieve bench search: FAILED {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_sql(args) -> int:
     from tabulate import tabulate
 
@@ -135,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_search(args)
     if args.verb == "sql":
         return cmd_sql(args)
+    if args.verb == "bench":
+        return cmd_bench(args)
     raise AssertionError(args.verb)
 
 

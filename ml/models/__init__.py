@@ -1,0 +1,44 @@
+"""Hashing models on timm backbones (``pretrained=False``; weights only from a user-given path or URI).
+
+Every model maps images (n, in_chans, img_size, img_size) to real-valued ``u`` of shape (n, bits) (no tanh: the
+losses squash; codes are ``u >= 0``) and keeps its ``ModelSpec`` as ``model.spec``; timm weights go in
+``model.backbone`` (see ``ml.pretrained.load_pretrained``). Models (METHODS.md): ``vts``/``vts-cls`` (D),
+``xhashnet`` (E), ``transhash`` (B), ``hybridhash`` (C). Presets: ``PRESETS[model]``; throughput of the small
+presets: ``python -m ml.models.bench``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ml.models.hybridhash import HybridHash
+from ml.models.spec import MODELS, PAPER_PRESETS, PRESETS, ModelSpec, check_model, default_preset
+from ml.models.transhash import TransHash
+from ml.models.vts import VTSHash
+from ml.models.xhashnet import XHashNet
+
+_CLASSES: dict[str, type[nn.Module]] = {
+    "vts": VTSHash, "vts-cls": VTSHash, "xhashnet": XHashNet, "transhash": TransHash, "hybridhash": HybridHash,
+}  # fmt: skip
+
+__all__ = [
+    "MODELS", "PAPER_PRESETS", "PRESETS", "HybridHash", "ModelSpec", "TransHash", "VTSHash", "XHashNet",
+    "build_model", "count_parameters", "default_preset",
+]  # fmt: skip
+
+
+def build_model(spec: ModelSpec, load_pretrained: bool = True) -> nn.Module:
+    """Build the hashing model that ``spec`` describes (random init, then ``spec.pretrained`` backbone weights
+    when set and ``load_pretrained``; pass ``False`` when the full weights are loaded next, as from a checkpoint)."""
+    check_model(spec.model)
+    spec.validate()
+    model = _CLASSES[spec.model](spec)
+    if spec.pretrained and load_pretrained:
+        from ml.pretrained import load_pretrained as load
+
+        load(model, spec.pretrained, strict=spec.pretrained_strict)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

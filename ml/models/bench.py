@@ -1,0 +1,92 @@
+"""Throughput of hashing models: ``python -m ml.models.bench [--models ...] [--threads 2] [--batch 128]``.
+
+Train img/s = forward + backward + AdamW step on random batches at the preset's size (a tanh-MSE loss to random
++-1 targets); infer img/s = ``torch.inference_mode`` forward in eval mode. Both after warm-up steps, best of the
+repeats; the models are interleaved round by round so a background load hits them alike. ``--clock process``
+counts CPU seconds of this process instead of wall time: on a busy machine, ``--threads 1 --clock process``
+gives stable per-core rates to compare models (multiply by the 2-thread scaling of ``vts``, ~1.4x, for wall img/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from ml.models import MODELS, ModelSpec, build_model, count_parameters
+
+
+class _Runner:
+    """One model with its batch and optimiser; ``rate(train)`` times ``steps`` steps and keeps the best."""
+
+    def __init__(self, spec: ModelSpec, batch: int, clock: Callable[[], float]):
+        torch.manual_seed(0)
+        self.spec, self.batch, self.clock = spec, batch, clock
+        self.model = build_model(spec)
+        self.x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size)
+        self.target = torch.randint(0, 2, (batch, spec.bits)).float() * 2 - 1
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.best = {True: 0.0, False: 0.0}
+
+    def step(self, train: bool) -> None:
+        if train:
+            self.model.train()
+            loss = (torch.tanh(self.model(self.x)) - self.target).pow(2).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        else:
+            self.model.eval()
+            with torch.inference_mode():
+                self.model(self.x)
+
+    def rate(self, train: bool, steps: int) -> None:
+        t0 = self.clock()
+        for _ in range(steps):
+            self.step(train)
+        self.best[train] = max(self.best[train], self.batch * steps / (self.clock() - t0))
+
+
+def throughput(
+    specs: list[ModelSpec], batch: int = 128, steps: int = 4, rounds: int = 3, clock: str = "wall"
+) -> list[dict]:
+    """Best train and inference images/s of each spec (CPU, current torch threads), interleaved by round."""
+    runners = [_Runner(s, batch, time.perf_counter if clock == "wall" else time.process_time) for s in specs]
+    for r in runners:  # warm-up
+        r.step(True)
+        r.step(False)
+    for _ in range(rounds):
+        for r in runners:
+            r.rate(True, steps)
+            r.rate(False, steps)
+    return [
+        dict(model=r.spec.model, preset=r.spec.preset, params=count_parameters(r.model), train=r.best[True],
+             infer=r.best[False])
+        for r in runners
+    ]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--bits", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clock", choices=("wall", "process"), default="wall")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    specs = [ModelSpec(model=name, preset=args.preset, bits=args.bits) for name in args.models]
+    rows = throughput(specs, args.batch, args.steps, args.rounds, args.clock)
+    print(f"threads {args.threads}, batch {args.batch}, {args.clock} clock")
+    print(f"{'model':<11} {'preset':<8} {'params':>10} {'train img/s':>12} {'infer img/s':>12}")
+    for r in rows:
+        print(f"{r['model']:<11} {r['preset']:<8} {r['params']:>10,} {r['train']:>12.0f} {r['infer']:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

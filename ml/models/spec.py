@@ -1,0 +1,123 @@
+"""``ModelSpec`` and the presets of every hashing model (kept free of torch so specs are cheap to build)."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MODELS = ("vts", "vts-cls", "xhashnet", "transhash", "hybridhash")
+
+# ViT-B at 224 px (VTS's backbones; TransHash uses B/16).
+_VIT_B16 = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
+_VIT_B32 = dict(img_size=224, patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
+# The CPU preset of the VTS models (unchanged from the first release: 28 px, 49 patches of 4x4).
+_VTS_SMALL = dict(img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0)
+
+# Per model, per preset: every constructor argument the preset fixes. ``ModelSpec.overrides`` may replace any of
+# these keys (and only these). Keys that are not timm backbone arguments size the head: ``bottleneck``
+# (X-HashNet's hidden hash width), ``groups`` (TransHash's K local branches) and ``interaction_heads``
+# (HybridHash's heads in the block-token attention). "small" presets are sized for 28-32 px on a 2-core CPU (see
+# each module's docstring for the measured img/s); the others are the papers' 224 px GPU backbones.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "vts": {"small": _VTS_SMALL, "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
+    "vts-cls": {"small": _VTS_SMALL, "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
+    "xhashnet": {
+        "small": dict(
+            img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, bottleneck=256
+        ),
+        "deit-s": dict(
+            img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, bottleneck=256
+        ),
+    },
+    "transhash": {
+        "small": dict(img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, groups=4),
+        "vit-b16": {**_VIT_B16, "groups": 4},
+    },
+    "hybridhash": {
+        "small": dict(
+            img_size=28,
+            patch_size=2,
+            embed_dims=(48, 96),
+            num_heads=(2, 4),
+            depths=(1, 3),
+            mlp_ratio=4.0,
+            interaction_heads=4,
+        ),
+        "nest-b": dict(
+            img_size=224,
+            patch_size=4,
+            embed_dims=(128, 256, 512),
+            num_heads=(4, 8, 16),
+            depths=(2, 2, 15),
+            mlp_ratio=4.0,
+            interaction_heads=8,
+        ),
+    },  # fmt: skip
+}
+# The paper preset each model is published with (``default_preset(model, gpu=True)``).
+PAPER_PRESETS = {"vts": "vit-b32", "vts-cls": "vit-b32", "xhashnet": "deit-s", "transhash": "vit-b16",
+                 "hybridhash": "nest-b"}  # fmt: skip
+
+
+def check_model(model: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {list(MODELS)}")
+
+
+def default_preset(model: str, gpu: bool = False) -> str:
+    """``"small"`` (the CPU preset) unless ``gpu``, then the preset of the model's paper (224 px)."""
+    check_model(model)
+    return PAPER_PRESETS[model] if gpu else "small"
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model: stored (as JSON) in ``model.json`` beside the weights.
+
+    ``overrides`` replaces preset fields (``PRESETS[model][preset]``), e.g. ``{"depth": 2}`` or ``{"groups": 2}``.
+    ``pretrained`` is a local path or fsspec URI of timm-style backbone weights (``.safetensors``/``.pth``), loaded
+    by ``build_model``; ``pretrained_strict=False`` tolerates missing/unexpected keys (HybridHash from NesT-B).
+    ``head_hidden`` sizes VTS's hidden layer and ``head_dropout`` the dropout of the VTS and X-HashNet heads.
+    """
+
+    model: str = "vts"
+    preset: str = "small"
+    bits: int = 64
+    in_chans: int = 1
+    num_classes: int = 10
+    head_hidden: int = 1024
+    head_dropout: float = 0.5
+    drop_path_rate: float = 0.0
+    overrides: dict = field(default_factory=dict)
+    pretrained: str = ""
+    pretrained_strict: bool = True
+
+    def backbone_args(self) -> dict[str, Any]:
+        """The preset's constructor arguments with ``overrides`` applied (head-sizing keys included)."""
+        check_model(self.model)
+        presets = PRESETS[self.model]
+        if self.preset not in presets:
+            raise ValueError(
+                f"unknown preset {self.preset!r} for model {self.model!r}; choose one of {sorted(presets)}"
+            )
+        base = presets[self.preset]
+        unknown = sorted(set(self.overrides) - set(base))
+        if unknown:
+            raise ValueError(
+                f"unknown override(s) {unknown} for model {self.model!r}; valid keys: {sorted(base)}"
+            )
+        return {**deepcopy(base), **deepcopy(self.overrides)}
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for an unknown model/preset/override or an unusable code length."""
+        self.backbone_args()
+        if self.bits % 8 or not 8 <= self.bits <= 1024:
+            raise ValueError(f"bits must be a multiple of 8 in [8, 1024], got {self.bits}")
+
+    @property
+    def img_size(self) -> int:
+        return int(self.backbone_args()["img_size"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

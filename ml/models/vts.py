@@ -1,0 +1,50 @@
+"""VTS (METHODS.md D): a timm ViT whose final-norm tokens feed a hash head.
+
+Small preset (5,435,904 parameters at 64 bits; ``vts-cls`` 460,288), 28x28x1, batch 128: 470 train / 1,500 infer
+img/s on the idle 2-core reference machine; ``python -m ml.models.bench --threads 2`` under background load
+(load average ~5): vts 156 / 550, vts-cls 200 / 696; ``--threads 1 --clock process``: vts 309 / 1,122, vts-cls
+411 / 1,226 img/s per CPU-second.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ml.models.common import init_head, vit_backbone
+from ml.models.spec import ModelSpec
+
+
+class VTSHash(nn.Module):
+    """VTS: ``vts`` flattens all final-norm tokens (cls included) -> Dropout -> Linear(hidden) -> ReLU ->
+    Linear(bits); ``vts-cls`` maps the cls token with a single Linear(bits). Outputs are real-valued ``u``.
+
+    Deviation: VTS initialises its head kaiming-uniform (fan_out) with N(0, 1) biases; trained from scratch that
+    saturates tanh at step 0 (outputs of magnitude ~10) and the hash losses stall, so we use timm's ViT init
+    (truncated normal, std 0.02; zero bias) — see README, "Findings".
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        spec.validate()
+        if spec.model not in ("vts", "vts-cls"):
+            raise ValueError(f"VTSHash builds 'vts' or 'vts-cls', not {spec.model!r}")
+        self.spec = spec
+        self.backbone = vit_backbone(spec, spec.backbone_args())
+        width = self.backbone.embed_dim
+        if spec.model == "vts":
+            tokens = self.backbone.patch_embed.num_patches + self.backbone.num_prefix_tokens
+            self.head = nn.Sequential(
+                nn.Flatten(1),
+                nn.Dropout(spec.head_dropout),
+                nn.Linear(tokens * width, spec.head_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(spec.head_hidden, spec.bits),
+            )
+        else:
+            self.head = nn.Linear(width, spec.bits)
+        init_head(self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.forward_features(x)
+        return self.head(tokens if self.spec.model == "vts" else tokens[:, 0])

@@ -1,0 +1,46 @@
+"""X-HashNet (METHODS.md E): DeiT-Small (timm ``VisionTransformer``) -> cls token -> bottleneck hash head.
+
+Only the abstract is public: "DeiT-Small backbone with a supervised bottleneck hash head". The head is our
+choice: ``Linear(width -> bottleneck) -> LayerNorm -> GELU -> Dropout(head_dropout) -> Linear(bottleneck -> B)``
+(bottleneck 256, as METHODS.md E proposes: 384 -> 256 -> B). The classifier of its multi-objective loss lives in
+the loss, not here. Presets: ``deit-s`` (224 px, patch 16, width 384, depth 12, 6 heads; DeiT-S weights load with
+``load_pretrained``) and ``small`` (28 px, patch 4, width 96, depth 4, 3 heads, bottleneck 256).
+
+
+Measured, small preset (495,872 parameters at 64 bits), 28x28x1, batch 128, on the shared 2-core CPU machine under
+background load (load average ~5, so absolute numbers are low; compare with ``vts`` small in the same run):
+``python -m ml.models.bench --threads 2``: train 185 img/s, infer 657 img/s (vts small: 156 / 550);
+``python -m ml.models.bench --threads 1 --clock process``: train 389, infer 1193 img/s per CPU-second (vts small:
+309 / 1,122). Scaled to the idle reference (vts small 470 train / 1,500 infer img/s): ~560 / ~1,590 img/s.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ml.models.common import init_head, vit_backbone
+from ml.models.spec import ModelSpec
+
+
+class XHashNet(nn.Module):
+    """DeiT-S cls token -> bottleneck MLP -> ``u`` of shape (n, bits), real-valued (losses squash)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        spec.validate()
+        args = spec.backbone_args()
+        self.spec = spec
+        self.backbone = vit_backbone(spec, args)
+        width, hidden = self.backbone.embed_dim, int(args["bottleneck"])
+        self.head = nn.Sequential(
+            nn.Linear(width, hidden),
+            nn.LayerNorm(hidden),
+            nn.GELU(),
+            nn.Dropout(spec.head_dropout),
+            nn.Linear(hidden, spec.bits),
+        )
+        init_head(self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x)[:, 0])

@@ -1,0 +1,500 @@
+"""``vitrieve bench search``: build, size, latency, throughput and recall of every index kind, against exact
+search and a plain NumPy scan, on the real Fashion-MNIST database codes and on synthetic clustered codes.
+
+Each dataset runs in a fresh process (so its peak RSS is its own); codes are streamed from Parquet into the
+index builders exactly as the ``binary_index`` asset does. No Dagster in here.
+
+Recall@k is reported two ways: ``recall`` counts a returned row as correct when its distance level still has
+room in the exact top-k (i.e. ties at the k-th distance are interchangeable: any of them is a correct k-th
+neighbour), ``recall_ids`` is the plain overlap of row ids with the exact top-k (ties broken by row_id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+REFERENCE_QPS = 5754.0  # the published reference system (DESIGN.md "Performance notes")
+SYNTHETIC = {"synthetic-1m": 1_000_000, "synthetic-10m": 10_000_000}
+FULL_DATASETS = ("fashion-mnist", "synthetic-1m", "synthetic-10m")
+ALL_KINDS = ("flat", "flat-dedup", "hnsw", "ivf", "multihash")
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def clustered_chunks(n: int, bits: int = 64, centres: int = 100, flip_p: float = 0.03, seed: int = 0,
+                     offset: int = 0, chunk: int = 1 << 20):  # fmt: skip
+    """Yield uint8 codes (m, bits/8) in chunks: each item is one of ``centres`` random centres (seeded, drawn
+    with uneven Dirichlet weights) with each bit flipped independently with probability ``flip_p``. The same
+    (seed, offset, chunk) give the same codes; a different ``offset`` gives fresh items of the same clusters."""
+    words = -(-bits // 64)
+    crng = np.random.default_rng(seed)
+    centre_words = crng.integers(0, 1 << 63, (centres, words), dtype=np.int64).view(np.uint64)
+    centre_words ^= crng.integers(0, 2, (centres, words), dtype=np.uint64) << np.uint64(63)
+    weights = crng.dirichlet(np.full(centres, 2.0))
+    cum = np.cumsum(weights)
+    nbytes = bits // 8
+    for lo in range(0, n, chunk):
+        m = min(chunk, n - lo)
+        rng = np.random.default_rng([seed, 7919, offset + lo])
+        assign = np.minimum(np.searchsorted(cum, rng.random(m)), centres - 1)
+        w = centre_words[assign].copy()
+        nflip = rng.binomial(bits, flip_p, m)
+        item = np.repeat(np.arange(m), nflip)
+        pos = rng.integers(0, bits, int(nflip.sum()))
+        np.bitwise_xor.at(w, (item, pos // 64), np.left_shift(np.uint64(1), (63 - pos % 64).astype(np.uint64)))
+        yield np.ascontiguousarray(w.astype(">u8").view(np.uint8)[:, :nbytes])
+
+
+def clustered_codes(n: int, bits: int = 64, centres: int = 100, flip_p: float = 0.03, seed: int = 0,
+                    offset: int = 0) -> np.ndarray:  # fmt: skip
+    return np.concatenate(list(clustered_chunks(n, bits, centres, flip_p, seed, offset)) or [np.zeros((0, bits // 8), np.uint8)])
+
+
+# --------------------------------------------------------------------------------------------- reference search
+
+
+def exact_topk_numpy(row_ids: np.ndarray, codes: np.ndarray, queries: np.ndarray, k: int, block: int = 0):
+    """Plain NumPy exact top-k: XOR + popcount (``np.bitwise_count``) + ``argpartition`` on a
+    (distance, position) key; ``row_ids`` sorted ascending so ties come out by row_id."""
+    n = len(row_ids)
+    k = min(k, n)
+    db = np.ascontiguousarray(codes).view(np.uint64) if codes.shape[1] % 8 == 0 else None
+    if db is None:
+        pad = np.zeros((n, -(-codes.shape[1] // 8) * 8), np.uint8)
+        pad[:, : codes.shape[1]] = codes
+        db = pad.view(np.uint64)
+        qpad = np.zeros((len(queries), pad.shape[1]), np.uint8)
+        qpad[:, : codes.shape[1]] = queries
+        queries = qpad
+    qw = np.ascontiguousarray(queries).view(np.uint64)
+    span = min(n, 1 << 20)  # database slice scanned at a time (bounded memory at 10M codes)
+    block = block or max(1, min(64, (1 << 22) // max(span, 1)))
+    out_d = np.empty((len(queries), k), np.int32)
+    out_i = np.empty((len(queries), k), np.int64)
+    for lo in range(0, len(queries), block):
+        q = qw[lo : lo + block]
+        best = []
+        for s0 in range(0, n, span):
+            part_db = db[s0 : s0 + span]
+            dist = np.zeros((len(q), len(part_db)), np.int64)
+            for w in range(db.shape[1]):
+                dist += np.bitwise_count(q[:, None, w] ^ part_db[None, :, w])
+            key = (dist << 40) | np.arange(s0, s0 + len(part_db), dtype=np.int64)
+            kk = min(k, key.shape[1])
+            part = np.argpartition(key, kk - 1, axis=1)[:, :kk] if kk < key.shape[1] else None
+            best.append(key if part is None else np.take_along_axis(key, part, 1))
+        cand = np.concatenate(best, axis=1)
+        top = np.sort(cand, axis=1)[:, :k] if cand.shape[1] > k else np.sort(cand, axis=1)
+        out_d[lo : lo + len(q)] = top >> 40
+        out_i[lo : lo + len(q)] = row_ids[top & ((1 << 40) - 1)]
+    return out_d, out_i
+
+
+def recall_at_k(exact_d: np.ndarray, exact_i: np.ndarray, got_d: np.ndarray, got_i: np.ndarray) -> tuple[float, float]:
+    """(tie-aware recall, id recall) of an approximate top-k against the exact one (both (nq, k))."""
+    nq, k = exact_i.shape
+    if nq == 0 or k == 0:
+        return 1.0, 1.0
+    valid = got_i >= 0
+    top = int(max(exact_d.max(), got_d[valid].max() if valid.any() else 0)) + 1
+    q = np.repeat(np.arange(nq), k).reshape(nq, k)
+    ce = np.bincount((q * top + exact_d).ravel(), minlength=nq * top)
+    ca = np.bincount((q[valid] * top + got_d[valid]).ravel(), minlength=nq * top)
+    tie = float(np.minimum(ce, ca).sum()) / (nq * k)
+    if max(int(exact_i.max()), int(got_i.max())) < (1 << 40):
+        ke = (q.astype(np.int64) << 40) | exact_i
+        ka = (q[valid].astype(np.int64) << 40) | got_i[valid]
+        ids = float(np.isin(ka, ke).sum()) / (nq * k)
+    else:
+        ids = float(np.mean([len(np.intersect1d(exact_i[j], got_i[j][got_i[j] >= 0])) / k for j in range(nq)]))
+    return tie, ids
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mib() -> float:
+    with contextlib.suppress(OSError), open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _rss_mib()
+
+
+def time_batches(search, queries: np.ndarray, k: int, batch: int) -> dict:
+    """p50/p99 per-query latency (ms) and QPS when searching ``batch`` queries per call."""
+    per_query, start = [], time.perf_counter()
+    for lo in range(0, len(queries), batch):
+        t = time.perf_counter()
+        search(queries[lo : lo + batch], k)
+        per_query.append((time.perf_counter() - t) * 1000 / len(queries[lo : lo + batch]))
+    total = time.perf_counter() - start
+    return {"batch": batch, "p50_ms": float(np.percentile(per_query, 50)), "p99_ms": float(np.percentile(per_query, 99)),
+            "qps": len(queries) / total, "n_queries": len(queries)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    n: int = 0  # synthetic size (0 = real)
+    queries: int = 1000
+    latency_queries: int = 200
+    numpy_queries: int = 1000
+    kinds: tuple[str, ...] = ALL_KINDS
+    params: dict = field(default_factory=dict)  # kind -> params
+    k: int = 100
+    threads: int = 2
+    large_batch: int = 10_000
+    bits: int = 64
+    centres: int = 0
+    flip_p: float = 0.03
+    seed: int = 0
+    reindex_fraction: float = 0.0  # >0: after the build, add this fraction of new rows and re-index
+    reindex_kinds: tuple[str, ...] = ()
+    root: str = ""  # real data: storage root holding the published catalogue
+    catalogue: str = "fashion-mnist"
+    workdir: str = ""
+
+
+def default_specs(quick: bool, datasets: list[str] | None, root: str, threads: int, k: int,
+                  kinds: list[str] | None = None) -> list[DatasetSpec]:  # fmt: skip
+    """The benchmark plan: ``--quick`` = small synthetic N (CI); otherwise Fashion-MNIST + 1M + 10M."""
+    names = datasets or (["synthetic-20k"] if quick else list(FULL_DATASETS))
+    specs = []
+    for name in names:
+        if name in ("fashion-mnist", "real") or name.startswith("real:"):
+            cat = name.split(":", 1)[1] if name.startswith("real:") else "fashion-mnist"
+            spec = DatasetSpec(name=cat, root=root, catalogue=cat, queries=10_000, latency_queries=1000,
+                               numpy_queries=10_000, large_batch=10_000,
+                               params={"ivf": {"nlist": 256, "nprobe": 16}, "hnsw": {"m": 16, "ef_search": 256}})  # fmt: skip
+            if quick:
+                spec.queries, spec.latency_queries, spec.numpy_queries = 1000, 100, 300
+        elif name in SYNTHETIC:
+            n = SYNTHETIC[name]
+            spec = DatasetSpec(name=name, n=n, centres=max(16, n // 10_000), queries=1000, latency_queries=200,
+                               numpy_queries=1000 if n <= 1_000_000 else 50, large_batch=1000,
+                               params={"ivf": {"nlist": 1024, "nprobe": 8}, "hnsw": {"m": 16, "ef_search": 200}})  # fmt: skip
+            if n >= 10_000_000:
+                spec.kinds = ("flat", "flat-dedup", "ivf")
+                spec.reindex_fraction = 0.01
+                spec.reindex_kinds = ("flat", "flat-dedup", "ivf")
+                spec.latency_queries = 100
+        elif name.startswith("synthetic-") and name.endswith("k"):
+            n = int(name[len("synthetic-") : -1]) * 1000
+            spec = DatasetSpec(name=name, n=n, centres=max(8, n // 1000), queries=500, latency_queries=100,
+                               numpy_queries=500, large_batch=500, reindex_fraction=0.01,
+                               reindex_kinds=("flat", "flat-dedup", "ivf"),
+                               params={"ivf": {"nlist": 64, "nprobe": 8}, "hnsw": {"m": 16, "ef_search": 200}})  # fmt: skip
+        else:
+            raise ValueError(f"bench search: unknown dataset {name!r} (fashion-mnist, real:<catalogue>, "
+                             f"{', '.join(SYNTHETIC)}, synthetic-<N>k)")  # fmt: skip
+        spec.threads, spec.k = threads, k
+        if kinds:
+            bad = sorted(set(kinds) - set(ALL_KINDS))
+            if bad:
+                raise ValueError(f"bench search: unknown index kinds {bad}; choose from {', '.join(ALL_KINDS)}")
+            spec.kinds = tuple(kinds)
+            spec.reindex_kinds = tuple(x for x in spec.reindex_kinds if x in kinds)
+        specs.append(spec)
+    return specs
+
+
+# --------------------------------------------------------------------------------------------- one dataset
+
+
+def _load_real(spec: DatasetSpec):
+    """(root, catalogue, model_id, database row_ids (sorted), query codes) of a published catalogue."""
+    import pyarrow.parquet as pq
+
+    from storage.catalogue import catalogue_parts
+    from storage.codes import read_code_arrays
+    from storage.fs import StorageRoot
+    from storage.index import current
+
+    root = StorageRoot(spec.root)
+    model_id = current(root, spec.catalogue)["model_id"]
+    with root.fs.open(root.path(*catalogue_parts(spec.catalogue)), "rb") as f:
+        flags = pq.read_table(f, columns=["row_id", "in_database", "in_query"])
+    rid = flags["row_id"].to_numpy()
+    db = np.sort(rid[flags["in_database"].to_numpy(zero_copy_only=False)])
+    qids = np.sort(rid[flags["in_query"].to_numpy(zero_copy_only=False)])
+    _, qcodes = read_code_arrays(root, spec.catalogue, model_id, keep=qids)
+    return root, spec.catalogue, model_id, db, qcodes[: spec.queries]
+
+
+def _write_synthetic(spec: DatasetSpec, workdir: str):
+    """Write the synthetic database as Parquet codes (streamed, 1M rows per part) and return its handle."""
+    from storage.codes import PartWriter, commit_parts
+    from storage.fs import StorageRoot
+
+    root = StorageRoot(workdir)
+    cat, model_id = spec.name, f"synthetic-{spec.bits}b-seed{spec.seed}"
+    parts, lo = [], 0
+    for chunk in clustered_chunks(spec.n, spec.bits, spec.centres, spec.flip_p, spec.seed, chunk=1 << 20):
+        w = PartWriter(root, cat, model_id, spec.bits)
+        w.write(np.arange(lo, lo + len(chunk), dtype=np.int64), chunk)
+        parts.append(w.close())
+        lo += len(chunk)
+    commit_parts(root, cat, model_id, parts, spec.bits, spec.n)
+    queries = clustered_codes(spec.queries, spec.bits, spec.centres, spec.flip_p, spec.seed, offset=1 << 40)
+    return root, cat, model_id, None, queries
+
+
+def run_dataset(spec: DatasetSpec) -> dict:
+    """Benchmark every kind on one dataset; returns {"rows": [...], "metrics": [...], "facts": {...}, "checks": [...]}."""
+    import faiss
+
+    from storage.index import index_from_codes, load_index, publish, verify_index, write_index
+
+    faiss.omp_set_num_threads(spec.threads)
+    rss_start = _current_rss_mib()
+    workdir = tempfile.mkdtemp(prefix="vitrieve-bench-", dir=spec.workdir or None)
+    rows, metrics, checks, facts = [], [], [], {"dataset": spec.name, "threads": spec.threads, "k": spec.k}
+    try:
+        t = time.perf_counter()
+        if spec.n:
+            root, cat, model_id, keep, queries = _write_synthetic(spec, workdir)
+            facts["generate_seconds"] = time.perf_counter() - t
+        else:
+            root, cat, model_id, keep, queries = _load_real(spec)
+        facts["model_id"] = model_id
+        k = spec.k
+        # exact reference (flat, counting top-k): the ground truth for recall and the consistency checks
+        flat, db_ids, db_codes, rep = index_from_codes(root, cat, model_id, "flat", keep_rows=keep)
+        facts["n_database"] = n = len(db_ids)
+        facts["read_seconds"] = rep.read_seconds
+        facts["distinct_codes"] = int(len(np.unique(db_codes.view(np.uint64)))) if spec.bits == 64 else None
+        facts["n_queries"] = len(queries)
+        facts["distinct_queries"] = int(len(np.unique(queries.view(np.uint64)))) if spec.bits == 64 else None
+        exact_d, exact_i = flat.search(queries, k)
+        del flat
+        gc.collect()
+
+        # plain NumPy baseline (same run): XOR + popcount + argpartition
+        nq_np = min(spec.numpy_queries, len(queries))
+        t = time.perf_counter()
+        np_d, np_i = exact_topk_numpy(db_ids, db_codes, queries[:nq_np], k)
+        np_s = time.perf_counter() - t
+        same = bool(np.array_equal(np_i, exact_i[:nq_np]) and np.array_equal(np_d, exact_d[:nq_np]))
+        checks.append(("numpy baseline equals flat (ids and distances, ties by row_id)", same))
+        rows.append({"index_kind": "numpy", "threads": 1, "batch": min(nq_np, 64), "p50_ms": 1000 * np_s / nq_np,
+                     "p99_ms": 1000 * np_s / nq_np, "qps": nq_np / np_s, "recall_at_k": 1.0, "recall_ids": 1.0,
+                     "k": k, "n_database": n, "n_queries": nq_np, "build_s": 0.0, "bytes_per_image": db_codes.shape[1]})  # fmt: skip
+        numpy_qps = nq_np / np_s
+        facts["rss_peak_after/reference"] = round(_rss_mib())
+        kinds = list(spec.kinds)
+        if "flat" in kinds:
+            kinds.insert(kinds.index("flat"), "flat-heap")  # stock faiss (heap top-k) for reference
+        for kind in kinds:
+            gc.collect()
+            real_kind = "flat" if kind == "flat-heap" else kind
+            params = spec.params.get(real_kind)
+            index, _, _, rep = index_from_codes(root, cat, model_id, real_kind, params, keep_rows=keep)
+            build_s = rep.build_seconds
+            manifest = write_index(root, index, cat, model_id, real_kind, spec.bits, n, build_s)
+            problems = verify_index(index, db_ids, db_codes)
+            checks.append((f"{kind}: verifies (ids, self at distance 0)", not problems))
+            publish(root, manifest)
+            del index
+            gc.collect()
+            index, _ = load_index(root, cat)  # as served: sha256-checked, memory-mapped where faiss allows
+            if kind == "flat-heap":
+                index.inner.use_heap = True
+                search = index.index.search  # stock faiss call, no re-ranking
+            else:
+                search = index.search
+            search(queries[:8], k)  # warm-up (page in a memory-mapped file)
+            nl = min(spec.latency_queries, len(queries))
+            b1 = time_batches(search, queries[:nl], k, 1)
+            big = time_batches(search, queries, k, min(spec.large_batch, len(queries)))
+            got_d, got_i = search(queries, k)
+            tie, ids = recall_at_k(exact_d, exact_i, got_d, got_i)
+            if index.exact and kind != "flat-heap":
+                checks.append((f"{kind}: equals exact flat (ids and distances)", bool(np.array_equal(got_i, exact_i)
+                                                                                     and np.array_equal(got_d, exact_d))))  # fmt: skip
+            common = {"index_kind": kind, "threads": spec.threads, "recall_at_k": tie, "recall_ids": ids, "k": k,
+                      "n_database": n, "build_s": build_s, "bytes_per_image": manifest.file_bytes / max(n, 1),
+                      "params": manifest.params}  # fmt: skip
+            rows.append({**common, **b1})
+            rows.append({**common, **big, "x_numpy": big["qps"] / numpy_qps, "x_reference": big["qps"] / REFERENCE_QPS})
+            metrics += [(f"build_seconds/{kind}", None, build_s), (f"bytes_per_image/{kind}", None, common["bytes_per_image"]),
+                        (f"recall_ids/{kind}", k, ids)]  # fmt: skip
+            del index, search
+            gc.collect()
+            facts[f"rss_peak_after/{kind}"] = round(_rss_mib())
+        # incremental re-index: new rows arrive (1%); old rows are neither re-encoded nor re-added
+        if spec.reindex_fraction and spec.n:
+            metrics += _reindex(spec, root, cat, model_id, n, checks, facts)
+        facts["peak_rss_mib"] = _rss_mib()
+        facts["start_rss_mib"] = rss_start
+        facts["index_mib"] = n * (spec.bits // 8 + 8) / 2**20
+        metrics += [("peak_rss_mib", None, facts["peak_rss_mib"]), ("numpy_qps", k, numpy_qps)]
+        return {"rows": rows, "metrics": metrics, "facts": facts, "checks": checks, "spec": asdict(spec)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _reindex(spec: DatasetSpec, root, cat: str, model_id: str, n: int, checks: list, facts: dict) -> list:
+    """Append ``reindex_fraction`` new rows as a new Parquet part, then re-index each kind from the published
+    index (adds only the new rows) and compare with a from-scratch build."""
+    from storage.codes import PartWriter, commit_parts, parts_manifest, read_code_arrays
+    from storage.index import index_from_codes, load_index, publish, verify_index, write_index
+
+    extra = max(1, int(n * spec.reindex_fraction))
+    new_codes = clustered_codes(extra, spec.bits, spec.centres, spec.flip_p, spec.seed, offset=1 << 41)
+    w = PartWriter(root, cat, model_id, spec.bits)
+    w.write(np.arange(n, n + extra, dtype=np.int64), new_codes)
+    parts = parts_manifest(root, cat, model_id)["parts"] + [w.close()]
+    commit_parts(root, cat, model_id, parts, spec.bits, n + extra)
+    out = []
+    probe = clustered_codes(50, spec.bits, spec.centres, spec.flip_p, spec.seed, offset=1 << 42)
+    for kind in spec.reindex_kinds:
+        if kind not in spec.kinds:
+            continue
+        gc.collect()
+        t = time.perf_counter()  # the index of the original rows, written by the main loop, is the previous one
+        prev = load_index(root, cat, model_id, kind, mmap=False)
+        index, ids, codes, rep = index_from_codes(root, cat, model_id, kind, spec.params.get(kind), previous=prev)
+        problems = verify_index(index, ids, codes)
+        manifest = write_index(root, index, cat, model_id, kind, spec.bits, len(ids), rep.build_seconds, mode=rep.mode)
+        publish(root, manifest)
+        seconds = time.perf_counter() - t
+        if index.incremental_add:
+            checks.append((f"{kind}: re-index added only the {extra} new rows", rep.mode == "incremental" and rep.added_rows == extra))
+        else:
+            checks.append((f"{kind}: re-index rebuilt from stored codes", rep.mode == "rebuild"))
+        checks.append((f"{kind}: re-indexed index verifies", not problems))
+        if index.exact:  # equal to a from-scratch exact search over old + new rows
+            if n + extra <= 2_000_000:
+                from storage.index import build_index
+
+                all_ids, all_codes = read_code_arrays(root, cat, model_id)
+                base = build_index(all_ids, all_codes, spec.bits, "flat")
+                same = np.array_equal(index.search(probe, spec.k)[1], base.search(probe, spec.k)[1])
+                del base, all_codes, all_ids
+            else:  # large N: the exact kinds must agree with each other
+                same = True
+                if "flat" in facts.setdefault("_reindexed", {}):
+                    same = np.array_equal(index.search(probe, spec.k)[1], facts["_reindexed"]["flat"])
+                facts["_reindexed"][kind] = index.search(probe, spec.k)[1]
+            checks.append((f"{kind}: re-indexed results equal a from-scratch exact search", bool(same)))
+        facts[f"reindex_seconds/{kind}"] = seconds
+        facts[f"rss_peak_after/reindex-{kind}"] = round(_rss_mib())
+        facts[f"reindex_add_seconds/{kind}"] = rep.build_seconds
+        out += [(f"reindex_seconds/{kind}", None, seconds), (f"reindex_add_seconds/{kind}", None, rep.build_seconds)]
+        del index, prev
+        gc.collect()
+    facts.pop("_reindexed", None)
+    return out
+
+
+def _run_isolated(spec: DatasetSpec) -> dict:
+    """``run_dataset`` in a fresh process, so peak RSS and faiss threads are the dataset's own."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(run_dataset, spec).result()
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def machine_facts() -> dict:
+    import faiss
+
+    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+            "faiss": faiss.__version__, "numpy": np.__version__,
+            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}  # fmt: skip
+
+
+def run_bench(specs: list[DatasetSpec], db_path: str | None = None, isolate: bool = True, log=print) -> list[dict]:
+    """Run every dataset, record a ``bench-search`` run per dataset in DuckDB, return the results."""
+    results = []
+    for spec in specs:
+        if not spec.n and not spec.root:
+            raise ValueError(f"bench search: dataset {spec.name!r} needs a storage root with a published index")
+        log(f"[bench search] {spec.name}: kinds {', '.join(spec.kinds)}, k={spec.k}, threads={spec.threads} ...")
+        t = time.perf_counter()
+        res = _run_isolated(spec) if isolate else run_dataset(spec)
+        res["facts"]["wall_seconds"] = time.perf_counter() - t
+        res["facts"].update(machine_facts())
+        results.append(res)
+        if db_path:
+            res["run_id"] = record(db_path, res)
+    return results
+
+
+def record(db_path: str, res: dict) -> str:
+    from storage.diagnostics import DiagnosticsDB, insert_metrics, insert_search_latency
+
+    keys = ("index_kind", "threads", "batch", "p50_ms", "p99_ms", "qps", "recall_at_k", "k", "n_database", "n_queries")
+    rows = [{key: r.get(key) for key in keys} for r in res["rows"]]
+
+    def write(run_id: str, con) -> None:
+        insert_search_latency(con, run_id, rows)
+        insert_metrics(con, run_id, [(name, k, float(v)) for name, k, v in res["metrics"] if v is not None])
+
+    config = {"spec": res["spec"], "facts": res["facts"], "checks": [[c, bool(ok)] for c, ok in res["checks"]]}
+    return DiagnosticsDB(db_path).record("bench-search", res["facts"]["dataset"], res["facts"].get("model_id"),
+                                         json.loads(json.dumps(config, default=str)), None, write)  # fmt: skip
+
+
+def format_table(results: list[dict]) -> str:
+    from tabulate import tabulate
+
+    table = []
+    for res in results:
+        by_kind: dict[str, dict] = {}
+        for r in res["rows"]:
+            by_kind.setdefault(r["index_kind"], {})[1 if r["batch"] == 1 and r["index_kind"] != "numpy" else 0] = r
+        for kind, rr in by_kind.items():
+            big, one = rr.get(0), rr.get(1)
+            table.append([
+                res["facts"]["dataset"], kind, f"{big['n_database']:,}", f"{big['build_s']:.2f}", f"{big['bytes_per_image']:.1f}",
+                f"{one['p50_ms']:.3f}" if one else "", f"{one['p99_ms']:.3f}" if one else "",
+                f"{one['qps']:,.0f}" if one else "", f"{big['qps']:,.0f}", big["batch"],
+                f"{big['recall_at_k']:.4f}", f"{big.get('recall_ids', 1.0):.4f}",
+                f"{big['qps'] / by_kind['numpy'][0]['qps']:.1f}",
+            ])  # fmt: skip
+    headers = ["dataset", "kind", "N", "build s", "B/img", "p50 ms b1", "p99 ms b1", "QPS b1", "QPS large", "large batch",
+               "recall@k", "recall@k ids", "x numpy"]  # fmt: skip
+    out = [tabulate(table, headers=headers, disable_numparse=True, stralign="right")]
+    for res in results:
+        f = res["facts"]
+        extra = [f"{key}={f[key]:.2f}" if isinstance(f[key], float) else f"{key}={f[key]}"
+                 for key in sorted(f) if key not in ("dataset",)]  # fmt: skip
+        out.append(f"{f['dataset']}: " + ", ".join(extra))
+        failed = [c for c, ok in res["checks"] if not ok]
+        out.append(f"{f['dataset']}: checks {len(res['checks']) - len(failed)}/{len(res['checks'])} passed"
+                   + (f"; FAILED: {'; '.join(failed)}" if failed else ""))  # fmt: skip
+    return "\n".join(out)
+
+
+def quick_assertions(results: list[dict], min_recall: float = 0.9) -> list[str]:
+    """What ``--quick`` insists on: every consistency check passes, ANN recall@k >= ``min_recall``."""
+    problems = []
+    for res in results:
+        name = res["facts"]["dataset"]
+        problems += [f"{name}: {c}" for c, ok in res["checks"] if not ok]
+        for r in res["rows"]:
+            if r["recall_at_k"] is not None and r["recall_at_k"] < min_recall:
+                problems.append(f"{name}: {r['index_kind']} recall@{r['k']} = {r['recall_at_k']:.3f} < {min_recall}")
+    return sorted(set(problems))
