@@ -65,7 +65,7 @@ def model_evaluation(
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
-    table, info = read_catalogue(root, name, columns=["row_id", "labels", "in_query", "in_database"])
+    table, info = read_catalogue(root, name, columns=["row_id", "image", "labels", "in_query", "in_database"])
     row_ids, codes, meta = read_codes(root, name, model_id)
     bits = int(meta["bits"])
     if not np.array_equal(row_ids, table["row_id"].to_numpy()):
@@ -79,10 +79,9 @@ def model_evaluation(
     # Stability: re-encode a seeded database sample under the light augmentation used in training.
     device = compute.torch_device()
     model, card = load_model(root, model_id, device)
-    full = read_catalogue(root, name, columns=["row_id", "image", "labels", "channels", "in_database"])[0]
     db_idx = np.flatnonzero(db)
     pick = np.sort(np.random.default_rng(config.seed).permutation(db_idx)[: config.stability_sample])
-    sample = full.take(pick)
+    sample = table.take(pick)
     _, images, _ = model_inputs(sample, model.spec.img_size, model.spec.in_chans, len(info.label_names))
     import torch
 

@@ -23,13 +23,6 @@ class RetrievalConfig(dg.Config):
     query_batch: int = Field(default=0, description="queries per search call inside the index (0 = default)")
 
 
-def measure_latency(index, queries: np.ndarray, k: int, batch: int) -> dict:
-    """p50/p99 per-query latency (ms) and QPS for searches of ``batch`` queries at a time."""
-    row = time_batches(index.search, queries, k, batch)
-    row.pop("n_queries", None)
-    return row
-
-
 @dg.asset(
     partitions_def=catalogues,
     deps=["binary_index"],
@@ -59,8 +52,8 @@ def retrieval_diagnostics(
     threads = set_search_threads(config.threads or None)
     k = min(config.k, index.ntotal)
     index.search(queries[:8], k)  # warm-up: page in the mapped file
-    rows = [measure_latency(index, queries[: config.latency_queries], k, 1),
-            measure_latency(index, queries, k, min(config.large_batch, len(queries)))]  # fmt: skip
+    rows = [time_batches(index.search, queries[: config.latency_queries], k, 1),
+            time_batches(index.search, queries, k, min(config.large_batch, len(queries)))]  # fmt: skip
 
     dist, ids = index.search(queries, k)
     if index.exact:
@@ -76,7 +69,7 @@ def retrieval_diagnostics(
 
     latency_rows = [
         dict(index_kind=manifest.kind, threads=threads, recall_at_k=recall, k=k, n_database=int(index.ntotal),
-             n_queries=len(queries) if r["batch"] > 1 else min(config.latency_queries, len(queries)), **r)
+             **r)
         for r in rows
     ]  # fmt: skip
 
