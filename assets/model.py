@@ -17,27 +17,30 @@ from pipelines.resources import ComputeResource, DiagnosticsResource, StorageRes
 from storage.catalogue import fingerprint, read_catalogue
 from storage.model_store import has_model, read_card, write_model
 
-# Training profiles (README, "Profiles"): epochs of the small CPU preset. Explicit config fields win.
-PROFILES = {"quick": dict(epochs=4), "full": dict(epochs=20)}
-
 
 class HashingModelConfig(dg.Config):
-    """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it."""
+    """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it.
+    Fields left unset come from the profile (``ml.recipes.PROFILES``)."""
 
-    model: str = Field(default="vts", description="vts | vts-cls | xhashnet | transhash | hybridhash")
-    loss: str = Field(default="csq", description="dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet")
-    bits: int = 64
-    preset: str = Field(default="small", description="small (28-32 px, CPU) or the model's paper preset (224 px)")
+    profile: str = Field(default="quick", description="quick | full: the model and recipe behind unset fields")
+    model: str | None = Field(default=None, description="vts | vts-cls | xhashnet | transhash | hybridhash")
+    loss: str | None = Field(default=None, description="dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet")
+    bits: int | None = None
+    preset: str | None = Field(default=None, description="small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)")
     overrides: dict = Field(default_factory=dict, description="preset fields to replace, e.g. {depth: 6}")
+    head_hidden: int | None = Field(default=None, description="hidden width of the VTS hash head")
+    head_dropout: float | None = Field(default=None, description="dropout of the VTS / X-HashNet hash head")
     pretrained: str = Field(default="", description="local path or fsspec URI of timm backbone weights")
-    profile: str = "quick"
     epochs: int | None = None
-    batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    schedule: str = "cosine"
-    warmup_steps: int = 200
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    warmup_steps: int | None = None
+    classifier: float | None = Field(default=None, description="weight of the auxiliary label classifier (0 = off)")
+    label_smoothing: float | None = None
+    erase: float | None = Field(default=None, description="random-erasing probability per training image")
     loss_params: dict = Field(default_factory=dict, description="loss hyper-parameters, e.g. {alpha: 0.2}")
     seed: int = 0
     augment: bool = True
@@ -47,7 +50,11 @@ class HashingModelConfig(dg.Config):
     force: bool = False
 
 
-CODE_VERSION = "hashing_model-v1"  # bump when training code changes results: a new model_id, not a stale reuse
+_PROFILE_FIELDS = ("model", "loss", "bits", "preset", "head_hidden", "head_dropout", "epochs", "batch_size",
+                   "optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "classifier", "label_smoothing", "erase")  # fmt: skip
+
+
+CODE_VERSION = "hashing_model-v2"  # bump when training code changes results: a new model_id, not a stale reuse
 
 
 def make_model_id(spec: dict, train_cfg: dict, catalogue: str, catalogue_fp: str) -> str:
@@ -84,16 +91,18 @@ def hashing_model(
     root = storage.get()
     table, info = read_catalogue(root, name)
     num_classes = len(info.label_names)
-    spec = ModelSpec(model=config.model, preset=config.preset, bits=config.bits, num_classes=num_classes,
+    from ml.recipes import resolve_profile
+
+    r = resolve_profile(config.profile, **{k: getattr(config, k) for k in _PROFILE_FIELDS})
+    spec = ModelSpec(model=r["model"], preset=r["preset"], bits=r["bits"], num_classes=num_classes,
                      in_chans=int(table["channels"][0].as_py()), overrides=dict(config.overrides),
-                     pretrained=config.pretrained)  # fmt: skip
+                     pretrained=config.pretrained, **{k: r[k] for k in ("head_hidden", "head_dropout") if k in r})  # fmt: skip
     spec.validate()
-    if config.profile not in PROFILES:
-        raise ValueError(f"unknown profile {config.profile!r}; choose one of {sorted(PROFILES)}")
     train_cfg = TrainConfig(
-        loss=config.loss, epochs=config.epochs or PROFILES[config.profile]["epochs"], batch_size=config.batch_size,
-        optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, schedule=config.schedule,
-        warmup_steps=config.warmup_steps, seed=config.seed, augment=config.augment, loss_params=dict(config.loss_params),
+        loss=r["loss"], epochs=r["epochs"], batch_size=r["batch_size"], optimizer=r["optimizer"], lr=r["lr"],
+        weight_decay=r["weight_decay"], schedule=r["schedule"], warmup_steps=r["warmup_steps"], seed=config.seed,
+        augment=config.augment, loss_params=dict(config.loss_params), classifier=r["classifier"],
+        label_smoothing=r["label_smoothing"], erase=r["erase"],
     )  # fmt: skip
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)

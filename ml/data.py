@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +61,18 @@ def augment(batch: torch.Tensor, generator: torch.Generator, shift: int = 2, fli
         theta[:, 1, 2] = offsets[:, 1] * 2 / h
     grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
     return F.grid_sample(batch, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+
+
+def random_eraser(probability: float, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """timm's ``RandomErasing`` (per-pixel normal noise, 2-33% of the area) on a normalised batch, in place;
+    ``None`` when ``probability`` is 0. Its draws come from Python's ``random`` (seeded by the training loop)."""
+    if not probability:
+        return None
+    if not 0 < probability <= 1:
+        raise ValueError(f"erase probability must lie in [0, 1], got {probability}")
+    from ml.timm_compat import import_timm
+
+    return import_timm().data.random_erasing.RandomErasing(probability, mode="pixel", device=str(device))
 
 
 def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:

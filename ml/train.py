@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ml.data import augment, iterate_batches, normalise
+from ml.data import augment, iterate_batches, normalise, random_eraser
 from ml.encode import encode_images
 from ml.losses import build_loss
+from ml.losses.auxiliary import AuxiliaryClassifier
 from ml.metrics import evaluate_retrieval
 from ml.models import ModelSpec, build_model, count_parameters
 
@@ -44,6 +45,9 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 512
     loss_params: dict = field(default_factory=dict)
+    classifier: float = 0.0  # weight of the auxiliary label classifier on tanh(u) (0 = off)
+    label_smoothing: float = 0.0  # of the auxiliary classifier's cross-entropy
+    erase: float = 0.0  # probability of random erasing per training image (timm ``RandomErasing``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,7 +149,9 @@ def train_hashing_model(
         raise ValueError("no training images")
     model = build_model(spec).to(device)
     loss_fn = build_loss(cfg.loss, spec.num_classes, spec.bits, num_train=n, seed=cfg.seed, **cfg.loss_params).to(device)
-    params = list(model.parameters()) + list(loss_fn.parameters())
+    aux = AuxiliaryClassifier(spec.bits, spec.num_classes, cfg.classifier, cfg.label_smoothing, cfg.seed).to(device)
+    eraser = random_eraser(cfg.erase, device)
+    params = list(model.parameters()) + list(loss_fn.parameters()) + (list(aux.parameters()) if cfg.classifier else [])
     opt = make_optimizer(cfg, params)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     sched = make_schedule(cfg, opt, steps_per_epoch * cfg.epochs)
@@ -156,6 +162,10 @@ def train_hashing_model(
         state = torch.load(io.BytesIO(resume), map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
+        if "classifier" in state:
+            aux.load_state_dict(state["classifier"])
+        if "python_rng" in state:
+            random.setstate(state["python_rng"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         gen.set_state(state["generator"])
@@ -178,10 +188,14 @@ def train_hashing_model(
             x = normalise(images[idx].to(device, non_blocking=True))
             if cfg.augment:
                 x = augment(x, gen)
+            if eraser is not None:
+                x = eraser(x)
             y = labels[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 u = model(x)
             loss = loss_fn(u.float(), y, idx.to(device))
+            if cfg.classifier:
+                loss = loss + aux(u, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})")
             opt.zero_grad(set_to_none=True)
@@ -207,8 +221,8 @@ def train_hashing_model(
             on_epoch(row)
         if checkpoint:
             checkpoint(_state_bytes(dict(
-                epoch=epoch, model=model.state_dict(), loss=loss_fn.state_dict(), optimizer=opt.state_dict(),
-                schedule=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(),
+                epoch=epoch, model=model.state_dict(), loss=loss_fn.state_dict(), classifier=aux.state_dict(), optimizer=opt.state_dict(),
+                schedule=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(), python_rng=random.getstate(),
                 history=history, best_val=best_val, best_epoch=best_epoch, best_model=best_state,
             )))  # fmt: skip
     model.load_state_dict(best_state)

@@ -25,14 +25,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="quick", choices=["quick", "full"])
-    p.add_argument("--model", default="vts")
-    p.add_argument("--loss", default="csq")
-    p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--preset", default="small", help="small (28-32 px, CPU) or the model's paper preset (224 px)")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"],
+                   help="model and recipe behind every option left unset (README, 'Profiles')")
+    p.add_argument("--model", default=None, help="vts | vts-cls | xhashnet | transhash | hybridhash (profile: vts)")
+    p.add_argument("--loss", default=None, help="hashing loss (profile: csq)")
+    p.add_argument("--bits", type=int, default=None, help="code length (profile: 64)")
+    p.add_argument("--preset", default=None, help="small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)")
     p.add_argument("--pretrained", default="", help="local path or URI of timm backbone weights (never downloaded)")
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "rmsprop", "sgd"])
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--optimizer", default=None, choices=["adamw", "adam", "rmsprop", "sgd"])
+    p.add_argument("--lr", type=float, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default=os.environ.get("VITRIEVE_DEVICE", "auto"), help="auto | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
@@ -84,11 +85,10 @@ def _locations(args) -> tuple[str, str]:
 
 def _run_config(args) -> dict:
     cat = {"source": args.source, "seed": args.seed, "train_limit": args.train_limit, "query_limit": args.query_limit}
-    model = {"model": args.model, "loss": args.loss, "bits": args.bits, "profile": args.profile, "seed": args.seed,
-             "force": args.force, "preset": args.preset, "pretrained": args.pretrained, "optimizer": args.optimizer,
-             "lr": args.lr}  # fmt: skip
-    if args.epochs:
-        model["epochs"] = args.epochs
+    model = {"profile": args.profile, "seed": args.seed, "force": args.force, "pretrained": args.pretrained}
+    given = {"model": args.model, "loss": args.loss, "bits": args.bits, "preset": args.preset,
+             "optimizer": args.optimizer, "lr": args.lr, "epochs": args.epochs}  # fmt: skip
+    model.update({k: v for k, v in given.items() if v is not None})
     return {"catalogue": {"config": cat}, "hashing_model": {"config": model}}
 
 

@@ -77,7 +77,7 @@ def test_paper_presets_are_224px_and_paper_sized(model):
         ("transhash", "vit-b16"): (85.8e6, 85.9e6), ("hybridhash", "nest-b"): (55.5e6, 55.7e6),
     }  # fmt: skip
     for preset in PRESETS[model]:
-        if preset == "small":
+        if preset.startswith("small"):
             continue
         spec = ModelSpec(model=model, preset=preset, in_chans=3)
         assert spec.img_size == 224
@@ -329,3 +329,15 @@ def test_hybridhash_loads_nest_weights_non_strict(tmp_path):
     )
     assert torch.equal(net.backbone.levels[1].pool.conv.weight, nest.levels[1].pool.conv.weight)
     assert sorted(report.dropped) == ["head.bias", "head.weight"]
+
+
+def test_conv_stem_preset_gives_one_token_per_cell_of_the_7px_map():
+    net = build_model(ModelSpec(model="vts", preset="small-conv", bits=32, head_hidden=64))
+    assert net.backbone.patch_embed.num_patches == 49
+    with torch.no_grad():
+        assert net(_x(shape=(2, 1, 28, 28))).shape == (2, 32)
+
+
+def test_conv_stem_needs_patch_size_one():
+    with pytest.raises(ValueError, match="conv stem of 2 stages needs patch_size 1"):
+        build_model(ModelSpec(model="vts-cls", preset="small-conv", overrides={"patch_size": 2}))

@@ -40,8 +40,10 @@ def test_unknown_optimizer_is_named():
         train_hashing_model(ModelSpec(**TINY_SPEC), TrainConfig(optimizer="lamb"), _data(), torch.device("cpu"))
 
 
-def test_resume_after_crash_matches_uninterrupted_run():
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=2, loss="hashnet")
+@pytest.mark.parametrize("extra", [{"loss": "hashnet"}, {"loss": "csq", "classifier": 1.0, "label_smoothing": 0.1, "erase": 0.5}],
+                         ids=["hashnet", "csq+classifier+erase"])
+def test_resume_after_crash_matches_uninterrupted_run(extra):
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=2, **extra)
     full = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
 
     saved: list[bytes] = []
@@ -62,3 +64,18 @@ def test_resume_after_crash_matches_uninterrupted_run():
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history])
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_auxiliary_classifier_and_erasing_change_training_and_stay_seeded():
+    base = TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup_steps=1)
+    plain = train_hashing_model(ModelSpec(**TINY_SPEC), base, _data(), torch.device("cpu"), log=lambda _: None)
+    with_aux = TrainConfig(epochs=1, batch_size=32, lr=3e-3, warmup_steps=1, classifier=1.0, label_smoothing=0.1, erase=0.5)
+    a = train_hashing_model(ModelSpec(**TINY_SPEC), with_aux, _data(), torch.device("cpu"), log=lambda _: None)
+    b = train_hashing_model(ModelSpec(**TINY_SPEC), with_aux, _data(), torch.device("cpu"), log=lambda _: None)
+    assert a.history[0]["loss"] > plain.history[0]["loss"]  # the cross-entropy term (>= 0.1 smoothing floor) is added
+    assert a.history[0]["loss"] == b.history[0]["loss"]
+
+
+def test_bad_erase_probability_is_named():
+    with pytest.raises(ValueError, match="erase probability"):
+        train_hashing_model(ModelSpec(**TINY_SPEC), TrainConfig(erase=1.5), _data(), torch.device("cpu"))

@@ -13,15 +13,20 @@ _VIT_B16 = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=
 _VIT_B32 = dict(img_size=224, patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
 # The CPU preset of the VTS models (unchanged from the first release: 28 px, 49 patches of 4x4).
 _VTS_SMALL = dict(img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0)
+# The hybrid CPU preset (the quick profile's): a two-stage VGG conv stem (28 -> 7 px, 24/48 channels) whose 49
+# cells are the tokens of one ViT block (width 96); see ``ml.models.common.conv_stem`` and docs/BENCHMARKS.md.
+_VTS_SMALL_CONV = dict(img_size=28, patch_size=1, embed_dim=96, depth=1, num_heads=3, mlp_ratio=2.0,
+                       stem_channels=(24, 48))  # fmt: skip
 
 # Per model, per preset: every constructor argument the preset fixes. ``ModelSpec.overrides`` may replace any of
 # these keys (and only these). Keys that are not timm backbone arguments size the head: ``bottleneck``
 # (X-HashNet's hidden hash width), ``groups`` (TransHash's K local branches) and ``interaction_heads``
-# (HybridHash's heads in the block-token attention). "small" presets are sized for 28-32 px on a 2-core CPU (see
+# (HybridHash's heads in the block-token attention); ``stem_channels`` (VTS) puts a conv stem before the ViT.
+# "small" presets are sized for 28-32 px on a 2-core CPU (see
 # each module's docstring for the measured img/s); the others are the papers' 224 px GPU backbones.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "vts": {"small": _VTS_SMALL, "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
-    "vts-cls": {"small": _VTS_SMALL, "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
+    "vts": {"small": _VTS_SMALL, "small-conv": _VTS_SMALL_CONV, "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
+    "vts-cls": {"small": _VTS_SMALL, "small-conv": _VTS_SMALL_CONV, "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
     "xhashnet": {
         "small": dict(
             img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, bottleneck=256

@@ -1,0 +1,36 @@
+"""Training profiles: the model and recipe that ``--profile quick|full`` stands for (README, "Profiles").
+
+A profile fills every field a run leaves unset (``None``). Its architecture part (``ARCHITECTURE_FIELDS``)
+applies only when the run keeps the profile's model; another model gets its ``small`` preset and its own head
+defaults, with the profile's optimisation recipe. Figures behind each choice: docs/BENCHMARKS.md, "Quality".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
+
+_HYBRID_VTS = dict(model="vts", preset="small-conv", head_hidden=512, head_dropout=0.3)
+_RECIPE = dict(loss="csq", bits=64, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
+               warmup_steps=200, classifier=1.0, label_smoothing=0.1)  # fmt: skip
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # <= 15 min end to end on 2 CPU cores (`make run`)
+    "quick": {**_HYBRID_VTS, **_RECIPE, "epochs": 5, "erase": 0.0},
+    # a longer schedule with random erasing, for a machine with time to spare
+    "full": {**_HYBRID_VTS, **_RECIPE, "epochs": 20, "erase": 0.25},
+}
+
+
+def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
+    """The profile's fields overridden by every ``given`` field that is not ``None`` (see the module doc)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    base = dict(PROFILES[profile])
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if chosen.get("model", base["model"]) != base["model"]:
+        for key in ARCHITECTURE_FIELDS:
+            base.pop(key)
+        base["preset"] = "small"
+    return {**base, **chosen}

@@ -1,0 +1,30 @@
+"""Profiles fill what a run leaves unset; another model keeps the recipe but not the profile's architecture."""
+
+import pytest
+
+from ml.models import ModelSpec
+from ml.recipes import PROFILES, resolve_profile
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_profiles_build_a_valid_model(profile):
+    r = resolve_profile(profile)
+    ModelSpec(model=r["model"], preset=r["preset"], bits=r["bits"], head_hidden=r["head_hidden"]).validate()
+    assert r == PROFILES[profile]
+
+
+def test_given_fields_win_and_none_means_unset():
+    r = resolve_profile("quick", epochs=1, lr=None, loss="dch")
+    assert r["epochs"] == 1 and r["loss"] == "dch" and r["lr"] == PROFILES["quick"]["lr"]
+
+
+def test_another_model_gets_its_small_preset_and_own_head():
+    r = resolve_profile("quick", model="transhash")
+    assert r["preset"] == "small" and "head_hidden" not in r and "head_dropout" not in r
+    assert r["epochs"] == PROFILES["quick"]["epochs"]
+    assert resolve_profile("quick", model="transhash", preset="vit-b16")["preset"] == "vit-b16"
+
+
+def test_unknown_profile_is_named():
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        resolve_profile("huge")
