@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
+import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.common import model_inputs, rows_where
@@ -85,7 +86,7 @@ def hashing_model(
     table, info = read_catalogue(root, name)
     num_classes = len(info.label_names)
     spec = ModelSpec(model=config.model, preset=config.preset, bits=config.bits, num_classes=num_classes,
-                     in_chans=int(table["channels"][0].as_py()), overrides=dict(config.overrides),
+                     in_chans=int(pc.max(table["channels"]).as_py()), overrides=dict(config.overrides),
                      pretrained=config.pretrained)  # fmt: skip
     spec.validate()
     if config.profile not in PROFILES:

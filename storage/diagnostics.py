@@ -46,6 +46,7 @@ __all__ = [
     "insert_metrics",
     "insert_per_class",
     "insert_pr_curve",
+    "insert_rejected",
     "insert_search_latency",
     "insert_training_log",
 ]
@@ -119,10 +120,23 @@ _V2_COLUMNS_AND_VIEWS: tuple[str, ...] = (
     ORDER BY e.catalogue, map_at_all DESC NULLS LAST, e.model_id""",
 )
 
+_V3_INGEST: tuple[str, ...] = (
+    "CREATE TABLE rejected (run_id VARCHAR NOT NULL, item VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR)",
+    # Items rejected by the latest successful-or-failed ingest of each catalogue.
+    """CREATE OR REPLACE VIEW latest_rejected AS
+    SELECT r.catalogue, x.item, x.reason, x.detail, r.run_id, r.finished_at
+    FROM rejected x JOIN runs r USING (run_id)
+    WHERE r.run_id IN (
+        SELECT run_id FROM runs WHERE kind = 'ingest'
+        QUALIFY row_number() OVER (PARTITION BY catalogue ORDER BY started_at DESC, run_id DESC) = 1
+    )""",
+)
+
 #: Ordered (version, statements) pairs. Append only; never edit or reorder a released entry.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, _V1_TABLES),
     (2, _V2_COLUMNS_AND_VIEWS),
+    (3, _V3_INGEST),
 )
 CURRENT_SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
@@ -396,6 +410,21 @@ def insert_per_class(
             "label": ("BIGINT", [int(r[0]) for r in rows]),
             "ap": ("DOUBLE", [_opt_float(r[1]) for r in rows]),
             "n": ("BIGINT", [_opt_int(r[2]) for r in rows]),
+        },
+    )
+
+
+def insert_rejected(con: duckdb.DuckDBPyConnection, run_id: str, rows: Iterable[tuple[str, str, str]]) -> int:
+    """Insert ``(item, reason, detail)`` rows: catalogue items an ingest run rejected."""
+    rows = list(rows)
+    return _insert_columns(
+        con,
+        "rejected",
+        run_id,
+        {
+            "item": ("VARCHAR", [str(r[0]) for r in rows]),
+            "reason": ("VARCHAR", [str(r[1]) for r in rows]),
+            "detail": ("VARCHAR", [None if r[2] is None else str(r[2]) for r in rows]),
         },
     )
 
