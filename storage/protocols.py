@@ -105,8 +105,9 @@ def assign(
         train = np.flatnonzero((role == "train") & ~fixed)
         if protocol.validation_size >= len(train):
             raise ValueError(
-                f"validation_size {protocol.validation_size} leaves no training images out of {len(train)}; "
-                "lower validation_size"
+                f"validation_size {protocol.validation_size} leaves no training images out of {len(train)} "
+                f"({int(np.sum(role == 'query'))} of {n} images are queries); lower validation_size"
+                + (" or query_per_label" if protocol.kind == "per_label" else "")
             )
         role[rng.choice(train, size=protocol.validation_size, replace=False)] = "validation"
     in_query = role == "query"

@@ -29,18 +29,27 @@ def resources(root: str, db: str) -> dict:
 def run_graph(instance: dg.DagsterInstance, name: str, catalogue: dict, root: str, db: str,
               selection: list[str] | None = None, ops: dict | None = None) -> dg.ExecuteInProcessResult:  # fmt: skip
     """``train_and_publish`` (or ``selection`` of it) for catalogue partition ``name``."""
-    from pipelines.definitions import defs
+    from pipelines.definitions import build_definitions
 
     if not instance.has_dynamic_partition("catalogues", name):
         instance.add_dynamic_partitions("catalogues", [name])
     run_config = {"catalogue": {"config": catalogue}, **TINY_OPS, **(ops or {})}
     if selection:
         run_config = {k: v for k, v in run_config.items() if k in selection}
-    return defs().resolve_job_def("train_and_publish").execute_in_process(
-        run_config={"ops": run_config}, instance=instance, partition_key=name, resources=resources(root, db),
+    return build_definitions(resources(root, db)).resolve_job_def("train_and_publish").execute_in_process(
+        run_config={"ops": run_config}, instance=instance, partition_key=name,
         asset_selection=[dg.AssetKey(a) for a in selection] if selection else None, raise_on_error=False,
     )  # fmt: skip
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
-    return [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+    """Each failed step's error message, with its causes (the user's error under Dagster's wrapper)."""
+    out = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error, text = event.step_failure_data.error, []
+            while error is not None:
+                text.append(error.message.strip())
+                error = error.cause
+            out.append(" <- ".join(text))
+    return out
