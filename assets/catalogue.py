@@ -8,7 +8,6 @@ from pydantic import Field
 from assets.partitions import catalogues
 from pipelines.resources import DiagnosticsResource, StorageResource
 from storage.catalogue import CatalogueInfo, fingerprint, read_catalogue, write_catalogue
-from storage.diagnostics import insert_metrics, insert_rejected
 from storage.ingest import (
     Limits,
     Rejection,
@@ -71,11 +70,8 @@ def _previous(root, name: str) -> tuple | None:
 
 def _record(diagnostics: DiagnosticsResource, context, name: str, config: CatalogueConfig, rejected: list[Rejection],
             counts: dict[str, int], status: str) -> str:  # fmt: skip
-    def write(run_id, con):
-        insert_rejected(con, run_id, [(r.item, r.reason, r.detail) for r in rejected])
-        insert_metrics(con, run_id, [(f"ingest_{k}", None, float(v)) for k, v in counts.items()])
-
-    return diagnostics.get().record("ingest", name, None, config.model_dump(), context.run.run_id, write, status)
+    rows = [(r.item, r.reason, r.detail) for r in rejected]
+    return diagnostics.get().record_ingest(name, config.model_dump(), rows, counts, context.run.run_id, status)
 
 
 @dg.asset(

@@ -698,6 +698,24 @@ class DiagnosticsDB:
             _finish_run(con, run_id, status)
         return run_id
 
+    def record_ingest(
+        self,
+        catalogue: str,
+        config: dict | None,
+        rejected: Iterable[tuple[str, str, str]],
+        counts: dict[str, float],
+        dagster_run_id: str | None = None,
+        status: str = "success",
+    ) -> str:
+        """One ``ingest`` run: its rejected ``(item, reason, detail)`` rows and ``ingest_<name>`` count metrics."""
+        rejected = list(rejected)
+
+        def write(run_id: str, con: duckdb.DuckDBPyConnection) -> None:
+            insert_rejected(con, run_id, rejected)
+            insert_metrics(con, run_id, [(f"ingest_{k}", None, float(v)) for k, v in counts.items()])
+
+        return self.record("ingest", catalogue, None, config, dagster_run_id, write, status)
+
     # -- reader
 
     def query(

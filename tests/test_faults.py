@@ -27,7 +27,7 @@ from tests.catalogue_factory import write_folder
 from tests.tiny_graph import failure_messages, run_graph, tiny_catalogue_config
 
 REPO = Path(__file__).resolve().parents[1]
-NIGHTLY = ["packed_codes", "binary_index", "retrieval_diagnostics"]
+NIGHTLY = ["packed_codes", "binary_index"]
 
 
 def _env() -> dict[str, str]:
@@ -129,21 +129,19 @@ def test_sigkill_leaves_published_artifacts_intact_and_next_run_completes(publis
 
 
 _INGEST_LOOP = """
-import sys, time, dagster as dg
-from assets.catalogue import catalogue
-from tests.tiny_graph import resources, tiny_catalogue_config
-src, data, db, name, n, go = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
-res = {k: v for k, v in resources(data, db).items() if k != "compute"}
-with dg.instance_for_test() as instance:
-    instance.add_dynamic_partitions("catalogues", [name])
-    open(go + name, "w").close()
-    while not all(__import__("os").path.exists(go + c) for c in ("cat1", "cat2")):
-        time.sleep(0.01)  # start together
-    for seed in range(n):
-        cfg = tiny_catalogue_config(src, seed=seed, max_reject_fraction=0.5)
-        r = dg.materialize([catalogue], partition_key=name, instance=instance, resources=res,
-                           run_config={"ops": {"catalogue": {"config": cfg}}})
-        assert r.success
+import os, sys, time
+from storage.diagnostics import DiagnosticsDB
+from storage.ingest import ingest
+from storage.protocols import Protocol
+from storage.sources import list_folder
+src, db, name, n, ready = sys.argv[1], DiagnosticsDB(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+open(ready + name, "w").close()
+while not all(os.path.exists(ready + c) for c in ("cat1", "cat2")):
+    time.sleep(0.01)  # start together
+for seed in range(n):  # what the catalogue asset does: ingest, then record the run and its rejects
+    r = ingest(name, list_folder(src), Protocol(train_per_label=4, query_per_label=2, validation_size=2, seed=seed))
+    db.record_ingest(name, {"seed": seed}, [(x.item, x.reason, x.detail) for x in r.rejected],
+                     {"listed": r.listed, "accepted": r.table.num_rows, "rejected": len(r.rejected)})
 """
 
 
@@ -151,10 +149,10 @@ def test_two_ingest_runs_write_the_diagnostics_db_at_once(tmp_path):
     src = write_folder(tmp_path / "src", per_class=8)
     for i in range(4):
         (src / "cat" / f"bad{i}.png").write_bytes(b"not a png")
-    db, n = tmp_path / "diag.duckdb", 4
+    db, n = tmp_path / "diag.duckdb", 12
     children = [
-        subprocess.Popen([sys.executable, "-c", _INGEST_LOOP, str(src), str(tmp_path / f"data{w}"), str(db), f"cat{w}",
-                          str(n), str(tmp_path / "ready-")], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", _INGEST_LOOP, str(src), str(db), f"cat{w}", str(n), str(tmp_path / "ready-")],
+                         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for w in (1, 2)
     ]  # fmt: skip
     for child in children:
@@ -166,6 +164,8 @@ def test_two_ingest_runs_write_the_diagnostics_db_at_once(tmp_path):
     assert runs == [("cat1", n, n), ("cat2", n, n)]
     _, rejected = diag.query("SELECT r.catalogue, count(*) FROM rejected x JOIN runs r USING (run_id) GROUP BY 1 ORDER BY 1")
     assert rejected == [("cat1", 4 * n), ("cat2", 4 * n)]
+    _, metrics = diag.query("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) WHERE r.kind = 'ingest'")
+    assert metrics == [(3 * 2 * n,)]
     _, overlap = diag.query("SELECT min(finished_at) FILTER (catalogue = 'cat1') < max(started_at) FILTER "
                             "(catalogue = 'cat2') AND min(finished_at) FILTER (catalogue = 'cat2') < max(started_at) "
                             "FILTER (catalogue = 'cat1') FROM runs")  # fmt: skip

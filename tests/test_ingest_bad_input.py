@@ -144,24 +144,28 @@ def test_wholly_unusable_source_fails_at_once(tmp_path, case):
             list_manifest(str(tmp_path / ("header.csv" if case == "header-only" else "cols.csv")))
 
 
-def _materialise_catalogue(tmp_path, config: dict, name: str = "zoo") -> dg.ExecuteInProcessResult:
+def _materialise_catalogue(tmp_path, config: dict, name: str = "zoo", times: int = 1) -> dg.ExecuteInProcessResult:
     from assets.catalogue import catalogue
 
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("catalogues", [name])
-        return dg.materialize(
-            [catalogue], partition_key=name, instance=instance, raise_on_error=False,
-            resources={k: v for k, v in resources(str(tmp_path / "data"), str(tmp_path / "diag.duckdb")).items()
-                       if k != "compute"},
-            run_config={"ops": {"catalogue": {"config": config}}},
-        )  # fmt: skip
+        for _ in range(times):
+            result = dg.materialize(
+                [catalogue], partition_key=name, instance=instance, raise_on_error=False,
+                resources={k: v for k, v in resources(str(tmp_path / "data"), str(tmp_path / "diag.duckdb")).items()
+                           if k != "compute"},
+                run_config={"ops": {"catalogue": {"config": config}}},
+            )  # fmt: skip
+        return result
 
 
 def test_asset_reports_rejects_in_duckdb_and_metadata(tmp_path):
     src = bad_folder(tmp_path)
-    result = _materialise_catalogue(tmp_path, tiny_catalogue_config(str(src), max_pixels=50_000, max_reject_fraction=0.5))
+    result = _materialise_catalogue(tmp_path, tiny_catalogue_config(str(src), max_pixels=50_000, max_reject_fraction=0.5),
+                                    times=2)  # fmt: skip
     assert result.success, failure_messages(result)
     meta = result.asset_materializations_for_node("catalogue")[0].metadata
+    assert meta["unchanged"].value  # the second ingest of the unchanged source wrote nothing
     assert meta["rejected_items"].value == 10 and meta["accepted_items"].value == 24
     assert "| cat/truncated.png | truncated |" in meta["rejected"].value
     assert "| decompression-bomb | 2 |" in meta["reject_reasons"].value
@@ -169,7 +173,7 @@ def test_asset_reports_rejects_in_duckdb_and_metadata(tmp_path):
     _, rows = db.query("SELECT item, reason FROM latest_rejected WHERE catalogue = 'zoo' ORDER BY item")
     assert dict(rows) == EXPECTED_FOLDER
     _, status = db.query("SELECT status FROM runs WHERE kind = 'ingest'")
-    assert status == [("success",)]
+    assert status == [("success",), ("success",)]
     table, _ = read_catalogue(StorageRoot(tmp_path / "data"), "zoo")
     assert table.num_rows == 24
 
