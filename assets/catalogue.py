@@ -12,7 +12,6 @@ from storage.ingest import (
     Limits,
     Rejection,
     TooManyRejects,
-    check_rejects,
     ingest,
     reject_reasons,
     rejected_markdown,
@@ -112,35 +111,39 @@ def catalogue(
         except SourceError as err:
             raise dg.Failure(description=f"catalogue {name!r}: unusable source: {err}") from err
         limits = Limits(config.max_pixels, config.max_file_bytes, config.max_reject_fraction)
-        result = ingest(name, src, _protocol(config), limits, _previous(root, name), config.channels, log=context.log.debug)
+        try:
+            result = ingest(name, src, _protocol(config), limits, _previous(root, name), config.channels,
+                            log=context.log.debug)  # fmt: skip
+        except TooManyRejects as err:
+            counts = {"listed": err.listed, "accepted": err.listed - len(err.rejected), "rejected": len(err.rejected)}
+            _record(diagnostics, context, name, config, err.rejected, counts, "failed")
+            raise dg.Failure(
+                description=f"catalogue {name!r}: {err}",
+                metadata={"rejected": dg.MetadataValue.md(rejected_markdown(err.rejected)),
+                          "reject_reasons": dg.MetadataValue.md(_reasons_markdown(err.rejected))},
+            ) from err  # fmt: skip
         table, info, rejected, unchanged, listed = result.table, result.info, result.rejected, result.unchanged, result.listed
         extra = {"added_rows": result.added, "removed_rows": result.removed}
     else:
         raise ValueError(f"catalogue source kind {kind!r} is not one of auto, idx, folder, manifest")
 
     counts = {"listed": listed, "accepted": table.num_rows, "rejected": len(rejected), **extra}
-    reasons_md = "| reason | items | example |\n|---|---|---|\n" + "\n".join(
-        f"| {reason} | {n} | {ex.item} |" for reason, n, ex in reject_reasons(rejected)
-    )
-    try:
-        check_rejects(rejected, listed, config.max_reject_fraction)
-    except TooManyRejects as err:
-        _record(diagnostics, context, name, config, rejected, counts, "failed")
-        raise dg.Failure(
-            description=f"catalogue {name!r}: {err}",
-            metadata={"rejected": dg.MetadataValue.md(rejected_markdown(rejected)), "reasons": dg.MetadataValue.md(reasons_md)},
-        ) from err
     if unchanged:
         context.log.info(f"catalogue {name!r} unchanged ({table.num_rows} rows); nothing written")
         uri = root.url("catalogues", name, "catalogue.parquet")
     else:
         uri = write_catalogue(root, table, info)
     _record(diagnostics, context, name, config, rejected, counts, "success")
-    return dg.MaterializeResult(metadata=_metadata(table, info, uri, unchanged, counts, rejected, reasons_md))
+    return dg.MaterializeResult(metadata=_metadata(table, info, uri, unchanged, counts, rejected))
 
 
-def _metadata(table, info: CatalogueInfo, uri: str, unchanged: bool, counts: dict, rejected: list[Rejection],
-              reasons_md: str) -> dict:  # fmt: skip
+def _reasons_markdown(rejected: list[Rejection]) -> str:
+    return "| reason | items | example |\n|---|---|---|\n" + "\n".join(
+        f"| {reason} | {n} | {ex.item} |" for reason, n, ex in reject_reasons(rejected)
+    )
+
+
+def _metadata(table, info: CatalogueInfo, uri: str, unchanged: bool, counts: dict, rejected: list[Rejection]) -> dict:
     flags = {flag: int(pc.sum(table[flag]).as_py() or 0) for flag in ("in_train", "in_validation", "in_query", "in_database")}
     return {
         "dagster/uri": uri,
@@ -154,5 +157,5 @@ def _metadata(table, info: CatalogueInfo, uri: str, unchanged: bool, counts: dic
         "label_names": dg.MetadataValue.json(info.label_names),
         **{f"{k}_items" if k in ("listed", "accepted", "rejected") else k: v for k, v in counts.items()},
         "rejected": dg.MetadataValue.md(rejected_markdown(rejected) if rejected else "no item rejected"),
-        "reject_reasons": dg.MetadataValue.md(reasons_md if rejected else "no item rejected"),
+        "reject_reasons": dg.MetadataValue.md(_reasons_markdown(rejected) if rejected else "no item rejected"),
     }

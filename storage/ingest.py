@@ -5,7 +5,7 @@ Reasons: ``missing``, ``unreadable``, ``empty-file``, ``too-large``, ``not-an-im
 ``truncated``, ``decompression-bomb``, ``unsupported-mode``, ``escapes-root``, ``duplicate-id``,
 ``duplicate-image`` (same sha256 as an accepted item), ``bad-label``, ``no-label``, ``bad-split``,
 ``bad-id``, ``bad-row`` (a manifest line that does not parse). Past ``max_reject_fraction`` of the listed
-items, :func:`check_rejects` raises :class:`TooManyRejects` naming the worst reasons.
+items, :func:`ingest` raises :class:`TooManyRejects` naming the worst reasons (and carrying the rejections).
 
 Re-ingesting keeps the ``row_id``, roles and ``ingested_at`` of every image whose id is unchanged, so an
 unchanged source gives an identical table; new images get new row_ids (never reused: the next free id is
@@ -44,7 +44,11 @@ class Rejection:
 
 
 class TooManyRejects(ValueError):
-    """More than ``max_reject_fraction`` of the source's items were rejected."""
+    """More than ``max_reject_fraction`` of the source's ``listed`` items were ``rejected``."""
+
+    def __init__(self, message: str, rejected: list[Rejection], listed: int) -> None:
+        super().__init__(message)
+        self.rejected, self.listed = rejected, listed
 
 
 @dataclass
@@ -134,6 +138,8 @@ def ingest(
             first[sha] = item.image_id
             unique.append((item, sha, facts))
     unique.sort(key=lambda a: a[0].image_id)
+    rejected.sort(key=lambda r: (r.reason, r.item))
+    check_rejects(rejected, len(source.items), limits.max_reject_fraction)
 
     old_names = list(prev_info.label_names) if prev_info is not None else []
     new_names = natural_sorted({n for item, _, _ in unique for n in item.labels} - set(old_names))
@@ -189,7 +195,7 @@ def ingest(
     unchanged = previous is not None and _same(previous[0], table) and prev_info.label_names == label_names \
         and same_protocol and prev_info.source == source.uri  # fmt: skip
     return IngestResult(
-        table=table, info=info, rejected=sorted(rejected, key=lambda r: (r.reason, r.item)), listed=len(source.items),
+        table=table, info=info, rejected=rejected, listed=len(source.items),
         added=sum(it.image_id not in prev_rows for it, _, _ in unique),
         removed=len(set(prev_rows) - {it.image_id for it, _, _ in unique}), unchanged=unchanged,
     )  # fmt: skip
@@ -217,7 +223,9 @@ def check_rejects(rejected: list[Rejection], listed: int, max_fraction: float) -
         worst = "; ".join(f"{reason} x{n} (e.g. {ex.item!r}: {ex.detail})" for reason, n, ex in reject_reasons(rejected)[:3])
         raise TooManyRejects(
             f"{len(rejected)} of {listed} items rejected ({len(rejected) / listed:.1%} > max_reject_fraction "
-            f"{max_fraction:.1%}); worst reasons: {worst}"
+            f"{max_fraction:.1%}); worst reasons: {worst}",
+            rejected,
+            listed,
         )
 
 

@@ -131,7 +131,7 @@ def test_sigkill_leaves_published_artifacts_intact_and_next_run_completes(publis
 _INGEST_LOOP = """
 import os, sys, time
 from storage.diagnostics import DiagnosticsDB
-from storage.ingest import ingest
+from storage.ingest import Limits, ingest
 from storage.protocols import Protocol
 from storage.sources import list_folder
 src, db, name, n, ready = sys.argv[1], DiagnosticsDB(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
@@ -139,7 +139,8 @@ open(ready + name, "w").close()
 while not all(os.path.exists(ready + c) for c in ("cat1", "cat2")):
     time.sleep(0.01)  # start together
 for seed in range(n):  # what the catalogue asset does: ingest, then record the run and its rejects
-    r = ingest(name, list_folder(src), Protocol(train_per_label=4, query_per_label=2, validation_size=2, seed=seed))
+    r = ingest(name, list_folder(src), Protocol(train_per_label=4, query_per_label=2, validation_size=2, seed=seed),
+               Limits(max_reject_fraction=0.5))
     db.record_ingest(name, {"seed": seed}, [(x.item, x.reason, x.detail) for x in r.rejected],
                      {"listed": r.listed, "accepted": r.table.num_rows, "rejected": len(r.rejected)})
 """

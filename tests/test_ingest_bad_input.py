@@ -16,13 +16,14 @@ import pytest
 from storage.catalogue import read_catalogue
 from storage.diagnostics import DiagnosticsDB
 from storage.fs import StorageRoot
-from storage.ingest import Limits, ingest
+from storage.ingest import Limits, TooManyRejects, ingest
 from storage.protocols import Protocol
 from storage.sources import SourceError, list_folder, list_manifest
 from tests.catalogue_factory import class_image, png, write_folder
 from tests.tiny_graph import failure_messages, resources, tiny_catalogue_config
 
 TINY = Protocol(train_per_label=4, query_per_label=2, validation_size=2)
+ANY = Limits(max_reject_fraction=1.0)  # keep going whatever is rejected
 
 
 def _bomb_png(width: int, height: int) -> bytes:
@@ -71,7 +72,7 @@ EXPECTED_FOLDER = {
 
 def test_every_bad_folder_item_is_rejected_with_its_reason(tmp_path):
     src = bad_folder(tmp_path)
-    r = ingest("zoo", list_folder(str(src)), TINY, Limits(max_pixels=50_000))
+    r = ingest("zoo", list_folder(str(src)), TINY, Limits(max_pixels=50_000, max_reject_fraction=1.0))
     assert {x.item: x.reason for x in r.rejected} == EXPECTED_FOLDER
     assert r.table.num_rows == 24 and r.listed == 34
     copy = next(x for x in r.rejected if x.item == "dog/copy.png")
@@ -95,7 +96,7 @@ def test_every_bad_manifest_row_is_rejected_with_its_reason(tmp_path):
         "img/fox/000.png,fox,extra",  # a line that does not parse
     ]
     (tmp_path / "m" / "manifest.csv").write_text("\n".join(lines) + "\n")
-    r = ingest("m", list_manifest(str(tmp_path / "m" / "manifest.csv")), TINY)
+    r = ingest("m", list_manifest(str(tmp_path / "m" / "manifest.csv")), TINY, ANY)
     reasons = sorted(x.reason for x in r.rejected)
     assert reasons == sorted(["missing", "unreadable", "escapes-root", "escapes-root", "duplicate-id", "no-label",
                               "missing", "bad-row"])  # fmt: skip
@@ -109,8 +110,8 @@ def test_labels_that_do_not_parse_are_rejected(tmp_path):
         class_image(i % 3, i).save(tmp_path / f"{i}.png")
     labels = [0.0, 1.0, 2.0] * 3 + [1.5, float("nan"), None]
     pq.write_table(pa.table({"uri": [f"{i}.png" for i in range(12)], "label": labels}), tmp_path / "m.parquet")
-    r = ingest("m", list_manifest(str(tmp_path / "m.parquet")), Protocol(train_per_label=2, query_per_label=1,
-                                                                         validation_size=1))  # fmt: skip
+    r = ingest("m", list_manifest(str(tmp_path / "m.parquet")),
+               Protocol(train_per_label=2, query_per_label=1, validation_size=1), ANY)  # fmt: skip
     assert sorted((x.item, x.reason) for x in r.rejected) == [("10.png", "bad-label"), ("11.png", "no-label"),
                                                               ("9.png", "bad-label")]  # fmt: skip
     assert r.info.label_names == ["0", "1", "2"]
@@ -122,8 +123,17 @@ def test_duplicate_ids_in_manifest_keep_the_first(tmp_path):
     rows.append({"id": "x0", "uri": "img/dog/000.png", "label": "dog"})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
     r = ingest("m", list_manifest(str(tmp_path / "m.parquet"), id_column="id"),
-               Protocol(train_per_label=2, query_per_label=1, validation_size=1))  # fmt: skip
+               Protocol(train_per_label=2, query_per_label=1, validation_size=1), ANY)  # fmt: skip
     assert [(x.item, x.reason) for x in r.rejected] == [("x0", "duplicate-id")]
+
+
+def test_a_source_of_only_bad_items_fails_on_rejects_not_on_the_protocol(tmp_path):
+    for i in range(5):
+        (tmp_path / "src" / "cat").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / "cat" / f"{i}.png").write_bytes(b"")
+    with pytest.raises(TooManyRejects, match=r"5 of 5 items rejected .* worst reasons: empty-file x5") as err:
+        ingest("bad", list_folder(str(tmp_path / "src")), TINY)
+    assert len(err.value.rejected) == 5 and err.value.listed == 5
 
 
 @pytest.mark.parametrize("case", ["empty-folder", "missing-folder", "missing-manifest", "header-only", "no-column"])

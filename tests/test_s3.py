@@ -15,7 +15,7 @@ from storage.codes import read_codes
 from storage.fs import StorageRoot
 from storage.images import encoded_images
 from storage.index import current, load_index
-from storage.ingest import ingest
+from storage.ingest import Limits, ingest
 from storage.protocols import Protocol
 from storage.sources import list_folder, list_manifest
 from tests.catalogue_factory import write_folder, write_multilabel
@@ -51,11 +51,12 @@ def test_folder_and_manifest_sources_on_s3(s3):
     lines = fs.cat("images/scenes/manifest.csv").decode().splitlines()
     lines += ["images/404.png,sky", "s3://images/elsewhere/x.png,sky", "../pets/cat/000.png,sky"]
     fs.pipe("images/scenes/manifest-bad.csv", ("\n".join(lines) + "\n").encode())
-    manifest = ingest("scenes", list_manifest("s3://images/scenes/manifest-bad.csv", label_columns=["tags"]), TINY)
+    bad = list_manifest("s3://images/scenes/manifest-bad.csv", label_columns=["tags"])
+    manifest = ingest("scenes", bad, TINY, Limits(max_reject_fraction=0.1))
     assert manifest.table.num_rows == 40
     assert sorted(r.reason for r in manifest.rejected) == ["escapes-root", "escapes-root", "missing"]
     again = ingest("scenes", list_manifest("s3://images/scenes/manifest-bad.csv", label_columns=["tags"]), TINY,
-                   previous=(manifest.table, manifest.info))  # fmt: skip
+                   Limits(max_reject_fraction=0.1), previous=(manifest.table, manifest.info))  # fmt: skip
     assert again.unchanged
 
 
