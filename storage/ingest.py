@@ -15,6 +15,7 @@ stored with the catalogue); images gone from the source are dropped. Only new or
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,10 @@ def _read_and_check(source: Source, items: list, limits: Limits, known: dict[str
                     chunk: int, log: Callable[[str], None]) -> tuple[list, list[Rejection]]:  # fmt: skip
     """(item, sha256, facts) of every readable, valid image; rejections of the others. Files whose id and
     sha256 match ``known`` are not decoded again."""
+    from tqdm import tqdm
+
     accepted, rejected = [], []
+    bar = tqdm(total=len(items), desc="ingest", unit="img", disable=not sys.stderr.isatty())
     for start in range(0, len(items), chunk):
         batch = items[start : start + chunk]
         for item, blob in zip(batch, read_files(source.fs, [it.path for it in batch]), strict=True):
@@ -85,7 +89,9 @@ def _read_and_check(source: Source, items: list, limits: Limits, known: dict[str
                 accepted.append((item, sha, inspect_image(blob, limits.max_pixels)))
             except RejectedImage as err:
                 rejected.append(Rejection(item.image_id, err.reason, err.detail))
+        bar.update(len(batch))
         log(f"read {min(start + chunk, len(items))}/{len(items)} files")
+    bar.close()
     return accepted, rejected
 
 

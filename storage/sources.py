@@ -113,7 +113,7 @@ def list_folder(uri: str, explicit_splits: bool = False) -> Source:
         items.append(item)
     if not items:
         raise SourceError(f"image folder {uri!r} holds no files")
-    return Source(uri=uri, kind="folder", fs=fs, items=items)
+    return Source(uri=_uri(fs, root), kind="folder", fs=fs, items=items)
 
 
 def _walk(fs: fsspec.AbstractFileSystem, root: str):
@@ -293,7 +293,7 @@ def list_manifest(
             item.split = SPLIT_NAMES[split]
         if id_column and data[id_column][i] is None:
             item.reject = ("bad-id", f"row {i + 1}: empty {id_column!r}")
-    return Source(uri=uri, kind="manifest", fs=root_fs, items=items)
+    return Source(uri=_uri(manifest_fs, manifest_path), kind="manifest", fs=root_fs, items=items)
 
 
 def detect_kind(uri: str) -> str:
