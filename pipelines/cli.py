@@ -40,6 +40,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "manifest; local path or s3:// URI (default: the built-in source of the catalogue)")  # fmt: skip
     p.add_argument("--train-limit", type=int, default=None, help="IDX: seeded subset of training images (quick looks)")
     p.add_argument("--query-limit", type=int, default=None, help="IDX: seeded subset of query images")
+    p.add_argument("--force", action="store_true", help="retrain even if this exact model exists")
     _catalogue_args(p)
 
 
@@ -65,7 +66,6 @@ def _catalogue_args(p: argparse.ArgumentParser) -> None:
     for dest, (_, kind, help_) in CATALOGUE_FLAGS.items():
         p.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=kind, default=None, help=help_,
                        action="append" if dest == "label_column" else "store")  # fmt: skip
-    p.add_argument("--force", action="store_true", help="retrain even if this exact model exists")
 
 
 def parser() -> argparse.ArgumentParser:

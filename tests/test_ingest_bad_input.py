@@ -207,3 +207,17 @@ def test_unusable_source_fails_the_asset_at_once(tmp_path):
     result = _materialise_catalogue(tmp_path, tiny_catalogue_config(str(tmp_path / "empty")))
     assert not result.success
     assert any("unusable source" in m and "holds no files" in m for m in failure_messages(result))
+
+
+def test_cli_ingest_flags_and_reject_report(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    src = bad_folder(tmp_path)
+    args = ["ingest", "--root", str(tmp_path / "data"), "--db", str(tmp_path / "diag.duckdb"), "--catalogue", "zoo",
+            "--source", str(src), "--train-per-label", "4", "--query-per-label", "2", "--validation-size", "2"]  # fmt: skip
+    assert main(args) == 1
+    assert "9 of 34 items rejected" in capsys.readouterr().err  # huge.png passes the default max_pixels
+    assert main([*args, "--max-reject-fraction", "0.5"]) == 0
+    table, info = read_catalogue(StorageRoot(tmp_path / "data"), "zoo")
+    assert table.num_rows == 25 and info.protocol["train_per_label"] == 4
