@@ -157,16 +157,16 @@ def test_wholly_unusable_source_fails_at_once(tmp_path, case):
 def _materialise_catalogue(tmp_path, config: dict, name: str = "zoo", times: int = 1) -> dg.ExecuteInProcessResult:
     from assets.catalogue import catalogue
 
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("catalogues", [name])
-        for _ in range(times):
-            result = dg.materialize(
-                [catalogue], partition_key=name, instance=instance, raise_on_error=False,
-                resources={k: v for k, v in resources(str(tmp_path / "data"), str(tmp_path / "diag.duckdb")).items()
-                           if k != "compute"},
-                run_config={"ops": {"catalogue": {"config": config}}},
-            )  # fmt: skip
-        return result
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("catalogues", [name])
+    for _ in range(times):
+        result = dg.materialize(
+            [catalogue], partition_key=name, instance=instance, raise_on_error=False,
+            resources={k: v for k, v in resources(str(tmp_path / "data"), str(tmp_path / "diag.duckdb")).items()
+                       if k != "compute"},
+            run_config={"ops": {"catalogue": {"config": config}}},
+        )  # fmt: skip
+    return result
 
 
 def test_asset_reports_rejects_in_duckdb_and_metadata(tmp_path):

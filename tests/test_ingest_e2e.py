@@ -27,11 +27,11 @@ def two_catalogues(tmp_path_factory):
     folder = write_folder(tmp / "pets", per_class=10)
     manifest = write_multilabel(tmp / "scenes", n=40)
     root, db = str(tmp / "data"), str(tmp / "diagnostics.duckdb")
-    results = {}
-    with dg.instance_for_test() as instance:
-        results["pets"] = run_graph(instance, "pets", tiny_catalogue_config(str(folder)), root, db)
-        results["scenes"] = run_graph(instance, "scenes", tiny_catalogue_config(str(manifest), label_columns=["tags"]),
-                                      root, db)  # fmt: skip
+    instance = dg.DagsterInstance.ephemeral()
+    results = {
+        "pets": run_graph(instance, "pets", tiny_catalogue_config(str(folder)), root, db),
+        "scenes": run_graph(instance, "scenes", tiny_catalogue_config(str(manifest), label_columns=["tags"]), root, db),
+    }
     return results, tmp, StorageRoot(root), DiagnosticsDB(db)
 
 

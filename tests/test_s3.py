@@ -64,9 +64,8 @@ def test_whole_run_with_storage_root_on_s3(s3, tmp_path, capsys):
     fs, _ = s3
     fs.mkdir("vitrieve")
     root_uri = "s3://vitrieve/prod"
-    with dg.instance_for_test() as instance:
-        result = run_graph(instance, "pets", tiny_catalogue_config("s3://images/pets"), root_uri,
-                           str(tmp_path / "diagnostics.duckdb"))  # fmt: skip
+    result = run_graph(dg.DagsterInstance.ephemeral(), "pets", tiny_catalogue_config("s3://images/pets"), root_uri,
+                       str(tmp_path / "diagnostics.duckdb"))  # fmt: skip
     assert result.success, failure_messages(result)
     assert all(e.passed for e in result.get_asset_check_evaluations())
     root = StorageRoot(root_uri)
