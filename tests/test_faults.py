@@ -27,7 +27,6 @@ from tests.catalogue_factory import write_folder
 from tests.tiny_graph import failure_messages, run_graph, tiny_catalogue_config
 
 REPO = Path(__file__).resolve().parents[1]
-NIGHTLY = ["packed_codes", "binary_index"]
 
 
 def _env() -> dict[str, str]:
@@ -101,31 +100,32 @@ def assert_published_readable(root: StorageRoot) -> None:
     assert dist[0, 0] == 0 and row_ids[probe] in ids[0][dist[0] == 0]
 
 
-@pytest.mark.parametrize(
-    ("stage", "before", "pause_on"),
-    [
-        ("catalogue", [], "catalogue.parquet"),  # the new catalogue written, not yet renamed into place
-        ("packed_codes", ["catalogue"], "part-"),  # a new codes part written, not yet renamed
-        ("binary_index", ["catalogue", "packed_codes"], "flat.manifest.json"),  # the new .faiss in place, manifest not
-    ],
-)  # fmt: skip
-def test_sigkill_leaves_published_artifacts_intact_and_next_run_completes(published, tmp_path, stage, before, pause_on):
+# Where each stage is killed: inside its atomic write, after the data went to the temporary file.
+KILL_POINTS = (
+    ("catalogue", "catalogue.parquet"),  # the new catalogue written, not yet renamed into place
+    ("packed_codes", "part-"),  # a new codes part written, not yet renamed
+    ("binary_index", "flat.manifest.json"),  # the new .faiss renamed into place, its manifest not yet
+)
+
+
+def test_sigkill_during_ingest_encode_and_index(published, tmp_path):
+    """New source files give every stage work; each stage is SIGKILLed mid-write, the published artifacts are
+    checked, and the stage is run again to completion before the next one is killed."""
     state = State(published, tmp_path)
-    write_folder(state.dir / "src", per_class=2, start=50)  # 6 new images, so every stage has new work
-    if before:
-        state.run(before)
-    files = state.files()
-    marker = tmp_path / "frozen"
-    kill_inside(state.spec([stage], pause_on=pause_on, marker=str(marker)), marker)
-    assert pause_on in marker.read_text()
-    after = state.files()
-    assert {k: after.get(k) for k in files} == files  # nothing published changed (new files may appear)
-    assert_published_readable(state.root)
+    write_folder(state.dir / "src", per_class=2, start=50)
     old_ntotal = load_index(state.root, "pets")[0].ntotal
-    state.run(["catalogue", *NIGHTLY])  # the next run completes
-    assert_published_readable(state.root)
+    for stage, pause_on in KILL_POINTS:
+        files = state.files()
+        marker = tmp_path / f"frozen-{stage}"
+        kill_inside(state.spec([stage], pause_on=pause_on, marker=str(marker)), marker)
+        assert pause_on in marker.read_text(), stage
+        after = state.files()
+        assert {k: after.get(k) for k in files} == files, f"killed {stage} changed a published file"
+        assert_published_readable(state.root)
+        state.run([stage])  # the next run completes
+        assert_published_readable(state.root)
     table, _ = read_catalogue(state.root, "pets", columns=["row_id", "in_database"])
-    assert table.num_rows == 36 and load_index(state.root, "pets")[0].ntotal > old_ntotal
+    assert table.num_rows == 36 and load_index(state.root, "pets")[0].ntotal == old_ntotal + 6
 
 
 _INGEST_LOOP = """
