@@ -221,3 +221,15 @@ def test_cli_ingest_flags_and_reject_report(tmp_path, monkeypatch, capsys):
     assert main([*args, "--max-reject-fraction", "0.5"]) == 0
     table, info = read_catalogue(StorageRoot(tmp_path / "data"), "zoo")
     assert table.num_rows == 25 and info.protocol["train_per_label"] == 4
+
+
+def test_files_over_max_file_bytes_are_rejected(tmp_path):
+    src = write_folder(tmp_path / "src", per_class=8)
+    class_image(0, 500, size=64).save(src / "cat" / "big.png")  # several KB; the 12 px images are far smaller
+    (tmp_path / "m.csv").write_text("uri,label\nsrc/cat/big.png,cat\n" + "".join(
+        f"src/dog/{i:03d}.png,dog\nsrc/fox/{i:03d}.png,fox\n" for i in range(8)))  # fmt: skip
+    limits = Limits(max_file_bytes=2000, max_reject_fraction=1.0)
+    proto = Protocol(train_per_label=4, query_per_label=2, validation_size=1)
+    for source in (list_folder(str(src)), list_manifest(str(tmp_path / "m.csv"))):  # size from the listing / the read
+        r = ingest("big", source, proto, limits)
+        assert [(x.item.rsplit("/", 1)[-1], x.reason) for x in r.rejected] == [("big.png", "too-large")]
