@@ -130,6 +130,7 @@ def test_sigkill_during_ingest_encode_and_index(published, tmp_path):
 
 _INGEST_LOOP = """
 import os, sys, time
+import ml.data  # torch: imported before the start line, so both writers really overlap
 from storage.diagnostics import DiagnosticsDB
 from storage.ingest import Limits, ingest
 from storage.protocols import Protocol
