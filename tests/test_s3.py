@@ -83,3 +83,29 @@ def test_whole_run_with_storage_root_on_s3(s3, tmp_path, capsys):
                  "--json"]) == 0  # fmt: skip
     (hits,) = json.loads(capsys.readouterr().out)
     assert hits["hits"][0]["distance"] == 0
+
+
+def test_endpoint_from_resource_config(s3, tmp_path, monkeypatch):
+    """Without AWS_ENDPOINT_URL, the storage resource's ``fsspec`` config reaches every S3 access of the run."""
+    import fsspec.config
+    import s3fs
+
+    from assets.catalogue import catalogue
+    from pipelines.resources import DiagnosticsResource, StorageResource
+
+    fs, url = s3
+    fs.mkdir("byconfig")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    s3fs.S3FileSystem.clear_instance_cache()
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("catalogues", ["pets"])
+    storage = StorageResource(root="s3://byconfig/root", fsspec={"s3": {"endpoint_url": url}})
+    result = dg.materialize(
+        [catalogue], partition_key="pets", instance=instance, raise_on_error=False,
+        resources={"storage": storage, "diagnostics": DiagnosticsResource(path=str(tmp_path / "d.duckdb"))},
+        run_config={"ops": {"catalogue": {"config": tiny_catalogue_config("s3://images/pets")}}},
+    )  # fmt: skip
+    assert result.success, failure_messages(result)
+    assert "s3" not in fsspec.config.conf  # the run's options are undone after it
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert s3fs.S3FileSystem(endpoint_url=url).exists("byconfig/root/catalogues/pets/catalogue.parquet")
