@@ -25,18 +25,18 @@ def default_db() -> str:
 
 class StorageResource(dg.ConfigurableResource):
     """Root URI of catalogues, models, codes and indexes: a local path or ``s3://bucket/prefix``
-    (credentials, region and endpoint come from the usual AWS environment variables, or ``fsspec``)."""
+    (credentials, region and endpoint come from the usual AWS environment variables, or ``fsspec_options``)."""
 
     root: str = DEFAULT_ROOT
-    fsspec: dict = Field(default_factory=dict, description="fsspec options per protocol for every file this run "
+    fsspec_options: dict = Field(default_factory=dict, description="fsspec options per protocol for every file this run "
                          "touches (storage root, sources, images), e.g. {s3: {endpoint_url: ..., client_kwargs: "
                          "{region_name: ...}}}; keep secrets in env vars")  # fmt: skip
     _saved: dict = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Merge ``fsspec`` into fsspec's process-wide config for the run (undone at teardown)."""
-        self._saved = {p: fsspec.config.conf.get(p) for p in self.fsspec}
-        for protocol, options in self.fsspec.items():
+        """Merge ``fsspec_options`` into fsspec's process-wide config for the run (undone at teardown)."""
+        self._saved = {p: fsspec.config.conf.get(p) for p in self.fsspec_options}
+        for protocol, options in self.fsspec_options.items():
             fsspec.config.conf[protocol] = {**(fsspec.config.conf.get(protocol) or {}), **options}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

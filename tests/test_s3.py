@@ -86,7 +86,7 @@ def test_whole_run_with_storage_root_on_s3(s3, tmp_path, capsys):
 
 
 def test_endpoint_from_resource_config(s3, tmp_path, monkeypatch):
-    """Without AWS_ENDPOINT_URL, the storage resource's ``fsspec`` config reaches every S3 access of the run."""
+    """Without AWS_ENDPOINT_URL, the storage resource's ``fsspec_options`` reach every S3 access of the run."""
     import fsspec.config
     import s3fs
 
@@ -99,7 +99,7 @@ def test_endpoint_from_resource_config(s3, tmp_path, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("catalogues", ["pets"])
-    storage = StorageResource(root="s3://byconfig/root", fsspec={"s3": {"endpoint_url": url}})
+    storage = StorageResource(root="s3://byconfig/root", fsspec_options={"s3": {"endpoint_url": url}})
     result = dg.materialize(
         [catalogue], partition_key="pets", instance=instance, raise_on_error=False,
         resources={"storage": storage, "diagnostics": DiagnosticsResource(path=str(tmp_path / "d.duckdb"))},
