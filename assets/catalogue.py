@@ -1,4 +1,4 @@
-"""``catalogue``: ingest a source into the validated catalogue table."""
+"""``catalogue``: ingest a source (IDX, image folder, CSV/Parquet manifest) into the validated catalogue table."""
 
 
 import dagster as dg
@@ -6,62 +6,156 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.partitions import catalogues
-from pipelines.resources import StorageResource
-from storage.catalogue import fingerprint, read_catalogue, write_catalogue
+from pipelines.resources import DiagnosticsResource, StorageResource
+from storage.catalogue import CatalogueInfo, fingerprint, read_catalogue, write_catalogue
+from storage.ingest import (
+    Limits,
+    Rejection,
+    TooManyRejects,
+    ingest,
+    reject_reasons,
+    rejected_markdown,
+)
 from storage.ingest_idx import FASHION_MNIST_DIR, idx_catalogue
+from storage.protocols import Protocol
+from storage.sources import SourceError, detect_kind, list_folder, list_manifest
 
 BUILTIN_SOURCES = {"fashion-mnist": FASHION_MNIST_DIR}
 
 
 class CatalogueConfig(dg.Config):
-    """Where the catalogue comes from and its evaluation protocol (seeded, recorded with the table)."""
+    """Where the catalogue comes from, how to read it, and its evaluation protocol (seeded, recorded with the
+    table). Paths are local or fsspec URIs (``s3://bucket/key``: credentials from the environment)."""
 
-    source: str = Field(default="", description="IDX directory; empty = the built-in source named like the partition")
-    validation_size: int = 5000
+    source: str = Field(default="", description="IDX folder, image folder or CSV/Parquet manifest; empty = the "
+                        "built-in source named like the partition")  # fmt: skip
+    kind: str = Field(default="auto", description="auto | idx | folder | manifest")
+    uri_column: str = Field(default="uri", description="manifest: image path/URI column (relative to the manifest)")
+    label_columns: list[str] = Field(default=["label"], description="manifest: label column(s)")
+    label_format: str = Field(default="values", description="manifest: values (names or ids, split on label_sep) "
+                              "| one_hot (each label column is a 0/1 flag named after its label)")  # fmt: skip
+    label_sep: str = Field(default="|", description="manifest: separator of several labels in one cell")
+    split_column: str = Field(default="", description="manifest: column naming each image's split")
+    id_column: str = Field(default="", description="manifest: image id column (default: the uri as written)")
+    source_root: str = Field(default="", description="manifest: images must lie under this URI (default: the "
+                             "manifest's folder)")  # fmt: skip
+    protocol: str = Field(default="auto", description="auto | explicit (splits from the source) | per_label; auto: "
+                          "explicit if a split column is given, else per_label (IDX: its train/test protocol)")  # fmt: skip
+    train_per_label: int = 500
+    query_per_label: int = 100
+    database: str = Field(default="all", description="all (every non-query image) | rest (neither query nor train)")
+    validation_size: int = Field(default=5000, description="held-out training images for model selection")
     seed: int = 0
-    train_limit: int | None = None
-    query_limit: int | None = None
+    train_limit: int | None = Field(default=None, description="IDX only: seeded subset of training images")
+    query_limit: int | None = Field(default=None, description="IDX only: seeded subset of test images")
+    channels: int = Field(default=0, description="model channels: 0 = from the images (1 if all grey), 1 or 3")
+    max_pixels: int = Field(default=40_000_000, description="reject images with more pixels (decompression bombs)")
+    max_file_bytes: int = Field(default=64 << 20, description="reject larger files")
+    max_reject_fraction: float = Field(default=0.05, description="fail the ingest if more items are rejected")
+
+
+def _protocol(config: CatalogueConfig) -> Protocol:
+    kind = config.protocol if config.protocol != "auto" else ("explicit" if config.split_column else "per_label")
+    return Protocol(kind=kind, train_per_label=config.train_per_label, query_per_label=config.query_per_label,
+                    database=config.database, validation_size=config.validation_size, seed=config.seed)  # fmt: skip
+
+
+def _previous(root, name: str) -> tuple | None:
+    try:
+        return read_catalogue(root, name)
+    except FileNotFoundError:
+        return None
+
+
+def _record(diagnostics: DiagnosticsResource, context, name: str, config: CatalogueConfig, rejected: list[Rejection],
+            counts: dict[str, int], status: str) -> str:  # fmt: skip
+    rows = [(r.item, r.reason, r.detail) for r in rejected]
+    return diagnostics.get().record_ingest(name, config.model_dump(), rows, counts, context.run.run_id, status)
 
 
 @dg.asset(
     partitions_def=catalogues,
     group_name="vitrieve",
     kinds={"parquet"},
-    code_version="catalogue-v1",
-    description="Validated catalogue table: images, labels, train/query/database protocol (Parquet).",
+    code_version="catalogue-v2",
+    description="Validated catalogue table: images, labels, train/query/database protocol (Parquet); rejected "
+    "items in the diagnostics DB.",
 )
-def catalogue(context: dg.AssetExecutionContext, config: CatalogueConfig, storage: StorageResource) -> dg.MaterializeResult:
+def catalogue(
+    context: dg.AssetExecutionContext, config: CatalogueConfig, storage: StorageResource, diagnostics: DiagnosticsResource
+) -> dg.MaterializeResult:
     name = context.partition_key
     source = config.source or BUILTIN_SOURCES.get(name, "")
     if not source:
         raise ValueError(f"catalogue {name!r}: no source given and no built-in source of that name ({sorted(BUILTIN_SOURCES)})")
-    table, info = idx_catalogue(
-        name, source, validation_size=config.validation_size, seed=config.seed,
-        train_limit=config.train_limit, query_limit=config.query_limit,
-    )  # fmt: skip
+    kind = detect_kind(source) if config.kind == "auto" else config.kind
     root = storage.get()
-    fp = fingerprint(table)
-    try:
-        old, old_info = read_catalogue(root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"])
-        unchanged = fingerprint(old) == fp and old_info.protocol == info.protocol
-    except FileNotFoundError:
-        unchanged = False
+    rejected: list[Rejection] = []
+    extra: dict = {}
+    if kind == "idx":
+        table, info = idx_catalogue(
+            name, source, validation_size=config.validation_size, seed=config.seed,
+            train_limit=config.train_limit, query_limit=config.query_limit,
+        )  # fmt: skip
+        previous = _previous(root, name)
+        unchanged = previous is not None and fingerprint(previous[0]) == fingerprint(table) \
+            and previous[1].protocol == info.protocol  # fmt: skip
+        listed = table.num_rows
+    elif kind in ("folder", "manifest"):
+        try:
+            if kind == "folder":
+                src = list_folder(source, explicit_splits=_protocol(config).kind == "explicit")
+            else:
+                src = list_manifest(source, config.uri_column, config.label_columns, config.label_format, config.label_sep,
+                                    config.split_column, config.id_column, config.source_root)  # fmt: skip
+        except SourceError as err:
+            raise dg.Failure(description=f"catalogue {name!r}: unusable source: {err}") from err
+        limits = Limits(config.max_pixels, config.max_file_bytes, config.max_reject_fraction)
+        try:
+            result = ingest(name, src, _protocol(config), limits, _previous(root, name), config.channels,
+                            log=context.log.debug)  # fmt: skip
+        except TooManyRejects as err:
+            counts = {"listed": err.listed, "accepted": err.listed - len(err.rejected), "rejected": len(err.rejected)}
+            _record(diagnostics, context, name, config, err.rejected, counts, "failed")
+            raise dg.Failure(
+                description=f"catalogue {name!r}: {err}",
+                metadata={"rejected": dg.MetadataValue.md(rejected_markdown(err.rejected)),
+                          "reject_reasons": dg.MetadataValue.md(_reasons_markdown(err.rejected))},
+            ) from err  # fmt: skip
+        table, info, rejected, unchanged, listed = result.table, result.info, result.rejected, result.unchanged, result.listed
+        extra = {"added_rows": result.added, "removed_rows": result.removed}
+    else:
+        raise ValueError(f"catalogue source kind {kind!r} is not one of auto, idx, folder, manifest")
+
+    counts = {"listed": listed, "accepted": table.num_rows, "rejected": len(rejected), **extra}
     if unchanged:
-        context.log.info(f"catalogue {name!r} unchanged ({table.num_rows} rows, fingerprint {fp}); nothing written")
+        context.log.info(f"catalogue {name!r} unchanged ({table.num_rows} rows); nothing written")
         uri = root.url("catalogues", name, "catalogue.parquet")
     else:
         uri = write_catalogue(root, table, info)
-    counts = {flag: int(pc.sum(table[flag]).as_py()) for flag in ("in_train", "in_validation", "in_query", "in_database")}
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/uri": uri,
-            "dagster/row_count": table.num_rows,
-            "fingerprint": fp,
-            "unchanged": unchanged,
-            "protocol": dg.MetadataValue.json(info.protocol),
-            "splits": dg.MetadataValue.md(
-                "| membership | images |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in counts.items())
-            ),
-            "label_names": dg.MetadataValue.json(info.label_names),
-        }
+    _record(diagnostics, context, name, config, rejected, counts, "success")
+    return dg.MaterializeResult(metadata=_metadata(table, info, uri, unchanged, counts, rejected))
+
+
+def _reasons_markdown(rejected: list[Rejection]) -> str:
+    return "| reason | items | example |\n|---|---|---|\n" + "\n".join(
+        f"| {reason} | {n} | {ex.item} |" for reason, n, ex in reject_reasons(rejected)
     )
+
+
+def _metadata(table, info: CatalogueInfo, uri: str, unchanged: bool, counts: dict, rejected: list[Rejection]) -> dict:
+    flags = {flag: int(pc.sum(table[flag]).as_py() or 0) for flag in ("in_train", "in_validation", "in_query", "in_database")}
+    return {
+        "dagster/uri": uri,
+        "dagster/row_count": table.num_rows,
+        "fingerprint": fingerprint(table),
+        "unchanged": unchanged,
+        "protocol": dg.MetadataValue.json(info.protocol),
+        "splits": dg.MetadataValue.md(
+            "| membership | images |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in flags.items())
+        ),
+        "label_names": dg.MetadataValue.json(info.label_names),
+        **{f"{k}_items" if k in ("listed", "accepted", "rejected") else k: v for k, v in counts.items()},
+        "rejected": dg.MetadataValue.md(rejected_markdown(rejected) if rejected else "no item rejected"),
+        "reject_reasons": dg.MetadataValue.md(_reasons_markdown(rejected) if rejected else "no item rejected"),
+    }

@@ -30,6 +30,7 @@ from storage.codes import (
     read_row_index,
     rewrite_without,
 )
+from storage.images import encoded_images
 from storage.model_store import read_card
 
 
@@ -133,11 +134,11 @@ def _encode_rows(context, root, name: str, model_id: str, bits: int, row_ids: np
     writer = PartWriter(root, name, model_id, bits, extra, with_image_hash=True)
     done = 0
     try:
-        for batch in dataset.to_batches(columns=["row_id", "image", "sha256"], filter=row_filter,
+        for batch in dataset.to_batches(columns=["row_id", "image", "uri", "sha256"], filter=row_filter,
                                         batch_size=config.chunk_rows):  # fmt: skip
             if batch.num_rows == 0:
                 continue
-            images = decode_images(batch.column("image").to_pylist(), spec.img_size, spec.in_chans)
+            images = decode_images(encoded_images(batch), spec.img_size, spec.in_chans)
             codes = encode_images(model, images, device, config.batch_size, progress=sys.stderr.isatty())
             writer.write(batch.column("row_id").to_numpy(), codes, image_hash_of(batch.column("sha256")))
             done += batch.num_rows

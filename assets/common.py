@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from storage.catalogue import labels_matrix
 from storage.fs import StorageRoot
+from storage.images import encoded_images
 from storage.model_store import read_card, read_weights
 
 
@@ -21,7 +22,7 @@ def model_inputs(table: pa.Table, img_size: int, channels: int, num_classes: int
     """(row_ids, uint8 images (n, c, s, s), bool labels (n, C)) of the rows of ``table``."""
     from ml.data import decode_images
 
-    images = decode_images(table["image"].to_pylist(), img_size, channels)
+    images = decode_images(encoded_images(table), img_size, channels)
     return table["row_id"].to_numpy(), images, labels_matrix(table, num_classes)
 
 

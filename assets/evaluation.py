@@ -65,7 +65,7 @@ def model_evaluation(
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
-    table, info = read_catalogue(root, name, columns=["row_id", "image", "labels", "in_query", "in_database"])
+    table, info = read_catalogue(root, name, columns=["row_id", "image", "uri", "sha256", "labels", "in_query", "in_database"])
     row_ids, codes, meta = read_codes(root, name, model_id)
     bits = int(meta["bits"])
     if not np.array_equal(row_ids, table["row_id"].to_numpy()):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
+import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.common import model_inputs, rows_where
@@ -95,7 +96,7 @@ def hashing_model(
 
     r = resolve_profile(config.profile, **{k: getattr(config, k) for k in _PROFILE_FIELDS})
     spec = ModelSpec(model=r["model"], preset=r["preset"], bits=r["bits"], num_classes=num_classes,
-                     in_chans=int(table["channels"][0].as_py()), overrides=dict(config.overrides),
+                     in_chans=int(pc.max(table["channels"]).as_py()), overrides=dict(config.overrides),
                      pretrained=config.pretrained, **{k: r[k] for k in ("head_hidden", "head_dropout") if k in r})  # fmt: skip
     spec.validate()
     train_cfg = TrainConfig(

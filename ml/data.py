@@ -14,11 +14,22 @@ from PIL import Image, ImageOps
 Image.MAX_IMAGE_PIXELS = 64_000_000
 
 
+# Modes without colour: a catalogue of such images only needs a 1-channel model (see model_channels).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def model_channels(mode: str) -> int:
+    """Channels an image of PIL ``mode`` needs in the model: 1 for grey modes, else 3 (alpha is dropped)."""
+    return 1 if mode in GREY_MODES else 3
+
+
 def to_model_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
     """Convert one PIL image to uint8 (channels, size, size): EXIF orientation applied, any mode
-    (grey, RGB, RGBA, palette, 16-bit) converted to L or RGB, resized with bilinear filtering."""
+    (grey, RGB, RGBA, palette, 16-bit) converted to L or RGB (transparent pixels composited on white,
+    16-bit scaled by the image's maximum), resized with bilinear filtering. Ingest runs every accepted image
+    through this function too, so an image that ingests is an image the model can read."""
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray((arr / max(arr.max(), 1.0) * 255.0).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "P", "PA"):

@@ -37,10 +37,36 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default=os.environ.get("VITRIEVE_DEVICE", "auto"), help="auto | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--source", default="", help="IDX directory (default: the built-in source of the catalogue)")
-    p.add_argument("--train-limit", type=int, default=None, help="seeded subset of training images (quick looks)")
-    p.add_argument("--query-limit", type=int, default=None, help="seeded subset of query images")
+    p.add_argument("--source", default="", help="IDX folder, image folder (one sub-folder per class) or CSV/Parquet "
+                   "manifest; local path or s3:// URI (default: the built-in source of the catalogue)")  # fmt: skip
+    p.add_argument("--train-limit", type=int, default=None, help="IDX: seeded subset of training images (quick looks)")
+    p.add_argument("--query-limit", type=int, default=None, help="IDX: seeded subset of query images")
     p.add_argument("--force", action="store_true", help="retrain even if this exact model exists")
+    _catalogue_args(p)
+
+
+# Catalogue config fields settable from the command line; left out, the CatalogueConfig default holds.
+CATALOGUE_FLAGS = {
+    "source_kind": ("kind", str, "auto | idx | folder | manifest"),
+    "uri_column": ("uri_column", str, "manifest: image path/URI column (default uri)"),
+    "label_column": ("label_columns", str, "manifest: label column (repeat for several; default label)"),
+    "label_format": ("label_format", str, "manifest: values (names/ids, several split on '|') | one_hot"),
+    "split_column": ("split_column", str, "manifest: column naming each image's split (explicit protocol)"),
+    "id_column": ("id_column", str, "manifest: image id column (default: the uri as written)"),
+    "protocol": ("protocol", str, "auto | explicit | per_label"),
+    "train_per_label": ("train_per_label", int, "per_label: training images drawn per label (default 500)"),
+    "query_per_label": ("query_per_label", int, "per_label: query images drawn per label (default 100)"),
+    "database": ("database", str, "all (every non-query image) | rest (neither query nor train)"),
+    "validation_size": ("validation_size", int, "training images held out for model selection (default 5000)"),
+    "channels": ("channels", int, "model channels: 0 = from the images, 1 or 3"),
+    "max_reject_fraction": ("max_reject_fraction", float, "fail the ingest above this share of rejected items"),
+}
+
+
+def _catalogue_args(p: argparse.ArgumentParser) -> None:
+    for dest, (_, kind, help_) in CATALOGUE_FLAGS.items():
+        p.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=kind, default=None, help=help_,
+                       action="append" if dest == "label_column" else "store")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,6 +111,7 @@ def _locations(args) -> tuple[str, str]:
 
 def _run_config(args) -> dict:
     cat = {"source": args.source, "seed": args.seed, "train_limit": args.train_limit, "query_limit": args.query_limit}
+    cat |= {field: getattr(args, dest) for dest, (field, _, _) in CATALOGUE_FLAGS.items() if getattr(args, dest) is not None}
     model = {"profile": args.profile, "seed": args.seed, "force": args.force, "pretrained": args.pretrained}
     given = {"model": args.model, "loss": args.loss, "bits": args.bits, "preset": args.preset,
              "optimizer": args.optimizer, "lr": args.lr, "epochs": args.epochs}  # fmt: skip
@@ -105,8 +132,11 @@ def cmd_materialise(args, selection: list[str] | None) -> int:
     wall = time.perf_counter() - start
     if not result.success:
         for event in result.all_events:
-            if event.is_failure and event.step_failure_data:
-                print(f"step {event.step_key} failed: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+            if event.is_step_failure:
+                error = event.step_failure_data.error
+                while error.cause is not None:  # the user's error, not Dagster's wrapper
+                    error = error.cause
+                print(f"step {event.step_key} failed: {error.message.strip()}", file=sys.stderr)
         failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
         for check in failed_checks:
             print(f"check {check.asset_check_key.name} failed: {dict(check.metadata)}", file=sys.stderr)

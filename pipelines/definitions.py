@@ -9,12 +9,19 @@ from pipelines.jobs import nightly_reindex, nightly_reindex_schedule, train_and_
 from pipelines.resources import default_resources
 
 
-@dg.definitions
-def defs() -> dg.Definitions:
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    """The definitions bound to ``resources`` (default: the embedded set-up). Jobs resolved from them run any
+    asset subset; resources passed to ``execute_in_process`` instead conflict with these once a subset is
+    selected."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules([catalogue, model, codes, evaluation, index, retrieval]),
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[train_and_publish, nightly_reindex],
         schedules=[nightly_reindex_schedule],
-        resources=default_resources(),
+        resources=resources or default_resources(),
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

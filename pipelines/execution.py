@@ -49,23 +49,22 @@ def materialise(
     selection: list[str] | None = None,
 ) -> tuple[dg.ExecuteInProcessResult, dg.DagsterInstance]:
     """Run ``job_name`` (or just ``selection`` of its assets) for one catalogue partition."""
-    from pipelines.definitions import defs
+    from pipelines.definitions import build_definitions
 
     dagster_home(root)
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(catalogues.name, catalogue):
         instance.add_dynamic_partitions(catalogues.name, [catalogue])
-    job = defs().resolve_job_def(job_name)
     resources = {
         "storage": StorageResource(root=root),
         "diagnostics": DiagnosticsResource(path=db_path),
         "compute": ComputeResource(device=device),
     }
+    job = build_definitions(resources).resolve_job_def(job_name)
     result = job.execute_in_process(
         run_config={"ops": run_config},
         instance=instance,
         partition_key=catalogue,
-        resources=resources,
         asset_selection=[dg.AssetKey(a) for a in selection] if selection else None,
         tags={"vitrieve/catalogue": catalogue},
         raise_on_error=False,

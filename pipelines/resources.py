@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+import fsspec.config
+from pydantic import Field, PrivateAttr
 
 from storage.diagnostics import DiagnosticsDB
 from storage.fs import StorageRoot
@@ -23,9 +25,26 @@ def default_db() -> str:
 
 class StorageResource(dg.ConfigurableResource):
     """Root URI of catalogues, models, codes and indexes: a local path or ``s3://bucket/prefix``
-    (credentials, region and endpoint come from the usual AWS environment variables)."""
+    (credentials, region and endpoint come from the usual AWS environment variables, or ``fsspec_options``)."""
 
     root: str = DEFAULT_ROOT
+    fsspec_options: dict = Field(default_factory=dict, description="fsspec options per protocol for every file this run "
+                         "touches (storage root, sources, images), e.g. {s3: {endpoint_url: ..., client_kwargs: "
+                         "{region_name: ...}}}; keep secrets in env vars")  # fmt: skip
+    _saved: dict = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Merge ``fsspec_options`` into fsspec's process-wide config for the run (undone at teardown)."""
+        self._saved = {p: fsspec.config.conf.get(p) for p in self.fsspec_options}
+        for protocol, options in self.fsspec_options.items():
+            fsspec.config.conf[protocol] = {**(fsspec.config.conf.get(protocol) or {}), **options}
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        for protocol, options in self._saved.items():
+            if options is None:
+                fsspec.config.conf.pop(protocol, None)
+            else:
+                fsspec.config.conf[protocol] = options
 
     def get(self) -> StorageRoot:
         return StorageRoot(self.root)

@@ -46,14 +46,18 @@ class CatalogueInfo:
     label_names: list[str]
     protocol: dict
     source: str
+    next_row_id: int | None = None  # first row_id never used yet (row_ids of removed rows are not reused)
 
     def to_metadata(self) -> dict[bytes, bytes]:
-        return {
+        meta = {
             b"vitrieve.catalogue": self.name.encode(),
             b"vitrieve.label_names": json.dumps(self.label_names).encode(),
             b"vitrieve.protocol": json.dumps(self.protocol, sort_keys=True).encode(),
             b"vitrieve.source": self.source.encode(),
         }
+        if self.next_row_id is not None:
+            meta[b"vitrieve.next_row_id"] = str(self.next_row_id).encode()
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: dict[bytes, bytes]) -> CatalogueInfo:
@@ -62,6 +66,7 @@ class CatalogueInfo:
             label_names=json.loads(meta[b"vitrieve.label_names"]),
             protocol=json.loads(meta[b"vitrieve.protocol"]),
             source=meta[b"vitrieve.source"].decode(),
+            next_row_id=int(meta[b"vitrieve.next_row_id"]) if b"vitrieve.next_row_id" in meta else None,
         )
 
 

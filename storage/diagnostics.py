@@ -46,6 +46,7 @@ __all__ = [
     "insert_metrics",
     "insert_per_class",
     "insert_pr_curve",
+    "insert_rejected",
     "insert_search_latency",
     "insert_training_log",
 ]
@@ -119,10 +120,23 @@ _V2_COLUMNS_AND_VIEWS: tuple[str, ...] = (
     ORDER BY e.catalogue, map_at_all DESC NULLS LAST, e.model_id""",
 )
 
+_V3_INGEST: tuple[str, ...] = (
+    "CREATE TABLE rejected (run_id VARCHAR NOT NULL, item VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR)",
+    # Items rejected by the latest successful-or-failed ingest of each catalogue.
+    """CREATE OR REPLACE VIEW latest_rejected AS
+    SELECT r.catalogue, x.item, x.reason, x.detail, r.run_id, r.finished_at
+    FROM rejected x JOIN runs r USING (run_id)
+    WHERE r.run_id IN (
+        SELECT run_id FROM runs WHERE kind = 'ingest'
+        QUALIFY row_number() OVER (PARTITION BY catalogue ORDER BY started_at DESC, run_id DESC) = 1
+    )""",
+)
+
 #: Ordered (version, statements) pairs. Append only; never edit or reorder a released entry.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, _V1_TABLES),
     (2, _V2_COLUMNS_AND_VIEWS),
+    (3, _V3_INGEST),
 )
 CURRENT_SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
@@ -400,6 +414,21 @@ def insert_per_class(
     )
 
 
+def insert_rejected(con: duckdb.DuckDBPyConnection, run_id: str, rows: Iterable[tuple[str, str, str]]) -> int:
+    """Insert ``(item, reason, detail)`` rows: catalogue items an ingest run rejected."""
+    rows = list(rows)
+    return _insert_columns(
+        con,
+        "rejected",
+        run_id,
+        {
+            "item": ("VARCHAR", [str(r[0]) for r in rows]),
+            "reason": ("VARCHAR", [str(r[1]) for r in rows]),
+            "detail": ("VARCHAR", [None if r[2] is None else str(r[2]) for r in rows]),
+        },
+    )
+
+
 _LATENCY_COLUMNS = {
     "index_kind": ("VARCHAR", str),
     "threads": ("INTEGER", _opt_int),
@@ -668,6 +697,24 @@ class DiagnosticsDB:
             write(run_id, con)
             _finish_run(con, run_id, status)
         return run_id
+
+    def record_ingest(
+        self,
+        catalogue: str,
+        config: dict | None,
+        rejected: Iterable[tuple[str, str, str]],
+        counts: dict[str, float],
+        dagster_run_id: str | None = None,
+        status: str = "success",
+    ) -> str:
+        """One ``ingest`` run: its rejected ``(item, reason, detail)`` rows and ``ingest_<name>`` count metrics."""
+        rejected = list(rejected)
+
+        def write(run_id: str, con: duckdb.DuckDBPyConnection) -> None:
+            insert_rejected(con, run_id, rejected)
+            insert_metrics(con, run_id, [(f"ingest_{k}", None, float(v)) for k, v in counts.items()])
+
+        return self.record("ingest", catalogue, None, config, dagster_run_id, write, status)
 
     # -- reader
 

@@ -799,22 +799,28 @@ def _hash_file(path: str) -> str:
 
 def write_index(root: StorageRoot, index, catalogue: str, model_id: str, kind: str, bits: int, codes_rows: int,
                 build_seconds: float, params: dict | None = None, mode: str = "rebuild") -> IndexManifest:  # fmt: skip
-    """Serialise ``index`` and its manifest atomically under ``indexes/<catalogue>/<model_id>/``."""
+    """Serialise ``index`` and its manifest atomically under ``indexes/<catalogue>/<model_id>/``.
+
+    Never overwrites the published file: if ``CURRENT`` points at ``<kind>.faiss`` of this model, the build
+    goes to ``<kind>.b.faiss`` (and back again next time), so a run killed or failing its checks before
+    ``publish`` leaves the published index whole. ``<kind>.manifest.json`` describes the latest build,
+    ``<file>.json`` each file."""
     import faiss
 
     fidx = index.writable() if isinstance(index, BinaryIndex) else index
     if params is None and isinstance(index, BinaryIndex):
         params = index.params
     parts = index_dir(catalogue, model_id)
+    slot = f"{kind}.b" if _published_file(root, catalogue, model_id, kind) == f"{kind}.faiss" else kind
     with tempfile.TemporaryDirectory(prefix="vitrieve-index-") as tmp:
         local = os.path.join(tmp, f"{kind}.faiss")
         faiss.write_index_binary(fidx, local)
         sha, size = _hash_file(local), os.path.getsize(local)
-        with open(local, "rb") as src, root.atomic_open(*parts, f"{kind}.faiss") as dst:
+        with open(local, "rb") as src, root.atomic_open(*parts, f"{slot}.faiss") as dst:
             shutil.copyfileobj(src, dst, 1 << 22)
         companion_file = companion_sha = ""
         if isinstance(index, HNSWIndex):
-            companion_file = f"{kind}.rows.npy"
+            companion_file = f"{slot}.rows.npy"
             local = os.path.join(tmp, companion_file)
             np.save(local, index.companion())
             companion_sha, size = _hash_file(local), size + os.path.getsize(local)
@@ -822,14 +828,39 @@ def write_index(root: StorageRoot, index, catalogue: str, model_id: str, kind: s
                 shutil.copyfileobj(src, dst, 1 << 22)
     manifest = IndexManifest(
         kind=kind, bits=bits, ntotal=int(index.ntotal), codes_rows=codes_rows, sha256=sha,
-        build_seconds=round(float(build_seconds), 4), catalogue=catalogue, model_id=model_id, file=f"{kind}.faiss",
+        build_seconds=round(float(build_seconds), 4), catalogue=catalogue, model_id=model_id, file=f"{slot}.faiss",
         params=params or {}, created_at=datetime.now(UTC).isoformat(), file_bytes=int(size),
         faiss_class=_faiss_class(fidx), mode=mode, companion_file=companion_file, companion_sha256=companion_sha,
     )  # fmt: skip
     text = json.dumps(asdict(manifest), indent=2)
+    root.write_text(text, *parts, f"{slot}.faiss.json")  # this file's manifest, for readers of the published index
     root.write_text(text, *parts, f"{kind}.manifest.json")
     root.write_text(text, *parts, "manifest.json")
     return manifest
+
+
+def _published_file(root: StorageRoot, catalogue: str, model_id: str, kind: str) -> str | None:
+    """The index file ``CURRENT`` serves if it is this model's ``kind``, else None."""
+    if not root.exists("indexes", catalogue, "CURRENT"):
+        return None
+    pointer = current(root, catalogue)
+    if pointer.get("model_id") != model_id or pointer.get("kind") != kind:
+        return None
+    manifest = published_manifest(root, catalogue, pointer)
+    return manifest.file if manifest else f"{kind}.faiss"
+
+
+def published_manifest(root: StorageRoot, catalogue: str, pointer: dict) -> IndexManifest | None:
+    """The manifest of the index ``pointer`` (CURRENT) serves: the latest build's, else the one of either
+    file slot, whichever has the pointer's sha256."""
+    parts = index_dir(catalogue, pointer["model_id"])
+    kind = pointer["kind"]
+    for name in (f"{kind}.manifest.json", f"{kind}.faiss.json", f"{kind}.b.faiss.json"):
+        if root.exists(*parts, name):
+            manifest = IndexManifest.from_json(root.read_text(*parts, name))
+            if manifest.sha256 == pointer["sha256"]:
+                return manifest
+    return None
 
 
 def publish(root: StorageRoot, manifest: IndexManifest) -> str:
@@ -909,11 +940,13 @@ def read_index_file(path: str, kind: str, bits: int, params: dict, mmap: bool = 
 def load_index(root: StorageRoot, catalogue: str, model_id: str | None = None, kind: str | None = None,
                mmap: bool = True) -> tuple[BinaryIndex, IndexManifest]:  # fmt: skip
     """Load an index (default: the published one) and its manifest; checks the file's sha256 first."""
+    manifest = None
     if model_id is None:
         pointer = current(root, catalogue)
         model_id, kind = pointer["model_id"], pointer["kind"]
+        manifest = published_manifest(root, catalogue, pointer)
     parts = index_dir(catalogue, model_id)
-    manifest = read_manifest(root, catalogue, model_id, kind or "flat")
+    manifest = manifest or read_manifest(root, catalogue, model_id, kind or "flat")
     path = _local_verified_copy(root, parts, manifest.file, manifest.sha256)
     companion = None
     if manifest.companion_file:
@@ -923,7 +956,7 @@ def load_index(root: StorageRoot, catalogue: str, model_id: str | None = None, k
 
 @functools.lru_cache(maxsize=8)
 def _cached(uri: str, catalogue: str, model_id: str, kind: str, sha256: str) -> tuple[BinaryIndex, IndexManifest]:
-    index, manifest = load_index(StorageRoot(uri), catalogue, model_id, kind)
+    index, manifest = load_index(StorageRoot(uri), catalogue)  # the published one; the key pins its version
     if manifest.sha256 != sha256:
         raise ValueError(f"index of {catalogue!r} changed while loading (sha256 {manifest.sha256} != {sha256})")
     return index, manifest

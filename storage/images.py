@@ -1,0 +1,100 @@
+"""Encoded image bytes of catalogue rows, and the checks an image passes before it enters a catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats Pillow may decode at ingest; everything else is "not-an-image" (smaller attack surface).
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+
+class RejectedImage(ValueError):
+    """An image that cannot enter the catalogue; ``reason`` is a short code for the ``rejected`` table."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    width: int
+    height: int
+    channels: int  # what the model needs for it: 1 (grey modes) or 3
+
+
+def inspect_image(blob: bytes, max_pixels: int) -> ImageFacts:
+    """Fully decode ``blob`` and run it through the model conversion; raise :class:`RejectedImage` if it is
+    empty, not an image, too many pixels (decompression bomb), corrupt or truncated, or of an unusable mode.
+    Width and height are after EXIF orientation."""
+    from ml.data import model_channels, to_model_array
+
+    if not blob:
+        raise RejectedImage("empty-file", "zero bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(blob), formats=FORMATS)
+        except UnidentifiedImageError as err:
+            raise RejectedImage("not-an-image", f"not a {'/'.join(FORMATS)} image") from err
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise RejectedImage("decompression-bomb", str(err)) from err
+        except Exception as err:  # broken headers raise anything from SyntaxError to struct.error
+            raise RejectedImage("corrupt", f"{type(err).__name__}: {err}") from err
+        with img:
+            if img.width * img.height > max_pixels:
+                raise RejectedImage("decompression-bomb", f"{img.width}x{img.height} pixels > max_pixels {max_pixels}")
+            try:
+                img.load()
+            except Exception as err:
+                reason = "truncated" if "truncated" in str(err).lower() else "corrupt"
+                raise RejectedImage(reason, f"{type(err).__name__}: {err}") from err
+            try:
+                upright = ImageOps.exif_transpose(img)
+                channels = model_channels(upright.mode)
+                to_model_array(upright, 8, channels)
+            except Exception as err:
+                raise RejectedImage("unsupported-mode", f"mode {img.mode}: {type(err).__name__}: {err}") from err
+            return ImageFacts(upright.width, upright.height, channels)
+
+
+def encoded_images(rows: pa.Table | pa.RecordBatch) -> list[bytes]:
+    """Encoded bytes of each row: the ``image`` column where set, else the file at ``uri`` (local or any
+    fsspec URI, fetched concurrently per filesystem). With a ``sha256`` column, fetched files are checked
+    against it, so a file changed since ingest raises instead of silently training on other pixels."""
+    names = rows.schema.names
+    out = rows.column("image").to_pylist() if "image" in names else [None] * rows.num_rows
+    todo = [i for i, blob in enumerate(out) if blob is None]
+    if not todo:
+        return out
+    if "uri" not in names:
+        raise ValueError("rows without image bytes need the 'uri' column")
+    uris = rows.column("uri").to_pylist()
+    shas = rows.column("sha256").to_pylist() if "sha256" in names else None
+    groups: dict[int, tuple[fsspec.AbstractFileSystem, list[tuple[int, str]]]] = {}
+    for i in todo:
+        if uris[i] is None:
+            raise ValueError(f"catalogue row {i} has neither image bytes nor a uri")
+        fs, path = fsspec.core.url_to_fs(uris[i])
+        groups.setdefault(id(fs), (fs, []))[1].append((i, path))
+    for fs, pairs in groups.values():
+        for (i, _), blob in zip(pairs, read_files(fs, [p for _, p in pairs]), strict=True):
+            if isinstance(blob, Exception):
+                raise OSError(f"cannot read catalogue image {uris[i]}: {blob}") from blob
+            if shas is not None and hashlib.sha256(blob).digest() != shas[i]:
+                raise ValueError(f"{uris[i]} changed since it was ingested (sha256 differs); re-ingest the catalogue")
+            out[i] = blob
+    return out
+
+
+def read_files(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | Exception]:
+    """Whole files, in order, concurrently on async filesystems (S3); a failed read comes back as its
+    exception. No glob expansion, so names with ``[`` or ``*`` are read as they are."""
+    return fs.cat_ranges(paths, None, None, on_error="return") if paths else []
