@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from pydantic import Field
 
-from assets.common import current_model_id, load_model
+from assets.common import current_model_id, load_model, tag_run
 from assets.partitions import catalogues
 from pipelines.resources import ComputeResource, StorageResource
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
@@ -70,6 +70,7 @@ def packed_codes(
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
+    tag_run(context, model_id)
     table, _ = read_catalogue(root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"])
     fp = fingerprint(table)
     cat_ids = table["row_id"].to_numpy()

@@ -12,6 +12,9 @@ from storage.catalogue import labels_matrix
 from storage.fs import StorageRoot
 from storage.model_store import read_card, read_weights
 
+CATALOGUE_TAG = "vitrieve/catalogue"  # run tags naming a run's catalogue and model
+MODEL_TAG = "vitrieve/model"
+
 
 def rows_where(table: pa.Table, flag: str) -> pa.Table:
     return table.filter(table[flag])
@@ -25,17 +28,29 @@ def model_inputs(table: pa.Table, img_size: int, channels: int, num_classes: int
     return table["row_id"].to_numpy(), images, labels_matrix(table, num_classes)
 
 
+def latest_model_id(instance: dg.DagsterInstance, catalogue: str) -> str | None:
+    """model_id of the catalogue's latest ``hashing_model`` materialisation, if any."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("hashing_model"), asset_partitions=[catalogue]), limit=1
+    ).records
+    value = records[0].asset_materialization.metadata.get("model_id") if records else None
+    return value.value if value is not None else None
+
+
 def current_model_id(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, override: str = "") -> str:
     """The model of this catalogue: ``override`` if given, else the latest ``hashing_model``
     materialisation of the partition."""
-    if override:
-        return override
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("hashing_model"), asset_partitions=[context.partition_key]), limit=1
-    ).records
-    if not records:
+    model_id = override or latest_model_id(context.instance, context.partition_key)
+    if not model_id:
         raise ValueError(f"catalogue {context.partition_key!r} has no trained model yet: materialise hashing_model first")
-    return records[0].asset_materialization.metadata["model_id"].value
+    return model_id
+
+
+def tag_run(context: dg.AssetExecutionContext, model_id: str) -> None:
+    """Name the run's catalogue and model in its tags (filterable in the UI's run list)."""
+    context.instance.add_run_tags(
+        context.run.run_id, {CATALOGUE_TAG: context.partition_key, MODEL_TAG: model_id}
+    )
 
 
 def load_model(root: StorageRoot, model_id: str, device):

@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.common import model_inputs, rows_where
+from assets.common import model_inputs, rows_where, tag_run
 from assets.partitions import catalogues
 from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import fingerprint, read_catalogue
@@ -97,6 +97,7 @@ def hashing_model(
     )  # fmt: skip
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
+    tag_run(context, model_id)
     if has_model(root, model_id) and not config.force:
         card = read_card(root, model_id)
         context.log.info(f"model {model_id} already trained on this catalogue with this config; reusing it")

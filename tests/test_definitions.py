@@ -22,6 +22,9 @@ def test_definitions_are_loadable():
     nodes = {n.name for n in nightly.graph.node_defs}
     assert "hashing_model" not in nodes  # no training in the nightly job
     assert {"packed_codes", "binary_index", "retrieval_diagnostics"} <= nodes
+    reindex = {n.name for n in defs.resolve_job_def("ingest_and_reindex").graph.node_defs}
+    assert "hashing_model" not in reindex and {"catalogue", "packed_codes", "binary_index"} <= reindex
+    assert defs.resolve_sensor_def("catalogue_source_sensor")
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {"model_quality", "codes_complete", "index_consistent"}
 
