@@ -5,9 +5,10 @@ import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field
 
+from assets.common import file_facts, lineage
 from assets.partitions import catalogues
 from pipelines.resources import StorageResource
-from storage.catalogue import fingerprint, read_catalogue, write_catalogue
+from storage.catalogue import catalogue_parts, fingerprint, read_catalogue, write_catalogue
 from storage.ingest_idx import FASHION_MNIST_DIR, idx_catalogue
 
 BUILTIN_SOURCES = {"fashion-mnist": FASHION_MNIST_DIR}
@@ -63,5 +64,7 @@ def catalogue(context: dg.AssetExecutionContext, config: CatalogueConfig, storag
                 "| membership | images |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in counts.items())
             ),
             "label_names": dg.MetadataValue.json(info.label_names),
+            **file_facts(root, *catalogue_parts(name)),
+            "lineage": lineage(context, source=source, fingerprint=fp),
         }
     )

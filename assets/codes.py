@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from pydantic import Field
 
-from assets.common import current_model_id, load_model, tag_run
+from assets.common import current_model_id, lineage, load_model, tag_run
 from assets.partitions import catalogues
 from pipelines.resources import ComputeResource, StorageResource
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
@@ -115,6 +115,8 @@ def packed_codes(
             "bytes_per_image": bits // 8,
             "encode_seconds": seconds,
             "encode_images_per_s": ips,
+            "bytes": int(root.fs.du(root.path(*codes_dir(name, model_id)))),
+            "lineage": lineage(context, model_id=model_id, catalogue_fingerprint=fp),
         }
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import dagster as dg
 import numpy as np
@@ -63,3 +64,19 @@ def load_model(root: StorageRoot, model_id: str, device):
 def png_markdown(png: bytes, alt: str) -> str:
     """A small PNG inlined in markdown metadata (Dagster has no image metadata type)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def lineage(context: dg.AssetExecutionContext, **facts: str) -> dg.MetadataValue:
+    """Where a materialisation comes from: the asset's code version, the Dagster run and ``facts``
+    (model_id, catalogue fingerprint, ...)."""
+    version = context.assets_def.code_versions_by_key.get(context.asset_key)
+    return dg.MetadataValue.json({"code_version": version, "dagster_run_id": context.run.run_id, **facts})
+
+
+def file_facts(root: StorageRoot, *parts: str) -> dict[str, int | str]:
+    """``bytes`` and ``sha256`` of one stored artifact (streamed, so large files are fine)."""
+    h = hashlib.sha256()
+    with root.fs.open(root.path(*parts), "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return {"bytes": int(root.fs.size(root.path(*parts))), "sha256": h.hexdigest()}
