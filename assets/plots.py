@@ -19,10 +19,16 @@ def _figure(width: float, height: float):
 
 
 def _png(plt, fig) -> bytes:
+    """The figure as a 64-colour PNG: these go inline into the event log, so keep them small."""
+    from PIL import Image
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
-    return buf.getvalue()
+    with Image.open(buf) as img:
+        out = io.BytesIO()
+        img.convert("RGB").quantize(64).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def pr_curve_png(precision: Sequence[float], recall: Sequence[float], title: str) -> bytes:
@@ -58,7 +64,7 @@ def bit_balance_png(ones_rate: Sequence[float], title: str) -> bytes:
 def _show(ax, image: np.ndarray) -> None:
     """Show a uint8 (c, h, w) image without axes ticks."""
     img = image.transpose(1, 2, 0)
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 
