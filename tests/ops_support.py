@@ -132,3 +132,117 @@ TINY_OPS = {
     "model_evaluation": {"config": {"stability_sample": 50}},
     "retrieval_diagnostics": {"config": {"latency_queries": 20}},
 }  # fmt: skip
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class GraphQL:
+    """Minimal client for the webserver's GraphQL endpoint (raises on GraphQL errors)."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}/graphql"
+
+    def __call__(self, query: str, **variables) -> dict:
+        import requests
+
+        reply = requests.post(self.url, json={"query": query, "variables": variables}, timeout=60).json()
+        if reply.get("errors"):
+            raise RuntimeError(reply["errors"])
+        return reply["data"]
+
+
+@contextlib.contextmanager
+def dagster_dev(home: str, env: dict[str, str], log: str) -> Iterator[int]:
+    """``dagster dev -w workspace.yaml`` on 127.0.0.1 (webserver, daemon, code server) with ``home`` as
+    DAGSTER_HOME; yields its port once the code location has loaded."""
+    port = free_port()
+    full_env = {**os.environ, "DAGSTER_HOME": home, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **env}
+    args = [os.path.join(BIN, "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    with process(args, log, cwd=REPO, env=full_env) as proc:
+        wait_for_port(port, proc, timeout=300)
+        gql, deadline = GraphQL(port), time.monotonic() + 300
+        query = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+        while not (gql(query)["repositoriesOrError"].get("nodes") or []):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"code location did not load; see {log}")
+            time.sleep(1)
+        yield port
+
+
+class Chromium:
+    """Headless Chromium (Debian's package, installed if missing) driven over the DevTools protocol on
+    127.0.0.1: open a page, wait for and run JavaScript (clicks), save screenshots."""
+
+    def __init__(self, profile: str, log: str, size: tuple[int, int] = (1600, 1000)):
+        self.profile, self.log, self.size = profile, log, size
+
+    def __enter__(self) -> Chromium:
+        import json
+        import urllib.request
+
+        from websockets.sync.client import connect
+
+        binary = apt_install("chromium", binary="chromium")
+        port = free_port()
+        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={self.profile}",
+                f"--window-size={self.size[0]},{self.size[1]}", "--remote-debugging-address=127.0.0.1",
+                f"--remote-debugging-port={port}", "about:blank"]  # fmt: skip
+        self._proc = process(args, self.log)
+        proc = self._proc.__enter__()
+        wait_for_port(port, proc)
+        deadline = time.monotonic() + 60
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
+                pages = [t for t in json.load(reply) if t["type"] == "page"]
+            if pages or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self._ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self._id = 0
+        width, height = self.size
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.send("Page.enable")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ws.close()
+        self._proc.__exit__(*exc)
+
+    def send(self, method: str, **params) -> dict:
+        import json
+
+        self._id += 1
+        self._ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self._ws.recv(timeout=120))
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def js(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait(self, expression: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.js(expression):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"page never satisfied {expression!r}")
+            time.sleep(0.5)
+
+    def goto(self, url: str, ready: str) -> None:
+        self.send("Page.navigate", url=url)
+        self.wait(ready)
+
+    def screenshot(self, path: str) -> None:
+        import base64
+
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data))
