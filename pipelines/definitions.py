@@ -1,10 +1,11 @@
-"""The one code location: assets, checks, jobs, schedule, sensor and resources (loaded by workspace.yaml)."""
+"""The one code location: assets, checks, jobs, schedule, sensor, resources and executor (loaded by workspace.yaml)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from assets import catalogue, checks, codes, evaluation, index, model, retrieval
+from pipelines.executors import executor_from_env
 from pipelines.jobs import ingest_and_reindex, nightly_reindex, nightly_reindex_schedule, train_and_publish
 from pipelines.resources import default_resources
 from pipelines.sensors import catalogue_source_sensor
@@ -19,4 +20,5 @@ def defs() -> dg.Definitions:
         schedules=[nightly_reindex_schedule],
         sensors=[catalogue_source_sensor],
         resources=default_resources(),
+        executor=executor_from_env(),
     )

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 import dagster as dg
+import pytest
 
 from pipelines.definitions import defs as build_defs
 from pipelines.jobs import nightly_reindex_schedule
@@ -50,3 +51,17 @@ def test_nightly_schedule_requests_one_run_per_catalogue():
         requests = nightly_reindex_schedule(ctx)
         assert sorted(r.partition_key for r in requests) == ["fashion-mnist", "shoes"]
         assert {r.run_key for r in requests} == {"fashion-mnist-2026-01-02", "shoes-2026-01-02"}
+
+
+def test_executor_is_chosen_by_configuration(monkeypatch):
+    from pipelines.executors import executor_from_env
+
+    assert executor_from_env() is None  # Dagster's default: multiprocess for launched runs
+    monkeypatch.setenv("VITRIEVE_EXECUTOR", "celery")
+    pytest.importorskip("dagster_celery")
+    assert executor_from_env().name == "celery"
+    job = build_defs().resolve_job_def("train_and_publish")
+    assert job.executor_def.name == "celery"
+    monkeypatch.setenv("VITRIEVE_EXECUTOR", "spark")
+    with pytest.raises(ValueError, match="VITRIEVE_EXECUTOR"):
+        executor_from_env()
