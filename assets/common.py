@@ -29,13 +29,22 @@ def model_inputs(table: pa.Table, img_size: int, channels: int, num_classes: int
     return table["row_id"].to_numpy(), images, labels_matrix(table, num_classes)
 
 
+MODEL_CHECK = dg.AssetCheckKey(dg.AssetKey("hashing_model"), "model_quality")
+
+
 def latest_model_id(instance: dg.DagsterInstance, catalogue: str) -> str | None:
-    """model_id of the catalogue's latest ``hashing_model`` materialisation, if any."""
+    """model_id of the catalogue's latest ``hashing_model`` materialisation that ``model_quality`` did not
+    reject: a model that failed its blocking check is never picked up by later runs (e.g. the nightly job)."""
+    history = instance.event_log_storage.get_asset_check_execution_history(MODEL_CHECK, limit=1000)
+    rejected = {r.run_id for r in history if r.status.value == "FAILED" and r.partition in (catalogue, None)}
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("hashing_model"), asset_partitions=[catalogue]), limit=1
+        dg.AssetRecordsFilter(asset_key=MODEL_CHECK.asset_key, asset_partitions=[catalogue]), limit=100
     ).records
-    value = records[0].asset_materialization.metadata.get("model_id") if records else None
-    return value.value if value is not None else None
+    for record in records:
+        value = record.asset_materialization.metadata.get("model_id")
+        if value is not None and record.event_log_entry.run_id not in rejected:
+            return value.value
+    return None
 
 
 def current_model_id(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, override: str = "") -> str:
