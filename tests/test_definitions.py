@@ -65,3 +65,22 @@ def test_executor_is_chosen_by_configuration(monkeypatch):
     monkeypatch.setenv("VITRIEVE_EXECUTOR", "spark")
     with pytest.raises(ValueError, match="VITRIEVE_EXECUTOR"):
         executor_from_env()
+
+
+def test_pools_code_versions_and_blocking_checks():
+    import yaml
+
+    from pipelines.execution import INSTANCE_YAML
+
+    defs = build_defs()
+    graph = defs.resolve_asset_graph()
+    names = [key.path[-1] for key in graph.materializable_asset_keys]
+    assert all(graph.get(key).code_version for key in graph.materializable_asset_keys)  # unchanged work is recognisable
+    pools = {name: defs.resolve_assets_def(name).op.pool for name in names if defs.resolve_assets_def(name).op.pool}
+    assert pools == {"hashing_model": "gpu", "model_evaluation": "duckdb_writer", "retrieval_diagnostics": "duckdb_writer"}
+    assert all(graph.get_check_spec(k).blocking for k in graph.asset_check_keys)
+    with open(os.path.join(ROOT, "pipelines", "scaleout", "dagster.yaml")) as f:
+        scaleout = yaml.safe_load(f)
+    for config in (yaml.safe_load(INSTANCE_YAML), scaleout):
+        assert config["concurrency"]["pools"]["default_limit"] == 1  # one training / one DuckDB writer at a time
+        assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
