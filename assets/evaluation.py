@@ -110,13 +110,13 @@ def model_evaluation(
     return dg.MaterializeResult(
         metadata={
             "model_id": model_id,
-            "diagnostics_run_id": run_id,
-            "protocol": dg.MetadataValue.json(protocol),
             "map_at_100": float(result.map_at["100"]),
             "p_at_1": float(result.precision_at["1"]),
             "metrics": dg.MetadataValue.md(table_md),
             "bit_diagnostics": dg.MetadataValue.md("| diagnostic | value |\n|---|---|\n" + bits_md),
             **{fig_name: dg.MetadataValue.md(png_markdown(png, CAPTIONS[fig_name])) for fig_name, png in figures.items()},
+            "protocol": dg.MetadataValue.json(protocol),
+            "diagnostics_run_id": run_id,
             "lineage": lineage(context, model_id=model_id, catalogue=name),
         }
     )
