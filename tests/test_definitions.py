@@ -44,8 +44,11 @@ def test_dagster_cli_validates_workspace():
 
 
 def test_nightly_schedule_requests_one_run_per_catalogue():
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 1, 2, 2, tzinfo=UTC))
+    # contexts used as context managers close before the instance does (else a late close can leave the
+    # closed instance's defs-state storage current for later tests)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2026, 1, 2, 2, tzinfo=UTC)
+    ) as ctx:
         assert isinstance(nightly_reindex_schedule(ctx), dg.SkipReason)
         instance.add_dynamic_partitions("catalogues", ["fashion-mnist", "shoes"])
         requests = nightly_reindex_schedule(ctx)

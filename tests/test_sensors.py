@@ -14,8 +14,9 @@ from tests.ops_support import moto_s3
 
 
 def _tick(instance, uri: str, cursor: str | None):
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"source_watch": SourceWatchResource(uri=uri)})
-    result = catalogue_source_sensor(ctx)
+    resources = {"source_watch": SourceWatchResource(uri=uri)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:  # closed before the instance
+        result = catalogue_source_sensor(ctx)
     for request in getattr(result, "dynamic_partitions_requests", None) or []:  # what the daemon does
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result
