@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: run test install data lint ui slow clean
+.PHONY: run test ops-test install data lint ui slow clean
 
 run: install data
 	$(BIN)/vitrieve run --catalogue fashion-mnist --profile quick
@@ -15,6 +15,12 @@ run: install data
 test: install data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Operate it as a user would (docs/OPERATIONS.md): dagster dev + GraphQL + Chromium screenshots, and steps on a
+# Celery worker with Redis, Postgres and S3 (moto). The tests apt-get what they lack (chromium, redis-server,
+# postgresql) and start every server on 127.0.0.1.
+ops-test: install data
+	$(BIN)/python -m pytest -q -m "browser or celery" $(PYTEST_ARGS)
 
 slow: install data
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
@@ -24,7 +30,7 @@ install: $(VENV)/.installed
 # torch==2.13.0 (constraints.txt) resolves to the local CPU wheel; see README "Installing".
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,scale]'
 	touch $@
 
 data: $(FMNIST)

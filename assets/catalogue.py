@@ -5,9 +5,10 @@ import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field
 
+from assets.common import file_facts, lineage
 from assets.partitions import catalogues
 from pipelines.resources import DiagnosticsResource, StorageResource
-from storage.catalogue import CatalogueInfo, fingerprint, read_catalogue, write_catalogue
+from storage.catalogue import CatalogueInfo, catalogue_parts, fingerprint, read_catalogue, write_catalogue
 from storage.ingest import (
     Limits,
     Rejection,
@@ -134,7 +135,8 @@ def catalogue(
     else:
         uri = write_catalogue(root, table, info)
     _record(diagnostics, context, name, config, rejected, counts, "success")
-    return dg.MaterializeResult(metadata=_metadata(table, info, uri, unchanged, counts, rejected))
+    facts = {**file_facts(root, *catalogue_parts(name)), "lineage": lineage(context, source=source, fingerprint=fingerprint(table))}
+    return dg.MaterializeResult(metadata=_metadata(table, info, uri, unchanged, counts, rejected) | facts)
 
 
 def _reasons_markdown(rejected: list[Rejection]) -> str:

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from pydantic import Field
 
-from assets.common import current_model_id, load_model
+from assets.common import current_model_id, lineage, load_model, tag_run
 from assets.partitions import catalogues
 from pipelines.resources import ComputeResource, StorageResource
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
@@ -71,6 +71,7 @@ def packed_codes(
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
+    tag_run(context, model_id)
     table, _ = read_catalogue(root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"])
     fp = fingerprint(table)
     cat_ids = table["row_id"].to_numpy()
@@ -115,6 +116,8 @@ def packed_codes(
             "bytes_per_image": bits // 8,
             "encode_seconds": seconds,
             "encode_images_per_s": ips,
+            "bytes": int(root.fs.du(root.path(*codes_dir(name, model_id)))),
+            "lineage": lineage(context, model_id=model_id, catalogue_fingerprint=fp),
         }
     )
 

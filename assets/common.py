@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import dagster as dg
 import numpy as np
@@ -12,6 +13,9 @@ from storage.catalogue import labels_matrix
 from storage.fs import StorageRoot
 from storage.images import encoded_images
 from storage.model_store import read_card, read_weights
+
+CATALOGUE_TAG = "vitrieve/catalogue"  # run tags naming a run's catalogue and model
+MODEL_TAG = "vitrieve/model"
 
 
 def rows_where(table: pa.Table, flag: str) -> pa.Table:
@@ -26,17 +30,38 @@ def model_inputs(table: pa.Table, img_size: int, channels: int, num_classes: int
     return table["row_id"].to_numpy(), images, labels_matrix(table, num_classes)
 
 
+MODEL_CHECK = dg.AssetCheckKey(dg.AssetKey("hashing_model"), "model_quality")
+
+
+def latest_model_id(instance: dg.DagsterInstance, catalogue: str) -> str | None:
+    """model_id of the catalogue's latest ``hashing_model`` materialisation that ``model_quality`` did not
+    reject: a model that failed its blocking check is never picked up by later runs (e.g. the nightly job)."""
+    history = instance.event_log_storage.get_asset_check_execution_history(MODEL_CHECK, limit=1000)
+    rejected = {r.run_id for r in history if r.status.value == "FAILED" and r.partition in (catalogue, None)}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=MODEL_CHECK.asset_key, asset_partitions=[catalogue]), limit=100
+    ).records
+    for record in records:
+        value = record.asset_materialization.metadata.get("model_id")
+        if value is not None and record.event_log_entry.run_id not in rejected:
+            return value.value
+    return None
+
+
 def current_model_id(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, override: str = "") -> str:
     """The model of this catalogue: ``override`` if given, else the latest ``hashing_model``
     materialisation of the partition."""
-    if override:
-        return override
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("hashing_model"), asset_partitions=[context.partition_key]), limit=1
-    ).records
-    if not records:
+    model_id = override or latest_model_id(context.instance, context.partition_key)
+    if not model_id:
         raise ValueError(f"catalogue {context.partition_key!r} has no trained model yet: materialise hashing_model first")
-    return records[0].asset_materialization.metadata["model_id"].value
+    return model_id
+
+
+def tag_run(context: dg.AssetExecutionContext, model_id: str) -> None:
+    """Name the run's catalogue and model in its tags (filterable in the UI's run list)."""
+    context.instance.add_run_tags(
+        context.run.run_id, {CATALOGUE_TAG: context.partition_key, MODEL_TAG: model_id}
+    )
 
 
 def load_model(root: StorageRoot, model_id: str, device):
@@ -49,3 +74,19 @@ def load_model(root: StorageRoot, model_id: str, device):
 def png_markdown(png: bytes, alt: str) -> str:
     """A small PNG inlined in markdown metadata (Dagster has no image metadata type)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def lineage(context: dg.AssetExecutionContext, **facts: str) -> dg.MetadataValue:
+    """Where a materialisation comes from: the asset's code version, the Dagster run and ``facts``
+    (model_id, catalogue fingerprint, ...)."""
+    version = context.assets_def.code_versions_by_key.get(context.asset_key)
+    return dg.MetadataValue.json({"code_version": version, "dagster_run_id": context.run.run_id, **facts})
+
+
+def file_facts(root: StorageRoot, *parts: str) -> dict[str, int | str]:
+    """``bytes`` and ``sha256`` of one stored artifact (streamed, so large files are fine)."""
+    h = hashlib.sha256()
+    with root.fs.open(root.path(*parts), "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return {"bytes": int(root.fs.size(root.path(*parts))), "sha256": h.hexdigest()}

@@ -1,14 +1,13 @@
 """``model_evaluation``: retrieval metrics and bit diagnostics of the stored codes, into DuckDB."""
 
 
-import io
-
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.common import current_model_id, load_model, model_inputs, png_markdown
+from assets.common import current_model_id, lineage, load_model, model_inputs, png_markdown
 from assets.partitions import catalogues
+from assets.plots import attention_png, bit_balance_png, pr_curve_png, retrieval_grid_png
 from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import labels_matrix, read_catalogue
 from storage.codes import read_codes
@@ -20,26 +19,8 @@ class EvaluationConfig(dg.Config):
     model_id: str = Field(default="", description="Model to evaluate; empty = the catalogue's latest hashing_model")
     stability_sample: int = 2000
     seed: int = 0
-
-
-def pr_curve_png(precision: list[float], recall: list[float], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 3), dpi=80)
-    ax.plot(recall, precision, marker=".")
-    for r in (0, 2, 4, 8):
-        if r < len(recall):
-            ax.annotate(f"r={r}", (recall[r], precision[r]), fontsize=7)
-    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1.02), ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    examples: int = Field(default=6, description="queries shown with their top-8 in the retrieval examples grid")
+    attention_examples: int = Field(default=4, description="queries shown with their attention rollout (ViT models)")
 
 
 @dg.asset(
@@ -108,8 +89,13 @@ def model_evaluation(
 
     run_id = diagnostics.get().record("evaluation", name, model_id, protocol, context.run.run_id, write)
 
-    png = pr_curve_png(result.precision_radius, result.recall_radius, f"{name} · {bits} bits")
-    root.write_bytes(png, "models", model_id, "eval", name, "pr_curve.png")
+    figures = {
+        "pr_curve": pr_curve_png(result.precision_radius, result.recall_radius, f"{name} · {bits} bits"),
+        "bit_balance": bit_balance_png(bitstats["ones_rate"], f"{name} · {model_id}"),
+        **_examples(table, info.label_names, labels, codes, q, db, model, device, config),
+    }
+    for fig_name, png in figures.items():
+        root.write_bytes(png, "models", model_id, "eval", name, f"{fig_name}.png")
     headline = {
         "map@100": result.map_at.get("100"), "map@1000": result.map_at.get("1000"), "map@all": result.map_at.get("all"),
         "p@1": result.precision_at.get("1"), "p@100": result.precision_at.get("100"),
@@ -124,15 +110,60 @@ def model_evaluation(
     return dg.MaterializeResult(
         metadata={
             "model_id": model_id,
-            "diagnostics_run_id": run_id,
-            "protocol": dg.MetadataValue.json(protocol),
             "map_at_100": float(result.map_at["100"]),
             "p_at_1": float(result.precision_at["1"]),
             "metrics": dg.MetadataValue.md(table_md),
             "bit_diagnostics": dg.MetadataValue.md("| diagnostic | value |\n|---|---|\n" + bits_md),
-            "pr_curve": dg.MetadataValue.md(png_markdown(png, "PR curve by Hamming radius")),
+            **{fig_name: dg.MetadataValue.md(png_markdown(png, CAPTIONS[fig_name])) for fig_name, png in figures.items()},
+            "protocol": dg.MetadataValue.json(protocol),
+            "diagnostics_run_id": run_id,
+            "lineage": lineage(context, model_id=model_id, catalogue=name),
         }
     )
+
+
+CAPTIONS = {
+    "pr_curve": "PR curve by Hamming radius",
+    "bit_balance": "Per-bit ones rate (ideal 0.5)",
+    "retrieval_examples": "Queries and their top-8 (distance, label; wrong labels in red)",
+    "attention_rollout": "Attention rollout of the first queries",
+}
+TOP = 8
+
+
+def _examples(table, label_names: list[str], labels: np.ndarray, codes: np.ndarray, q: np.ndarray, db: np.ndarray,
+              model, device, config: EvaluationConfig) -> dict[str, bytes]:  # fmt: skip
+    """Retrieval examples grid (seeded queries, exact Hamming top-8, ties by row_id) and attention rollout."""
+    from ml.attention import attention_rollout
+    from ml.data import decode_images
+    from ml.metrics import hamming_distance_matrix
+
+    q_idx, db_idx = np.flatnonzero(q), np.flatnonzero(db)
+    pick = np.sort(np.random.default_rng(config.seed).permutation(q_idx)[: config.examples])
+    dist = hamming_distance_matrix(codes[pick], codes[db_idx])
+    top = np.argsort(dist, axis=1, kind="stable")[:, :TOP]  # database rows are in row_id order
+    hits = db_idx[top]
+    size, ch = model.spec.img_size, model.spec.in_chans
+    images = table["image"]
+
+    def decode(rows: np.ndarray) -> np.ndarray:
+        return decode_images(images.take(rows.ravel()).to_pylist(), size, ch).reshape(*rows.shape, ch, size, size)
+
+    def name(row: int) -> str:
+        return ",".join(label_names[i] for i in np.flatnonzero(labels[row])) or "?"
+
+    out = {}
+    if len(pick):
+        query_images = decode(pick)
+        out["retrieval_examples"] = retrieval_grid_png(
+            query_images, [name(r) for r in pick], decode(hits), [[name(r) for r in row] for row in hits],
+            np.take_along_axis(dist, top, axis=1), (labels[pick][:, None, :] & labels[hits]).any(axis=2),
+        )  # fmt: skip
+        n_att = min(config.attention_examples, len(pick))
+        maps = attention_rollout(model, query_images[:n_att], device) if n_att else None
+        if maps is not None:
+            out["attention_rollout"] = attention_png(query_images[:n_att], maps, [name(r) for r in pick[:n_att]])
+    return out
 
 
 def _k(key: str) -> int | None:

@@ -14,7 +14,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.common import current_model_id
+from assets.common import current_model_id, lineage
 from assets.partitions import catalogues
 from pipelines.resources import StorageResource
 from storage.catalogue import read_catalogue
@@ -110,7 +110,7 @@ def binary_index(context: dg.AssetExecutionContext, config: IndexConfig, storage
         manifest = previous[1]
         if pointer and pointer["sha256"] == manifest.sha256:
             context.log.info(f"{kind} index of {name!r} already holds every database row; CURRENT unchanged")
-            return _result(root, name, manifest, report, threads, published=False)
+            return _result(context, root, name, manifest, report, threads, published=False)
     problems = verify_index(index, row_ids, codes, probes=config.probes)
     if problems:
         raise ValueError(f"new index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}")
@@ -125,7 +125,7 @@ def binary_index(context: dg.AssetExecutionContext, config: IndexConfig, storage
     publish(root, manifest)
     context.log.info(f"published {kind} index of {manifest.ntotal} codes for {name!r} ({model_id}, {report.mode}, "
                      f"{report.added_rows} rows added in {report.build_seconds:.2f}s)")  # fmt: skip
-    return _result(root, name, manifest, report, threads, published=True)
+    return _result(context, root, name, manifest, report, threads, published=True)
 
 
 def _pointer_or_none(root, name: str) -> dict | None:
@@ -135,7 +135,7 @@ def _pointer_or_none(root, name: str) -> dict | None:
         return None
 
 
-def _result(root, name, manifest, report, threads: int, published: bool) -> dg.MaterializeResult:
+def _result(context, root, name, manifest, report, threads: int, published: bool) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
             "model_id": manifest.model_id,
@@ -143,6 +143,7 @@ def _result(root, name, manifest, report, threads: int, published: bool) -> dg.M
             "params": dg.MetadataValue.json(manifest.params),
             "dagster/uri": root.url(*index_dir(name, manifest.model_id), manifest.file),
             "ntotal": manifest.ntotal,
+            "dagster/row_count": manifest.ntotal,
             "bytes": manifest.file_bytes,
             "bytes_per_image": manifest.file_bytes / max(manifest.ntotal, 1),
             "sha256": manifest.sha256,
@@ -153,6 +154,7 @@ def _result(root, name, manifest, report, threads: int, published: bool) -> dg.M
             "threads": threads,
             "published": published,
             "manifest": dg.MetadataValue.json(json.loads(json.dumps(manifest.__dict__))),
+            "lineage": lineage(context, model_id=manifest.model_id),
         }
     )
 

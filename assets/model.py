@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 from pydantic import Field
 
-from assets.common import model_inputs, rows_where
+from assets.common import file_facts, lineage, model_inputs, rows_where, tag_run
 from assets.partitions import catalogues
 from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import fingerprint, read_catalogue
@@ -107,10 +107,11 @@ def hashing_model(
     )  # fmt: skip
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
+    tag_run(context, model_id)
     if has_model(root, model_id) and not config.force:
         card = read_card(root, model_id)
         context.log.info(f"model {model_id} already trained on this catalogue with this config; reusing it")
-        return dg.MaterializeResult(metadata=_card_metadata(root, card, reused=True))
+        return dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=True))
 
     device = compute.torch_device()
     rng = np.random.default_rng(config.seed)
@@ -179,10 +180,10 @@ def hashing_model(
     write_model(root, model_id, weights_to_bytes(result.model.state_dict()), card)
     store.finish_run(run_id)
     root.fs.rm(root.path(*last))
-    return dg.MaterializeResult(metadata=_card_metadata(root, card, reused=False))
+    return dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=False))
 
 
-def _card_metadata(root, card: dict, reused: bool) -> dict:
+def _card_metadata(context: dg.AssetExecutionContext, root, card: dict, reused: bool) -> dict:
     history = card.get("history", [])
     rows = "\n".join(
         f"| {r['epoch']} | {r['loss']:.4f} | {r['val_map']:.4f} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |" for r in history
@@ -198,6 +199,10 @@ def _card_metadata(root, card: dict, reused: bool) -> dict:
         "train_images_per_s": float(card["train_images_per_s"]),
         "inference_images_per_s": float(card["inference_images_per_s"]),
         "reused": reused,
+        **file_facts(root, "models", card["model_id"], "model.safetensors"),
+        "lineage": lineage(context, model_id=card["model_id"], catalogue=card["catalogue"],
+                           catalogue_fingerprint=card["catalogue_fingerprint"], trained_in_run=card.get("dagster_run_id"),
+                           trained_with_code_version=card.get("code_version")),  # fmt: skip
         "training_log": dg.MetadataValue.md(
             "| epoch | loss | val mAP@100 | img/s | s |\n|---|---|---|---|---|\n" + rows
         ),

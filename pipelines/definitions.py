@@ -1,12 +1,14 @@
-"""The one code location: assets, checks, jobs, schedule and resources (loaded by workspace.yaml)."""
+"""The one code location: assets, checks, jobs, schedule, sensor, resources and executor (loaded by workspace.yaml)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from assets import catalogue, checks, codes, evaluation, index, model, retrieval
-from pipelines.jobs import nightly_reindex, nightly_reindex_schedule, train_and_publish
+from pipelines.executors import executor_from_env
+from pipelines.jobs import ingest_and_reindex, nightly_reindex, nightly_reindex_schedule, train_and_publish
 from pipelines.resources import default_resources
+from pipelines.sensors import catalogue_source_sensor
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
@@ -16,9 +18,11 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([catalogue, model, codes, evaluation, index, retrieval]),
         asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[train_and_publish, nightly_reindex],
+        jobs=[train_and_publish, nightly_reindex, ingest_and_reindex],
         schedules=[nightly_reindex_schedule],
-        resources=resources or default_resources(),
+        sensors=[catalogue_source_sensor],
+        resources={**default_resources(), **(resources or {})},
+        executor=executor_from_env(),
     )
 
 

@@ -50,6 +50,7 @@ def materialise(
 ) -> tuple[dg.ExecuteInProcessResult, dg.DagsterInstance]:
     """Run ``job_name`` (or just ``selection`` of its assets) for one catalogue partition."""
     from pipelines.definitions import build_definitions
+    from pipelines.jobs import run_tags
 
     dagster_home(root)
     instance = dg.DagsterInstance.get()
@@ -66,7 +67,7 @@ def materialise(
         instance=instance,
         partition_key=catalogue,
         asset_selection=[dg.AssetKey(a) for a in selection] if selection else None,
-        tags={"vitrieve/catalogue": catalogue},
+        tags=run_tags(instance, catalogue),
         raise_on_error=False,
     )
     return result, instance

@@ -72,10 +72,18 @@ class ComputeResource(dg.ConfigurableResource):
         return resolve_device(self.device)
 
 
+class SourceWatchResource(dg.ConfigurableResource):
+    """Source URI watched by ``catalogue_source_sensor`` (local folder or ``s3://`` prefix; one catalogue per
+    child folder); empty = nothing watched."""
+
+    uri: str = ""
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """The embedded default: local files under ``VITRIEVE_ROOT`` (./data) and a local DuckDB file."""
     return {
         "storage": StorageResource(root=default_root()),
         "diagnostics": DiagnosticsResource(path=default_db()),
         "compute": ComputeResource(device=os.environ.get("VITRIEVE_DEVICE", "auto")),
+        "source_watch": SourceWatchResource(uri=os.environ.get("VITRIEVE_WATCH", "")),
     }
