@@ -135,7 +135,6 @@ def _examples(table, label_names: list[str], labels: np.ndarray, codes: np.ndarr
               model, device, config: EvaluationConfig) -> dict[str, bytes]:  # fmt: skip
     """Retrieval examples grid (seeded queries, exact Hamming top-8, ties by row_id) and attention rollout."""
     from ml.attention import attention_rollout
-    from ml.data import decode_images
     from ml.metrics import hamming_distance_matrix
 
     q_idx, db_idx = np.flatnonzero(q), np.flatnonzero(db)
@@ -144,10 +143,10 @@ def _examples(table, label_names: list[str], labels: np.ndarray, codes: np.ndarr
     top = np.argsort(dist, axis=1, kind="stable")[:, :TOP]  # database rows are in row_id order
     hits = db_idx[top]
     size, ch = model.spec.img_size, model.spec.in_chans
-    images = table["image"]
 
-    def decode(rows: np.ndarray) -> np.ndarray:
-        return decode_images(images.take(rows.ravel()).to_pylist(), size, ch).reshape(*rows.shape, ch, size, size)
+    def decode(rows: np.ndarray) -> np.ndarray:  # stored bytes or the row's URI (sha256-checked)
+        _, images, _ = model_inputs(table.take(rows.ravel()), size, ch, len(label_names))
+        return images.reshape(*rows.shape, ch, size, size)
 
     def name(row: int) -> str:
         return ",".join(label_names[i] for i in np.flatnonzero(labels[row])) or "?"
