@@ -8,7 +8,6 @@ import sys
 from datetime import UTC, datetime
 
 import dagster as dg
-import numpy as np
 import pyarrow.compute as pc
 from pydantic import Field
 
@@ -85,25 +84,17 @@ def hashing_model(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     from ml.encode import encode_images
-    from ml.models import ModelSpec
-    from ml.train import TrainConfig, TrainData, train_hashing_model
+    from ml.recipes import build_run
+    from ml.train import TrainData, train_hashing_model, validation_pick
 
     name = context.partition_key
     root = storage.get()
     table, info = read_catalogue(root, name)
     num_classes = len(info.label_names)
-    from ml.recipes import resolve_profile
-
-    r = resolve_profile(config.profile, **{k: getattr(config, k) for k in _PROFILE_FIELDS})
-    spec = ModelSpec(model=r["model"], preset=r["preset"], bits=r["bits"], num_classes=num_classes,
-                     in_chans=int(pc.max(table["channels"]).as_py()), overrides=dict(config.overrides),
-                     pretrained=config.pretrained, **{k: r[k] for k in ("head_hidden", "head_dropout") if k in r})  # fmt: skip
-    spec.validate()
-    train_cfg = TrainConfig(
-        loss=r["loss"], epochs=r["epochs"], batch_size=r["batch_size"], optimizer=r["optimizer"], lr=r["lr"],
-        weight_decay=r["weight_decay"], schedule=r["schedule"], warmup_steps=r["warmup_steps"], seed=config.seed,
-        augment=config.augment, loss_params=dict(config.loss_params), classifier=r["classifier"],
-        label_smoothing=r["label_smoothing"], erase=r["erase"],
+    spec, train_cfg = build_run(
+        config.profile, num_classes, int(pc.max(table["channels"]).as_py()), seed=config.seed, augment=config.augment,
+        overrides=config.overrides, pretrained=config.pretrained, loss_params=config.loss_params,
+        **{k: getattr(config, k) for k in _PROFILE_FIELDS},
     )  # fmt: skip
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
@@ -114,11 +105,10 @@ def hashing_model(
         return dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=True))
 
     device = compute.torch_device()
-    rng = np.random.default_rng(config.seed)
     train_rows = rows_where(table, "in_train")
     val_rows = rows_where(table, "in_validation")
-    val_q = val_rows.take(np.sort(rng.permutation(val_rows.num_rows)[: config.val_queries]))
-    val_db = train_rows.take(np.sort(rng.permutation(train_rows.num_rows)[: config.val_database]))
+    pick_q, pick_db = validation_pick(val_rows.num_rows, train_rows.num_rows, config.val_queries, config.val_database, config.seed)
+    val_q, val_db = val_rows.take(pick_q), train_rows.take(pick_db)
     if val_q.num_rows == 0:
         raise ValueError(f"catalogue {name!r} has no validation images; model selection needs a held-out slice")
     size, ch = spec.img_size, spec.in_chans

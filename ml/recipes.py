@@ -1,13 +1,17 @@
 """Training profiles: the model and recipe that ``--profile quick|full`` stands for (README, "Profiles").
 
 A profile fills every field a run leaves unset (``None``). Its architecture part (``ARCHITECTURE_FIELDS``)
-applies only when the run keeps the profile's model; another model gets its ``small`` preset and its own head
-defaults, with the profile's optimisation recipe. Figures behind each choice: docs/BENCHMARKS.md, "Quality".
+applies to any model that has the profile's preset (the ViT models all have ``small-conv``); another model
+(HybridHash) gets its ``small`` preset and its own head defaults, with the profile's optimisation recipe. Figures behind each choice: docs/BENCHMARKS.md, "Quality".
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
+
+from ml.models.spec import PRESETS, ModelSpec
+from ml.train import TrainConfig
 
 ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
 
@@ -29,8 +33,24 @@ def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     base = dict(PROFILES[profile])
     chosen = {k: v for k, v in given.items() if v is not None}
-    if chosen.get("model", base["model"]) != base["model"]:
+    if base["preset"] not in PRESETS.get(chosen.get("model", base["model"]), {}):
         for key in ARCHITECTURE_FIELDS:
             base.pop(key)
         base["preset"] = "small"
     return {**base, **chosen}
+
+
+def build_run(profile: str, num_classes: int, in_chans: int, *, seed: int = 0, augment: bool = True,
+              overrides: dict | None = None, pretrained: str = "", loss_params: dict | None = None,
+              **given: Any) -> tuple[ModelSpec, TrainConfig]:  # fmt: skip
+    """The validated ``ModelSpec`` and ``TrainConfig`` of one training run: ``resolve_profile(profile, **given)``
+    plus the fields no profile sets (the catalogue's classes and channels, seed, preset overrides, weights)."""
+    r = resolve_profile(profile, **given)
+    spec = ModelSpec(model=r["model"], preset=r["preset"], bits=r["bits"], num_classes=num_classes, in_chans=in_chans,
+                     overrides=dict(overrides or {}), pretrained=pretrained,
+                     **{k: r[k] for k in ("head_hidden", "head_dropout") if k in r})  # fmt: skip
+    spec.validate()
+    train_fields = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in r.items() if k in train_fields}, seed=seed, augment=augment,
+                      loss_params=dict(loss_params or {}))  # fmt: skip
+    return spec, cfg

@@ -48,6 +48,7 @@ class TrainConfig:
     classifier: float = 0.0  # weight of the auxiliary label classifier on tanh(u) (0 = off)
     label_smoothing: float = 0.0  # of the auxiliary classifier's cross-entropy
     erase: float = 0.0  # probability of random erasing per training image (timm ``RandomErasing``)
+    time_budget_s: float = 0.0  # stop before an epoch that would end past this wall-clock budget (0 = none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +110,13 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total_steps, cfg.warmup_steps))
+
+
+def validation_pick(n_validation: int, n_train: int, queries: int, database: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, sorted positions of the validation queries (among the held-out validation rows) and of the
+    validation database (among the training rows): model selection never sees the query split."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n_validation)[:queries]), np.sort(rng.permutation(n_train)[:database])
 
 
 def validation_map(model: nn.Module, data: TrainData, bits: int, device: torch.device, batch: int) -> float:
@@ -177,6 +185,7 @@ def train_hashing_model(
     labels = torch.from_numpy(data.train_labels).float()
     use_amp = cfg.amp and device.type == "cuda"
     start = time.perf_counter()
+    stop = False
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         if hasattr(loss_fn, "set_epoch"):
@@ -219,12 +228,18 @@ def train_hashing_model(
             best_val, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
         if on_epoch:
             on_epoch(row)
+        if cfg.time_budget_s and epoch < cfg.epochs and time.perf_counter() - start + epoch_seconds > cfg.time_budget_s:
+            log(f"stopping after epoch {epoch}/{cfg.epochs}: the next epoch would end past the "
+                f"{cfg.time_budget_s:.0f}s training budget")  # fmt: skip
+            stop = True
         if checkpoint:
             checkpoint(_state_bytes(dict(
                 epoch=epoch, model=model.state_dict(), loss=loss_fn.state_dict(), classifier=aux.state_dict(), optimizer=opt.state_dict(),
                 schedule=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(), python_rng=random.getstate(),
                 history=history, best_val=best_val, best_epoch=best_epoch, best_model=best_state,
             )))  # fmt: skip
+        if stop:
+            break
     model.load_state_dict(best_state)
     model.eval()
     train_seconds = sum(r["seconds"] for r in history)

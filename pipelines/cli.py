@@ -8,6 +8,7 @@ import sys
 import time
 
 from pipelines.resources import default_db, default_root
+from storage.ingest_idx import FASHION_MNIST_DIR
 
 ASSET_OF_VERB = {
     "ingest": "catalogue",
@@ -98,6 +99,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-recall", type=float, default=0.9, help="--quick fails below this ANN recall@k")
     p.add_argument("--in-process", action="store_true", help="do not isolate each dataset in its own process")
     p.add_argument("--json", default=None, help="also write the full results to this JSON file")
+    p = bench.add_parser("quality", help="train + evaluate configurations on the Fashion-MNIST protocol; leaderboard")
+    _common(p)
+    p.add_argument("--profile", default="quick", choices=["quick", "full"], help="recipe behind each --config")
+    p.add_argument("--config", action="append", default=None,
+                   help="fields replacing the profile's, e.g. 'bits=32' or 'model=transhash,loss=transhash' (repeatable)")
+    p.add_argument("--bits", default=None, help="comma-separated code lengths: one run per length of each --config")
+    p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock training budget per run (0 = none)")
+    p.add_argument("--source", default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX directory")
+    p.add_argument("--device", default=os.environ.get("VITRIEVE_DEVICE", "auto"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=None, help="seeded subset of training images")
+    p.add_argument("--query-limit", type=int, default=None, help="seeded subset of query images")
+    p.add_argument("--quick", action="store_true", help="CI: one 1-epoch run on 2,000 train / 500 query images, checked")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p = sub.add_parser("sql", help="run a read-only SQL query on the diagnostics DB")
     p.add_argument("query")
     p.add_argument("--db", default=None)
@@ -175,6 +190,60 @@ def cmd_bench(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_bench_quality(args) -> int:
+    from ml.device import configure_threads, resolve_device
+    from ml.recipes import resolve_profile
+    from pipelines.quality_bench import (
+        format_leaderboard,
+        load_protocol,
+        parse_config,
+        quick_problems,
+        run_config,
+    )
+    from storage.diagnostics import DiagnosticsDB
+
+    _, db_path = _locations(args)
+    try:
+        configs = [parse_config(c) for c in (args.config or [""])]
+        if args.bits:
+            configs = [c | {"bits": int(b)} for c in configs for b in args.bits.split(",")]
+        if args.quick:
+            configs = [c | {"epochs": 1} for c in configs]
+        specs = [resolve_profile(args.profile, **{k: v for k, v in c.items() if k not in ("overrides", "loss_params")})
+                 for c in configs]  # fmt: skip
+    except ValueError as err:
+        print(f"vitrieve bench quality: {err}", file=sys.stderr)
+        return 2
+    configure_threads()
+    device = resolve_device(args.device)
+    train_limit, query_limit = (2000, 500) if args.quick else (args.train_limit, args.query_limit)
+    protocols: dict = {}
+    rows = []
+    db = DiagnosticsDB(db_path)
+    for given, r in zip(configs, specs, strict=True):
+        from ml.models import ModelSpec
+
+        size = ModelSpec(model=r["model"], preset=r["preset"]).img_size
+        if size not in protocols:
+            sizes = dict(validation_size=500, val_queries=500, val_database=1000) if args.quick else {}
+            protocols[size] = load_protocol(args.source, size, 1, args.seed, train_limit, query_limit, **sizes)
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        rows.append(run_config(args.profile, dict(given), protocols[size], device, db, args.seed,
+                               args.budget_minutes * 60, log))  # fmt: skip
+        print(format_leaderboard(rows[-1:]), file=sys.stderr)
+    print(format_leaderboard(rows))
+    print(f"\nrows in {db_path}: SELECT * FROM quality_leaderboard")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2, default=str)
+    problems = quick_problems(rows) if args.quick else []
+    for problem in problems:
+        print(f"vitrieve bench quality: FAILED {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_sql(args) -> int:
     from tabulate import tabulate
 
@@ -207,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "sql":
         return cmd_sql(args)
     if args.verb == "bench":
-        return cmd_bench(args)
+        return cmd_bench_quality(args) if args.bench == "quality" else cmd_bench(args)
     raise AssertionError(args.verb)
 
 

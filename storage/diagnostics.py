@@ -132,11 +132,39 @@ _V3_INGEST: tuple[str, ...] = (
     )""",
 )
 
+_V4_QUALITY_BENCH: tuple[str, ...] = (
+    # One row per `vitrieve bench quality` run (runs.kind = 'bench-quality'), best mAP@100 first.
+    """CREATE OR REPLACE VIEW quality_leaderboard AS
+    SELECT
+        r.model_id AS config,
+        r.config ->> '$.spec.model' AS model,
+        r.config ->> '$.train.loss' AS loss,
+        CAST(r.config ->> '$.spec.bits' AS INTEGER) AS bits,
+        max(m.value) FILTER (WHERE m.name = 'map' AND m.k = 100) AS map_at_100,
+        max(m.value) FILTER (WHERE m.name = 'map' AND m.k = 1000) AS map_at_1000,
+        max(m.value) FILTER (WHERE m.name = 'precision' AND m.k = 1) AS p_at_1,
+        max(m.value) FILTER (WHERE m.name = 'precision' AND m.k = 100) AS p_at_100,
+        max(m.value) FILTER (WHERE m.name = 'mean_ones_rate') AS mean_ones_rate,
+        max(m.value) FILTER (WHERE m.name = 'mean_entropy') AS mean_entropy,
+        max(m.value) FILTER (WHERE m.name = 'intra_class_hamming') AS intra_class_hamming,
+        max(m.value) FILTER (WHERE m.name = 'inter_class_hamming') AS inter_class_hamming,
+        max(m.value) FILTER (WHERE m.name = 'best_val_map') AS best_val_map,
+        max(m.value) FILTER (WHERE m.name = 'epochs_run') AS epochs_run,
+        max(m.value) FILTER (WHERE m.name = 'train_minutes') AS train_minutes,
+        max(m.value) FILTER (WHERE m.name = 'train_images_per_s') AS train_images_per_s,
+        r.catalogue, r.finished_at, r.run_id
+    FROM runs r LEFT JOIN metrics m USING (run_id)
+    WHERE r.kind = 'bench-quality' AND r.status = 'success'
+    GROUP BY r.model_id, r.config, r.catalogue, r.finished_at, r.run_id
+    ORDER BY map_at_100 DESC NULLS LAST, r.finished_at DESC""",
+)
+
 #: Ordered (version, statements) pairs. Append only; never edit or reorder a released entry.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, _V1_TABLES),
     (2, _V2_COLUMNS_AND_VIEWS),
     (3, _V3_INGEST),
+    (4, _V4_QUALITY_BENCH),
 )
 CURRENT_SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 

@@ -18,8 +18,9 @@ def test_given_fields_win_and_none_means_unset():
     assert r["epochs"] == 1 and r["loss"] == "dch" and r["lr"] == PROFILES["quick"]["lr"]
 
 
-def test_another_model_gets_its_small_preset_and_own_head():
-    r = resolve_profile("quick", model="transhash")
+def test_a_model_without_the_profile_preset_gets_its_small_preset_and_own_head():
+    assert resolve_profile("quick", model="transhash")["preset"] == "small-conv"
+    r = resolve_profile("quick", model="hybridhash")
     assert r["preset"] == "small" and "head_hidden" not in r and "head_dropout" not in r
     assert r["epochs"] == PROFILES["quick"]["epochs"]
     assert resolve_profile("quick", model="transhash", preset="vit-b16")["preset"] == "vit-b16"

@@ -79,3 +79,9 @@ def test_auxiliary_classifier_and_erasing_change_training_and_stay_seeded():
 def test_bad_erase_probability_is_named():
     with pytest.raises(ValueError, match="erase probability"):
         train_hashing_model(ModelSpec(**TINY_SPEC), TrainConfig(erase=1.5), _data(), torch.device("cpu"))
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun():
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=1, time_budget_s=1e-6)
+    res = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
+    assert len(res.history) == 1

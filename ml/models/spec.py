@@ -21,7 +21,7 @@ _VTS_SMALL_CONV = dict(img_size=28, patch_size=1, embed_dim=96, depth=1, num_hea
 # Per model, per preset: every constructor argument the preset fixes. ``ModelSpec.overrides`` may replace any of
 # these keys (and only these). Keys that are not timm backbone arguments size the head: ``bottleneck``
 # (X-HashNet's hidden hash width), ``groups`` (TransHash's K local branches) and ``interaction_heads``
-# (HybridHash's heads in the block-token attention); ``stem_channels`` (VTS) puts a conv stem before the ViT.
+# (HybridHash's heads in the block-token attention); ``stem_channels`` (the ViT models' ``small-conv``) puts a conv stem before the ViT.
 # "small" presets are sized for 28-32 px on a 2-core CPU (see
 # each module's docstring for the measured img/s); the others are the papers' 224 px GPU backbones.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -31,12 +31,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "small": dict(
             img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, bottleneck=256
         ),
+        "small-conv": {**_VTS_SMALL_CONV, "bottleneck": 256},
         "deit-s": dict(
             img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, bottleneck=256
         ),
     },
     "transhash": {
         "small": dict(img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, groups=4),
+        "small-conv": {**_VTS_SMALL_CONV, "groups": 4},
         "vit-b16": {**_VIT_B16, "groups": 4},
     },
     "hybridhash": {

@@ -1,0 +1,145 @@
+"""``vitrieve bench quality``: train and evaluate (model, loss, bits) configurations on the Fashion-MNIST protocol.
+
+Each configuration is a profile (``ml.recipes``) with fields replaced, e.g. ``--config bits=32`` or
+``--config model=transhash,loss=transhash``. It trains with model selection on the held-out validation slice
+(never the queries), under an optional wall-clock budget, then encodes the 10,000 test queries and the 60,000
+training-set database and evaluates them. Every epoch's validation mAP@100 goes to DuckDB ``training_log`` and
+the final query-set metrics and bit diagnostics to ``metrics``/``bit_stats`` (a ``bench-quality`` run per
+configuration); the view ``quality_leaderboard`` ranks them. ``--quick`` (CI) runs one short configuration on a
+seeded slice and checks the rows landed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.diagnostics import DiagnosticsDB, insert_bit_stats, insert_metrics, insert_training_log
+
+CATALOGUE = "fashion-mnist"
+
+
+def parse_config(text: str) -> dict:
+    """``"model=vts,bits=32,lr=1e-3"`` -> ``{"model": "vts", "bits": 32, "lr": 0.001}`` (JSON values, else strings)."""
+    out: dict = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad --config item {item!r}: expected key=value")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass
+class Protocol:
+    """Decoded Fashion-MNIST protocol at one image size: training set, validation slices, queries, database."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val_query: tuple[np.ndarray, np.ndarray]
+    val_db: tuple[np.ndarray, np.ndarray]
+    query: tuple[np.ndarray, np.ndarray]
+    database: tuple[np.ndarray, np.ndarray]
+    label_names: list[str]
+
+
+def load_protocol(source: str, img_size: int, channels: int, seed: int = 0, train_limit: int | None = None,
+                  query_limit: int | None = None, validation_size: int = 5000, val_queries: int = 2000,
+                  val_database: int = 5000) -> Protocol:  # fmt: skip
+    """The catalogue the ``catalogue`` asset would build from ``source`` (same seeded splits), decoded."""
+    from ml.data import decode_images
+    from ml.train import validation_pick
+    from storage.catalogue import labels_matrix
+    from storage.ingest_idx import idx_catalogue
+
+    table, info = idx_catalogue(CATALOGUE, source, validation_size, seed, train_limit, query_limit)
+    images = decode_images(table["image"].to_pylist(), img_size, channels)
+    labels = labels_matrix(table, len(info.label_names))
+
+    def rows(flag: str) -> np.ndarray:
+        return np.flatnonzero(table[flag].to_numpy(zero_copy_only=False))
+
+    train, val = rows("in_train"), rows("in_validation")
+    pick_q, pick_db = validation_pick(len(val), len(train), val_queries, val_database, seed)
+    part = lambda idx: (images[idx], labels[idx])  # noqa: E731
+    return Protocol(part(train), part(val[pick_q]), part(train[pick_db]), part(rows("in_query")),
+                    part(rows("in_database")), list(info.label_names))  # fmt: skip
+
+
+def run_config(profile: str, given: dict, protocol: Protocol, device, db: DiagnosticsDB, seed: int = 0,
+               budget_s: float = 0.0, log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Train, encode and evaluate one configuration; record it as a ``bench-quality`` run; return its row."""
+    from ml.encode import encode_images
+    from ml.metrics import bit_diagnostics, evaluate_retrieval
+    from ml.recipes import build_run
+    from ml.train import TrainData, train_hashing_model
+
+    loss_params = given.pop("loss_params", None)
+    overrides = given.pop("overrides", None)
+    spec, cfg = build_run(profile, len(protocol.label_names), protocol.train[0].shape[1], seed=seed,
+                          overrides=overrides, loss_params=loss_params, **given)  # fmt: skip
+    cfg.time_budget_s = budget_s
+    label = f"{profile}:" + ",".join(f"{k}={v}" for k, v in sorted(given.items())) if given else profile
+    data = TrainData(*protocol.train, *protocol.val_query, *protocol.val_db)
+    t0 = time.perf_counter()
+    result = train_hashing_model(spec, cfg, data, device, log=log)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    q_codes = encode_images(result.model, protocol.query[0], device)
+    db_codes = encode_images(result.model, protocol.database[0], device)
+    encode_s = time.perf_counter() - t1
+    m = evaluate_retrieval(q_codes, protocol.query[1], db_codes, protocol.database[1], spec.bits,
+                           map_ks=(100, 1000), precision_ks=(1, 100))  # fmt: skip
+    diag = bit_diagnostics(db_codes, protocol.database[1], spec.bits, seed=seed)
+    scalars = {k: float(v) for k, v in diag.items() if not isinstance(v, list)} | {
+        "best_val_map": result.best_val_map, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "train_minutes": train_s / 60, "train_images_per_s": result.train_images_per_s,
+        "encode_images_per_s": (len(protocol.query[0]) + len(protocol.database[0])) / encode_s,
+        "parameters": result.parameters,
+    }  # fmt: skip
+    metric_rows = ([("map", int(k), v) for k, v in m.map_at.items()] + [("precision", int(k), v) for k, v in m.precision_at.items()]
+                   + [(k, None, v) for k, v in scalars.items()])  # fmt: skip
+
+    def write(run_id: str, con) -> None:
+        insert_training_log(con, run_id, result.history)
+        insert_metrics(con, run_id, metric_rows)
+        insert_bit_stats(con, run_id, diag["ones_rate"], diag["entropy"])
+
+    config = {"profile": profile, "given": given, "spec": spec.to_dict(), "train": cfg.to_dict(), "budget_s": budget_s,
+              "queries": len(protocol.query[0]), "database": len(protocol.database[0]), "device": str(device)}  # fmt: skip
+    run_id = db.record("bench-quality", CATALOGUE, label, config, None, write)
+    return {"config": label, "map_at_100": m.map_at["100"], "map_at_1000": m.map_at["1000"], "p_at_1": m.precision_at["1"],
+            "p_at_100": m.precision_at["100"], **scalars, "run_id": run_id}  # fmt: skip
+
+
+COLUMNS = (("config", "config", "{}"), ("mAP@100", "map_at_100", "{:.4f}"), ("mAP@1000", "map_at_1000", "{:.4f}"),
+           ("P@1", "p_at_1", "{:.4f}"), ("P@100", "p_at_100", "{:.4f}"), ("ones", "mean_ones_rate", "{:.3f}"),
+           ("entropy", "mean_entropy", "{:.3f}"), ("intra", "intra_class_hamming", "{:.1f}"),
+           ("inter", "inter_class_hamming", "{:.1f}"), ("val", "best_val_map", "{:.4f}"), ("epochs", "epochs_run", "{:.0f}"),
+           ("train min", "train_minutes", "{:.1f}"), ("img/s", "train_images_per_s", "{:.0f}"))  # fmt: skip
+
+
+def format_leaderboard(rows: list[dict]) -> str:
+    """Markdown table of ``rows``, best mAP@100 first."""
+    rows = sorted(rows, key=lambda r: -r["map_at_100"])
+    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt.format(r[key]) for _, key, fmt in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def quick_problems(rows: list[dict]) -> list[str]:
+    """What is wrong with a ``--quick`` run's rows (empty: fine)."""
+    problems = []
+    for r in rows:
+        for key in ("map_at_100", "map_at_1000", "p_at_1", "p_at_100", "best_val_map", "mean_ones_rate"):
+            if not 0.0 <= r[key] <= 1.0:
+                problems.append(f"{r['config']}: {key} = {r[key]} is not in [0, 1]")
+        if r["epochs_run"] < 1:
+            problems.append(f"{r['config']}: no epoch ran")
+    return problems
