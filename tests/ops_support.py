@@ -1,4 +1,4 @@
-"""Local servers for the ops tests, all on 127.0.0.1 and at idle priority: moto S3, Redis, Postgres,
+"""Local servers for the ops tests, all on 127.0.0.1: moto S3, Redis, Postgres,
 ``dagster dev``. Each is a context manager that stops what it started."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 
 BIN = os.path.dirname(sys.executable)
-IDLE = ["chrt", "-i", "0", "nice", "-n", "19"] if shutil.which("chrt") else ["nice", "-n", "19"]
 SUDO = [] if os.geteuid() == 0 else ["sudo"]
 
 
@@ -28,7 +27,7 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[len(IDLE)]} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
         time.sleep(0.2)
@@ -49,9 +48,9 @@ def apt_install(*packages: str, binary: str) -> str:
 
 @contextlib.contextmanager
 def process(args: list[str], log: str, **kwargs) -> Iterator[subprocess.Popen]:
-    """Run ``args`` at idle priority with output to ``log``; terminate it (then kill) on exit."""
+    """Run ``args`` with output to ``log``; terminate it (then kill) on exit."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen([*IDLE, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+        proc = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
     try:
         yield proc
     finally:
