@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ml.losses.base import seeded_classifier
+
 
 class AuxiliaryClassifier(nn.Module):
     """``weight`` · CE(Linear(tanh(u)), y) with label smoothing (single-label) or BCE over all labels (multi-label
@@ -17,12 +19,7 @@ class AuxiliaryClassifier(nn.Module):
         if weight < 0 or not 0 <= label_smoothing < 1:
             raise ValueError(f"classifier weight must be >= 0 and label_smoothing in [0, 1), got {weight}, {label_smoothing}")
         self.weight, self.label_smoothing = weight, label_smoothing
-        self.linear = nn.Linear(bits, num_classes)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            bound = bits**-0.5
-            self.linear.weight.uniform_(-bound, bound, generator=gen)
-            self.linear.bias.uniform_(-bound, bound, generator=gen)
+        self.linear = seeded_classifier(bits, num_classes, seed)
 
     def forward(self, u: Tensor, y: Tensor) -> Tensor:
         logits = self.linear(torch.tanh(u.float()))

@@ -51,6 +51,18 @@ def label_classification_loss(logits: Tensor, y: Tensor, multilabel: bool, owner
     return F.cross_entropy(logits, y.argmax(dim=1))
 
 
+def seeded_classifier(bits: int, num_classes: int, seed: int) -> nn.Linear:
+    """Linear(bits -> num_classes) with PyTorch's default uniform(±1/sqrt(bits)) init drawn from its own seeded
+    generator, so adding a classifier head leaves the global RNG stream (and every other init) unchanged."""
+    layer = nn.Linear(bits, num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bound = bits**-0.5
+        layer.weight.uniform_(-bound, bound, generator=gen)
+        layer.bias.uniform_(-bound, bound, generator=gen)
+    return layer
+
+
 class MemoryBank(nn.Module):
     """Per-training-image banks U (num_train, B) and Y (num_train, C) of DETACHED outputs and labels (METHODS.md
     A.1, A.2 history, A.4, C). fp32 whatever the model's precision (G.2), zero at the start.

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ml.losses.base import HashLoss, label_classification_loss, pair_similarity
+from ml.losses.base import HashLoss, label_classification_loss, pair_similarity, seeded_classifier
 from ml.losses.pairwise import cauchy_pair_loss, likelihood_pair_loss
 
 PAIRWISE = ("dch", "hashnet")
@@ -51,12 +51,7 @@ class XHashNetLoss(HashLoss):
         self.lam_p, self.lam_q, self.lam_b = lam_p, lam_q, lam_b
         self.pairwise, self.gamma, self.alpha = pairwise, gamma, alpha
         self.multilabel = multilabel
-        self.classifier = nn.Linear(bits, num_classes)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            bound = bits**-0.5
-            self.classifier.weight.uniform_(-bound, bound, generator=gen)
-            self.classifier.bias.uniform_(-bound, bound, generator=gen)
+        self.classifier = seeded_classifier(bits, num_classes, seed)
 
     def compute(self, u: Tensor, y: Tensor, index: Tensor | None) -> Tensor:
         h = torch.tanh(u)
