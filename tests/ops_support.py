@@ -229,10 +229,17 @@ class Chromium:
         return result["result"].get("value")
 
     def wait(self, expression: str, timeout: float = 120) -> None:
+        """Poll ``expression`` until truthy; while the page is still loading it may throw (no body yet)."""
         deadline = time.monotonic() + timeout
-        while not self.js(expression):
+        while True:
+            try:
+                if self.js(expression):
+                    return
+                problem = "false"
+            except RuntimeError as err:  # evaluated mid-navigation, e.g. document.body is null
+                problem = str(err)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"page never satisfied {expression!r}")
+                raise TimeoutError(f"page never satisfied {expression!r} (last: {problem[:200]})")
             time.sleep(0.5)
 
     def goto(self, url: str, ready: str) -> None:
