@@ -192,6 +192,7 @@ def cmd_bench(args) -> int:
 
 def cmd_bench_quality(args) -> int:
     from ml.device import configure_threads, resolve_device
+    from ml.models import ModelSpec
     from ml.recipes import resolve_profile
     from pipelines.quality_bench import (
         format_leaderboard,
@@ -220,14 +221,12 @@ def cmd_bench_quality(args) -> int:
     protocols: dict = {}
     rows = []
     db = DiagnosticsDB(db_path)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     for given, r in zip(configs, specs, strict=True):
-        from ml.models import ModelSpec
-
         size = ModelSpec(model=r["model"], preset=r["preset"]).img_size
         if size not in protocols:
             sizes = dict(validation_size=500, val_queries=500, val_database=1000) if args.quick else {}
             protocols[size] = load_protocol(args.source, size, 1, args.seed, train_limit, query_limit, **sizes)
-        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         rows.append(run_config(args.profile, dict(given), protocols[size], device, db, args.seed,
                                args.budget_minutes * 60, log))  # fmt: skip
         print(format_leaderboard(rows[-1:]), file=sys.stderr)
