@@ -41,6 +41,8 @@ class HashingModelConfig(dg.Config):
     classifier: float | None = Field(default=None, description="weight of the auxiliary label classifier (0 = off)")
     label_smoothing: float | None = None
     erase: float | None = Field(default=None, description="random-erasing probability per training image")
+    flip_tta: bool | None = Field(default=None, description="codes from an image and its mirror image together")
+    ema: float | None = Field(default=None, description="decay of the weight EMA that is validated and kept (0 = off)")
     loss_params: dict = Field(default_factory=dict, description="loss hyper-parameters, e.g. {alpha: 0.2}")
     seed: int = 0
     augment: bool = True
@@ -50,11 +52,9 @@ class HashingModelConfig(dg.Config):
     force: bool = False
 
 
-_PROFILE_FIELDS = ("model", "loss", "bits", "preset", "head_hidden", "head_dropout", "epochs", "batch_size",
-                   "optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "classifier", "label_smoothing", "erase")  # fmt: skip
 
 
-CODE_VERSION = "hashing_model-v2"  # bump when training code changes results: a new model_id, not a stale reuse
+CODE_VERSION = "hashing_model-v3"  # bump when training code changes results: a new model_id, not a stale reuse
 
 
 def make_model_id(spec: dict, train_cfg: dict, catalogue: str, catalogue_fp: str) -> str:
@@ -84,7 +84,7 @@ def hashing_model(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     from ml.encode import encode_images
-    from ml.recipes import build_run
+    from ml.recipes import PROFILE_FIELDS, build_run
     from ml.train import TrainData, train_hashing_model, validation_pick
 
     name = context.partition_key
@@ -94,7 +94,7 @@ def hashing_model(
     spec, train_cfg = build_run(
         config.profile, num_classes, int(pc.max(table["channels"]).as_py()), seed=config.seed, augment=config.augment,
         overrides=config.overrides, pretrained=config.pretrained, loss_params=config.loss_params,
-        **{k: getattr(config, k) for k in _PROFILE_FIELDS},
+        **{k: getattr(config, k) for k in PROFILE_FIELDS},
     )  # fmt: skip
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)

@@ -27,9 +27,11 @@ def encode_images(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Encode uint8 images (n, c, h, w) to packed codes (n, bits/8); ``transform`` acts on the
-    normalised float batch (used for stability diagnostics)."""
+    normalised float batch (used for stability diagnostics). A model whose spec sets ``flip_tta`` is also run
+    on the mirrored batch and the two outputs are summed before the sign."""
     was_training = model.training
     model.eval()
+    flip = bool(getattr(getattr(model, "spec", None), "flip_tta", False))
     chunks = []
     batches = iterate_batches(len(images), batch_size)
     bar = tqdm(total=len(images), desc="encode", unit="img", disable=not progress, leave=False)
@@ -39,6 +41,8 @@ def encode_images(
             x = transform(x)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             u = model(x)
+            if flip:
+                u = u + model(x.flip(-1))
         chunks.append(pack_outputs(u.float()))
         bar.update(len(idx))
     bar.close()

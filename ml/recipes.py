@@ -14,17 +14,19 @@ from ml.models.spec import PRESETS, ModelSpec
 from ml.train import TrainConfig
 
 ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
+SPEC_FIELDS = ("head_hidden", "head_dropout", "flip_tta")  # ModelSpec fields a profile may set
 
 _HYBRID_VTS = dict(model="vts", preset="small-conv", head_hidden=512, head_dropout=0.3)
 _RECIPE = dict(loss="csq", bits=64, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
-               warmup_steps=200, classifier=1.0, label_smoothing=0.1)  # fmt: skip
+               warmup_steps=200, classifier=1.0, label_smoothing=0.1, flip_tta=True)  # fmt: skip
 
 PROFILES: dict[str, dict[str, Any]] = {
     # <= 15 min end to end on 2 CPU cores (`make run`)
-    "quick": {**_HYBRID_VTS, **_RECIPE, "epochs": 5, "erase": 0.0},
+    "quick": {**_HYBRID_VTS, **_RECIPE, "epochs": 6, "erase": 0.0, "ema": 0.0},
     # a longer schedule with random erasing, for a machine with time to spare
-    "full": {**_HYBRID_VTS, **_RECIPE, "epochs": 20, "erase": 0.25},
+    "full": {**_HYBRID_VTS, **_RECIPE, "epochs": 20, "erase": 0.25, "ema": 0.999},
 }
+PROFILE_FIELDS = tuple(PROFILES["quick"])  # the run fields a profile fills (every profile sets the same ones)
 
 
 def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
@@ -48,7 +50,7 @@ def build_run(profile: str, num_classes: int, in_chans: int, *, seed: int = 0, a
     r = resolve_profile(profile, **given)
     spec = ModelSpec(model=r["model"], preset=r["preset"], bits=r["bits"], num_classes=num_classes, in_chans=in_chans,
                      overrides=dict(overrides or {}), pretrained=pretrained,
-                     **{k: r[k] for k in ("head_hidden", "head_dropout") if k in r})  # fmt: skip
+                     **{k: r[k] for k in SPEC_FIELDS if k in r})  # fmt: skip
     spec.validate()
     train_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in r.items() if k in train_fields}, seed=seed, augment=augment,

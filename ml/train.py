@@ -21,6 +21,7 @@ from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
 from ml.metrics import evaluate_retrieval
 from ml.models import ModelSpec, build_model, count_parameters
+from ml.timm_compat import import_timm
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -49,6 +50,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the auxiliary classifier's cross-entropy
     erase: float = 0.0  # probability of random erasing per training image (timm ``RandomErasing``)
     time_budget_s: float = 0.0  # stop before an epoch that would end past this wall-clock budget (0 = none)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0 = off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +114,16 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total_steps, cfg.warmup_steps))
 
 
+def weight_ema(model: nn.Module, decay: float) -> nn.Module | None:
+    """timm's ``ModelEmaV3`` of ``model`` (parameters and BN buffers) with decay warm-up, or None for decay 0.
+    Warm-up (1 - (1 + step)^-3/4, capped at ``decay``) keeps the first epochs' average from the random init."""
+    if decay == 0:
+        return None
+    if not 0 < decay < 1:
+        raise ValueError(f"ema decay must lie in [0, 1), got {decay}")
+    return import_timm().utils.ModelEmaV3(model, decay=decay, use_warmup=True, warmup_power=0.75)
+
+
 def validation_pick(n_validation: int, n_train: int, queries: int, database: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, sorted positions of the validation queries (among the held-out validation rows) and of the
     validation database (among the training rows): model selection never sees the query split."""
@@ -159,6 +171,7 @@ def train_hashing_model(
     loss_fn = build_loss(cfg.loss, spec.num_classes, spec.bits, num_train=n, seed=cfg.seed, **cfg.loss_params).to(device)
     aux = AuxiliaryClassifier(spec.bits, spec.num_classes, cfg.classifier, cfg.label_smoothing, cfg.seed).to(device)
     eraser = random_eraser(cfg.erase, device)
+    ema = weight_ema(model, cfg.ema)
     params = list(model.parameters()) + list(loss_fn.parameters()) + (list(aux.parameters()) if cfg.classifier else [])
     opt = make_optimizer(cfg, params)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -172,6 +185,8 @@ def train_hashing_model(
         loss_fn.load_state_dict(state["loss"])
         if "classifier" in state:
             aux.load_state_dict(state["classifier"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
         if "python_rng" in state:
             random.setstate(state["python_rng"])
         opt.load_state_dict(state["optimizer"])
@@ -193,7 +208,7 @@ def train_hashing_model(
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", disable=not progress, leave=False)
-        for idx in iterate_batches(n, cfg.batch_size, gen):
+        for step, idx in enumerate(iterate_batches(n, cfg.batch_size, gen), start=(epoch - 1) * steps_per_epoch + 1):
             x = normalise(images[idx].to(device, non_blocking=True))
             if cfg.augment:
                 x = augment(x, gen)
@@ -213,19 +228,22 @@ def train_hashing_model(
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model, step=step)
             losses.append(loss.item())
             bar.update(len(idx))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
         epoch_seconds = time.perf_counter() - t0
-        val = validation_map(model, data, spec.bits, device, cfg.eval_batch_size)
+        kept = model if ema is None else ema.module  # the weights validated and kept
+        val = validation_map(kept, data, spec.bits, device, cfg.eval_batch_size)
         row = dict(epoch=epoch, loss=float(np.mean(losses)), lr=opt.param_groups[0]["lr"],
                    images_per_s=n / epoch_seconds, seconds=epoch_seconds, val_map=val)  # fmt: skip
         history.append(row)
         log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}, val mAP@100 {val:.4f}, "
             f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s")  # fmt: skip
         if val > best_val:
-            best_val, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
+            best_val, best_epoch, best_state = val, epoch, copy.deepcopy(kept.state_dict())
         if on_epoch:
             on_epoch(row)
         if cfg.time_budget_s and epoch < cfg.epochs and time.perf_counter() - start + epoch_seconds > cfg.time_budget_s:
@@ -235,7 +253,7 @@ def train_hashing_model(
         if checkpoint:
             checkpoint(_state_bytes(dict(
                 epoch=epoch, model=model.state_dict(), loss=loss_fn.state_dict(), classifier=aux.state_dict(), optimizer=opt.state_dict(),
-                schedule=sched.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(), python_rng=random.getstate(),
+                schedule=sched.state_dict(), ema=None if ema is None else ema.module.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(), python_rng=random.getstate(),
                 history=history, best_val=best_val, best_epoch=best_epoch, best_model=best_state,
             )))  # fmt: skip
         if stop:

@@ -166,7 +166,18 @@ def test_48_bit_centres_fall_back_to_seeded_balanced_codes():
     assert (c.sum(axis=1) == 0).all()  # exactly 24 entries -1 per centre
     np.testing.assert_array_equal(c, hash_centres(10, 48, seed=3))
     assert not np.array_equal(c, hash_centres(10, 48, seed=4))
-    assert (hash_centres(10, 64)[0] == 1).all()  # powers of two keep the Hadamard rows (row 0 all ones)
+    assert (hash_centres(10, 64, balanced=False)[0] == 1).all()  # reference order: Hadamard rows, row 0 all ones
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+@pytest.mark.parametrize("classes", [2, 10, 2 * 64])
+def test_balanced_centres_give_every_bit_to_half_of_the_classes(bits, classes):
+    c = hash_centres(min(classes, 2 * bits), bits)
+    assert (c.mean(axis=0) == 0).all()  # per bit: as many classes at +1 as at -1 (per-bit entropy 1)
+    assert not (c == 1).all(axis=1).any() or len(c) == 2 * bits  # the all-ones row only once every other is used
+    ref = hash_centres(len(c), bits, balanced=False)
+    assert {tuple(r) for r in c} <= {tuple(r) for r in np.concatenate([ref, -ref])}  # same rows, another order
+    assert (hash_centres(10, 64, balanced=False).mean() + 1) / 2 == pytest.approx(0.55)  # the reference's skew
 
 
 def test_csq_loss_is_lowest_at_the_centre():

@@ -121,7 +121,22 @@ def test_spec_round_trips_through_json(model):
 def test_old_model_cards_still_load():
     card = {"model": "vts", "preset": "small", "bits": 64, "in_chans": 1, "num_classes": 10, "head_hidden": 1024,
             "head_dropout": 0.5, "drop_path_rate": 0.0, "overrides": {}}  # fmt: skip
-    assert ModelSpec(**card).pretrained == ""
+    assert ModelSpec(**card).pretrained == "" and not ModelSpec(**card).flip_tta
+
+
+def test_flip_tta_gives_an_image_and_its_mirror_one_code():
+    import numpy as np
+
+    from ml.encode import encode_images
+
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(images[..., ::-1])
+    plain = build_model(ModelSpec(bits=32, overrides={"depth": 1}))
+    assert not np.array_equal(*(encode_images(plain, x, torch.device("cpu")) for x in (images, mirrored)))
+    plain.spec.flip_tta = True  # same weights, codes from u(x) + u(mirror x)
+    a, b = (encode_images(plain, x, torch.device("cpu")) for x in (images, mirrored))
+    np.testing.assert_array_equal(a, b)
 
 
 def test_unknown_names_are_rejected_with_the_valid_ones():

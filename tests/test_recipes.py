@@ -3,7 +3,7 @@
 import pytest
 
 from ml.models import ModelSpec
-from ml.recipes import PROFILES, resolve_profile
+from ml.recipes import PROFILE_FIELDS, PROFILES, resolve_profile
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -29,3 +29,11 @@ def test_a_model_without_the_profile_preset_gets_its_small_preset_and_own_head()
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         resolve_profile("huge")
+
+
+def test_every_profile_field_is_a_dagster_config_field():
+    from assets.model import HashingModelConfig
+
+    assert all(set(p) == set(PROFILE_FIELDS) for p in PROFILES.values())
+    assert set(PROFILE_FIELDS) <= set(HashingModelConfig.model_fields)
+    assert all(HashingModelConfig.model_fields[k].default is None for k in PROFILE_FIELDS)  # unset -> profile

@@ -40,8 +40,8 @@ def test_unknown_optimizer_is_named():
         train_hashing_model(ModelSpec(**TINY_SPEC), TrainConfig(optimizer="lamb"), _data(), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("extra", [{"loss": "hashnet"}, {"loss": "csq", "classifier": 1.0, "label_smoothing": 0.1, "erase": 0.5}],
-                         ids=["hashnet", "csq+classifier+erase"])
+@pytest.mark.parametrize("extra", [{"loss": "hashnet"}, {"loss": "csq", "classifier": 1.0, "label_smoothing": 0.1, "erase": 0.5},
+                                   {"loss": "csq", "ema": 0.9}], ids=["hashnet", "csq+classifier+erase", "csq+ema"])
 def test_resume_after_crash_matches_uninterrupted_run(extra):
     cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=2, **extra)
     full = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
@@ -74,6 +74,19 @@ def test_auxiliary_classifier_and_erasing_change_training_and_stay_seeded():
     b = train_hashing_model(ModelSpec(**TINY_SPEC), with_aux, _data(), torch.device("cpu"), log=lambda _: None)
     assert a.history[0]["loss"] > plain.history[0]["loss"]  # the cross-entropy term (>= 0.1 smoothing floor) is added
     assert a.history[0]["loss"] == b.history[0]["loss"]
+
+
+def test_weight_ema_changes_the_kept_weights_not_the_optimisation():
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, warmup_steps=1)
+    plain = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
+    cfg.ema = 0.9
+    ema = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
+    # the same optimisation (identical losses), but other weights kept
+    assert [r["loss"] for r in ema.history] == [r["loss"] for r in plain.history]
+    w_plain, w_ema = (r.model.state_dict()["head.4.weight"] for r in (plain, ema))
+    assert not torch.equal(w_plain, w_ema)
+    with pytest.raises(ValueError, match="ema decay"):
+        train_hashing_model(ModelSpec(**TINY_SPEC), TrainConfig(ema=1.0), _data(), torch.device("cpu"))
 
 
 def test_bad_erase_probability_is_named():

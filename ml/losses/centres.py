@@ -19,19 +19,33 @@ def _balanced_code(rng: np.random.Generator, bits: int, negatives: int) -> np.nd
     return code
 
 
-def hash_centres(num_classes: int, bits: int, seed: int = 0, tries: int = 10_000) -> np.ndarray:
+def hadamard_rows(bits: int, balanced: bool = True) -> np.ndarray:
+    """The 2·bits rows of [H; -H] (Hadamard, ``bits`` a power of two) in the order classes take them.
+
+    ``balanced`` (default) pairs each row with its negation, (h1, -h1, h2, -h2, ...), and puts the all-ones row 0
+    and its negation last: any even number of classes then has every bit +1 for exactly half of them (per-bit
+    ones-rate 0.5, entropy 1), and no class is the all-ones code. ``balanced=False`` is the reference order
+    (METHODS.md: the first rows of H, row 0 all ones), which gives 10 classes at 64 bits a ones-rate of 0.55."""
+    h = hadamard(bits).astype(np.float32)
+    if not balanced:
+        return np.concatenate([h, -h])
+    order = [*range(1, bits), 0]
+    return np.stack([sign * h[i] for i in order for sign in (1, -1)])
+
+
+def hash_centres(num_classes: int, bits: int, seed: int = 0, tries: int = 10_000, balanced: bool = True) -> np.ndarray:
     """CSQ hash centres in {-1, +1}, shape (num_classes, bits), every pair at least bits/4 apart (G.3).
 
-    Rows of [H; -H] (Hadamard, pairwise distance bits/2 or bits) when ``bits`` is a power of two; the classes
-    left over (2·bits < num_classes, or any length that is not a power of two such as 48, where scipy's
-    ``hadamard`` raises) get seeded random balanced codes (exactly bits/2 entries -1, CSQ Algorithm 1).
+    Rows of [H; -H] (pairwise distance bits/2 or bits; order from ``hadamard_rows``) when ``bits`` is a power of
+    two; the classes left over (2·bits < num_classes, or any length that is not a power of two such as 48, where
+    scipy's ``hadamard`` raises) get seeded random balanced codes (exactly bits/2 entries -1, CSQ Algorithm 1).
     Fallback deviation: the reference redraws *all* random centres at once (20 tries), which essentially never
     succeeds for e.g. 100 classes at 16 bits; we accept centres greedily one at a time (up to ``tries`` draws
     each), which keeps the same acceptance rule (min distance >= bits/4) and is reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     is_pow2 = bits > 0 and bits & (bits - 1) == 0
-    rows = np.concatenate([hadamard(bits), -hadamard(bits)]) if is_pow2 else np.zeros((0, bits))
-    centres = list(rows[:num_classes].astype(np.float32))
+    rows = hadamard_rows(bits, balanced) if is_pow2 else np.zeros((0, bits), np.float32)
+    centres = list(rows[:num_classes])
     while len(centres) < num_classes:
         for _ in range(tries):
             cand = _balanced_code(rng, bits, bits // 2)
@@ -75,7 +89,8 @@ class CentreTargetLoss(HashLoss):
 class CSQLoss(CentreTargetLoss):
     """Central Similarity Quantization (METHODS.md A.5): BCE((h+1)/2, (c(y)+1)/2) + lam·mean(|h|-1)², h = tanh(u).
 
-    Defaults: lam = 1e-4; centres from ``hash_centres`` (Hadamard, balanced random fallback e.g. at 48 bits).
+    Defaults: lam = 1e-4; centres from ``hash_centres`` (Hadamard rows in balanced order, ``balanced=False`` for
+    the reference order; balanced random fallback e.g. at 48 bits).
     BCE is computed as BCE-with-logits on 2u, since (tanh(u)+1)/2 = sigmoid(2u): the same value, without the
     reference's log(0) risk (the previous version clamped the probability to [1e-6, 1-1e-6])."""
 
@@ -88,9 +103,11 @@ class CSQLoss(CentreTargetLoss):
         "epochs": 150,
     }
 
-    def __init__(self, num_classes: int, bits: int, num_train: int = 0, seed: int = 0, lam: float = 1e-4):
-        super().__init__(num_classes, bits, num_train, seed, hash_centres(num_classes, bits, seed))
+    def __init__(self, num_classes: int, bits: int, num_train: int = 0, seed: int = 0, lam: float = 1e-4,
+                 balanced: bool = True):  # fmt: skip
+        super().__init__(num_classes, bits, num_train, seed, hash_centres(num_classes, bits, seed, balanced=balanced))
         self.lam = lam
+        self.balanced = balanced
 
     def compute(self, u: Tensor, y: Tensor, index: Tensor | None) -> Tensor:
         target = (self.targets(y) + 1) / 2

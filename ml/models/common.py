@@ -54,9 +54,11 @@ def vit_backbone(spec: ModelSpec, args: dict[str, Any]) -> nn.Module:
 
 
 def init_head(module: nn.Module) -> None:
-    """timm's ViT init for the hash heads: truncated normal (std 0.02) weights, zero biases, unit norms."""
+    """timm's ViT init for the hash heads' Linear layers: truncated normal (std 0.02) weights, zero biases, unit
+    norms. Convolutions keep PyTorch's fan-in scaled default, as the references' ``nn.Conv2d`` do: at std 0.02
+    HybridHash's chain of convolutions shrank ``u`` to ~0.002 at init, and DSH then collapsed every code to one."""
     for m in module.modules():
-        if isinstance(m, nn.Linear | nn.Conv2d):
+        if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

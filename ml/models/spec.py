@@ -86,6 +86,8 @@ class ModelSpec:
     ``pretrained`` is a local path or fsspec URI of timm-style backbone weights (``.safetensors``/``.pth``), loaded
     by ``build_model``; ``pretrained_strict=False`` tolerates missing/unexpected keys (HybridHash from NesT-B).
     ``head_hidden`` sizes VTS's hidden layer and ``head_dropout`` the dropout of the VTS and X-HashNet heads.
+    ``flip_tta``: codes are the sign of u(x) + u(mirrored x) (``ml.encode``), so an image and its mirror image
+    get one code; for catalogues where mirroring keeps the class (clothes, products, photos), not for text.
     """
 
     model: str = "vts"
@@ -99,6 +101,7 @@ class ModelSpec:
     overrides: dict = field(default_factory=dict)
     pretrained: str = ""
     pretrained_strict: bool = True
+    flip_tta: bool = False
 
     def backbone_args(self) -> dict[str, Any]:
         """The preset's constructor arguments with ``overrides`` applied (head-sizing keys included)."""
