@@ -14,7 +14,6 @@ from ml.models.spec import PRESETS, ModelSpec
 from ml.train import TrainConfig
 
 ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
-SPEC_FIELDS = ("head_hidden", "head_dropout", "flip_tta")  # ModelSpec fields a profile may set
 
 _HYBRID_VTS = dict(model="vts", preset="small-conv", head_hidden=512, head_dropout=0.3)
 _RECIPE = dict(loss="csq", bits=64, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
@@ -48,9 +47,9 @@ def build_run(profile: str, num_classes: int, in_chans: int, *, seed: int = 0, a
     """The validated ``ModelSpec`` and ``TrainConfig`` of one training run: ``resolve_profile(profile, **given)``
     plus the fields no profile sets (the catalogue's classes and channels, seed, preset overrides, weights)."""
     r = resolve_profile(profile, **given)
-    spec = ModelSpec(model=r["model"], preset=r["preset"], bits=r["bits"], num_classes=num_classes, in_chans=in_chans,
-                     overrides=dict(overrides or {}), pretrained=pretrained,
-                     **{k: r[k] for k in SPEC_FIELDS if k in r})  # fmt: skip
+    spec_fields = {f.name for f in fields(ModelSpec)}
+    spec = ModelSpec(**{k: v for k, v in r.items() if k in spec_fields}, num_classes=num_classes, in_chans=in_chans,
+                     overrides=dict(overrides or {}), pretrained=pretrained)  # fmt: skip
     spec.validate()
     train_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in r.items() if k in train_fields}, seed=seed, augment=augment,
