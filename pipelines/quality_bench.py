@@ -23,10 +23,22 @@ from storage.diagnostics import DiagnosticsDB, insert_bit_stats, insert_metrics,
 CATALOGUE = "fashion-mnist"
 
 
+def _top_level_items(text: str) -> list[str]:
+    """``text`` split at the commas outside JSON brackets (hand-written: ``str.split`` and ``csv`` see no nesting)."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return items + [text[start:]]
+
+
 def parse_config(text: str) -> dict:
-    """``"model=vts,bits=32,lr=1e-3"`` -> ``{"model": "vts", "bits": 32, "lr": 0.001}`` (JSON values, else strings)."""
+    """``'model=vts,bits=32,overrides={"stem_channels":[32,64]}'`` -> ``{"model": "vts", "bits": 32, "overrides":
+    {"stem_channels": [32, 64]}}``: JSON values (commas inside their brackets kept), else strings."""
     out: dict = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
+    for item in filter(None, (p.strip() for p in _top_level_items(text))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"bad --config item {item!r}: expected key=value")

@@ -11,6 +11,8 @@ from tests.conftest import needs_fashion_mnist
 def test_parse_config_types_values_and_names_bad_items():
     assert parse_config("model=vts,bits=32,lr=1e-3,overrides={\"depth\":2}") == {
         "model": "vts", "bits": 32, "lr": 0.001, "overrides": {"depth": 2}}  # fmt: skip
+    assert parse_config('overrides={"stem_channels":[32,64],"depth":2},epochs=16') == {
+        "overrides": {"stem_channels": [32, 64], "depth": 2}, "epochs": 16}
     assert parse_config("") == {}
     with pytest.raises(ValueError, match="bad --config item 'bits'"):
         parse_config("bits")
