@@ -24,6 +24,7 @@ from ml.losses import (
     build_loss,
     dpn_targets,
     hash_centres,
+    nearest_centre,
     stable_softplus,
 )
 from ml.losses.pairwise import cauchy_distance, cauchy_pair_nll, cauchy_probability
@@ -431,3 +432,15 @@ def test_xhashnet_is_the_sum_of_its_terms(pairwise):
     torch.testing.assert_close(loss_fn(u, y), expected)
     with pytest.raises(ValueError, match="pairwise"):
         XHashNetLoss(3, 16, pairwise="dsh")
+
+
+def test_nearest_centre_reads_a_noisy_code_as_its_class():
+    rng = np.random.default_rng(0)
+    centres = hash_centres(10, 64)
+    labels = rng.integers(0, 10, 200)
+    bits = centres[labels] > 0
+    flips = rng.random(bits.shape) < 0.15  # ~10 of 64 bits, under the 16-bit half-distance between centres
+    codes = np.packbits(bits ^ flips, axis=1)
+    brute = [int(np.argmin([np.sum((c > 0) != row) for c in centres])) for row in bits ^ flips]
+    np.testing.assert_array_equal(nearest_centre(codes, centres), brute)
+    assert np.mean(nearest_centre(codes, centres) == labels) > 0.95

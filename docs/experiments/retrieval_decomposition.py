@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, ".")
 from ml.checkpoint import model_from_checkpoint
 from ml.encode import encode_images
-from ml.losses.centres import hadamard_rows
+from ml.losses.centres import hash_centres, nearest_centre
 from ml.metrics import evaluate_retrieval
 from pipelines.quality_bench import load_protocol
 from storage.fs import StorageRoot
@@ -28,20 +28,15 @@ model = model_from_checkpoint(read_card(root, model_id), read_weights(root, mode
 p = load_protocol("/usr/share/datasets/fashion-mnist", model.spec.img_size, model.spec.in_chans)
 q, db = (encode_images(model, part[0], torch.device("cpu")) for part in (p.query, p.database))
 bits, classes = model.spec.bits, p.query[1].shape[1]
-centres = np.packbits(np.asarray(hadamard_rows(bits, balanced=True))[:classes] > 0, axis=1)
+centres = hash_centres(classes, bits)
+packed_centres = np.packbits(centres > 0, axis=1)
 ql, dl = p.query[1].argmax(1), p.database[1].argmax(1)
-
-
-def nearest_centre(codes: np.ndarray) -> np.ndarray:
-    return np.unpackbits(codes[:, None, :] ^ centres[None], axis=2).sum(2).argmin(1)
-
-
-qc, dc = nearest_centre(q), nearest_centre(db)
+qc, dc = nearest_centre(q, centres), nearest_centre(db, centres)
 print(f"query accuracy {np.mean(qc == ql):.4f}, database purity {np.mean(dc == dl):.4f}")
 for name, qq, dd in (
     ("as stored", q, db),
-    ("database = true centres", q, centres[dl]),
-    ("query = nearest centre", centres[qc], db),
+    ("database = true centres", q, packed_centres[dl]),
+    ("query = nearest centre", packed_centres[qc], db),
 ):
     m = evaluate_retrieval(qq, p.query[1], dd, p.database[1], bits, map_ks=(100,), precision_ks=(1,))
     print(f"{name:24s} mAP@100 {m.map_at['100']:.4f}, P@1 {m.precision_at['1']:.4f}")

@@ -11,7 +11,7 @@ import inspect
 from typing import Any
 
 from ml.losses.base import HashLoss, MemoryBank, balanced_pair_weights, pair_similarity, stable_softplus
-from ml.losses.centres import CSQLoss, DPNLoss, dpn_targets, hash_centres
+from ml.losses.centres import CSQLoss, DPNLoss, dpn_targets, hash_centres, nearest_centre
 from ml.losses.greedyhash import GreedyHashLoss, sign_ste
 from ml.losses.hybridhash import HybridHashLoss
 from ml.losses.pairwise import DCHLoss, DSHLoss, HashNetLoss, IDHNLoss
@@ -80,6 +80,7 @@ __all__ = [
     "build_loss",
     "dpn_targets",
     "hash_centres",
+    "nearest_centre",
     "pair_similarity",
     "sign_ste",
     "stable_softplus",

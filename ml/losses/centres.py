@@ -59,6 +59,14 @@ def hash_centres(num_classes: int, bits: int, seed: int = 0, tries: int = 10_000
     return np.stack(centres).astype(np.float32)
 
 
+def nearest_centre(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the centre (±1 rows) nearest in Hamming distance to each packed code (``ml.encode`` bit order):
+    a centre loss's code read as a class prediction (docs/experiments/retrieval_decomposition.py)."""
+    from ml.metrics import hamming_distance_matrix
+
+    return hamming_distance_matrix(codes, np.packbits(centres > 0, axis=1)).argmin(axis=1)
+
+
 def dpn_targets(num_classes: int, bits: int, p: float = 0.5, seed: int = 0) -> np.ndarray:
     """DPN class targets (METHODS.md A.6): random ±1 vectors with exactly floor(p·bits) entries -1, seeded
     (the reference draws 20 times, keeps the last draw, unseeded)."""
