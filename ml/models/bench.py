@@ -1,4 +1,4 @@
-"""Throughput of hashing models: ``python -m ml.models.bench [--models ...] [--threads 2] [--batch 128]``.
+"""Throughput of hashing models: ``python -m ml.models.bench [--models ...] [--overrides JSON ...] [--threads 2]``.
 
 Train img/s = forward + backward + AdamW step on random batches at the preset's size (a tanh-MSE loss to random
 +-1 targets); infer img/s = ``torch.inference_mode`` forward in eval mode. Both after warm-up steps, best of the
@@ -10,6 +10,7 @@ gives stable per-core rates to compare models (multiply by the 2-thread scaling 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 
@@ -62,8 +63,8 @@ def throughput(
             r.rate(True, steps)
             r.rate(False, steps)
     return [
-        dict(model=r.spec.model, preset=r.spec.preset, params=count_parameters(r.model), train=r.best[True],
-             infer=r.best[False])
+        dict(model=r.spec.model, preset=r.spec.preset, overrides=r.spec.overrides, params=count_parameters(r.model),
+             train=r.best[True], infer=r.best[False])
         for r in runners
     ]  # fmt: skip
 
@@ -78,14 +79,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clock", choices=("wall", "process"), default="wall")
+    ap.add_argument("--overrides", nargs="*", type=json.loads, default=[{}], metavar="JSON",
+                    help='preset overrides, one model per JSON object, e.g. \'{"stem_channels": [32, 64]}\'')  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    specs = [ModelSpec(model=name, preset=args.preset, bits=args.bits) for name in args.models]
+    specs = [
+        ModelSpec(model=name, preset=args.preset, bits=args.bits, overrides=o)
+        for name in args.models
+        for o in args.overrides
+    ]
     rows = throughput(specs, args.batch, args.steps, args.rounds, args.clock)
     print(f"threads {args.threads}, batch {args.batch}, {args.clock} clock")
-    print(f"{'model':<11} {'preset':<8} {'params':>10} {'train img/s':>12} {'infer img/s':>12}")
+    print(f"{'model':<11} {'preset':<10} {'params':>10} {'train img/s':>12} {'infer img/s':>12}  overrides")
     for r in rows:
-        print(f"{r['model']:<11} {r['preset']:<8} {r['params']:>10,} {r['train']:>12.0f} {r['infer']:>12.0f}")
+        print(
+            f"{r['model']:<11} {r['preset']:<10} {r['params']:>10,} {r['train']:>12.0f} {r['infer']:>12.0f}  "
+            f"{json.dumps(r['overrides']) if r['overrides'] else ''}"
+        )
 
 
 if __name__ == "__main__":
