@@ -15,10 +15,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from storage.diagnostics import DiagnosticsDB, insert_bit_stats, insert_metrics, insert_training_log
+
+if TYPE_CHECKING:
+    from ml.models.spec import ModelSpec
+    from ml.train import TrainConfig, TrainResult
 
 CATALOGUE = "fashion-mnist"
 
@@ -84,20 +89,38 @@ def load_protocol(source: str, img_size: int, channels: int, seed: int = 0, trai
                     part(rows("in_database")), list(info.label_names))  # fmt: skip
 
 
-def run_config(profile: str, given: dict, protocol: Protocol, device, db: DiagnosticsDB, seed: int = 0,
-               budget_s: float = 0.0, log: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """Train, encode and evaluate one configuration; record it as a ``bench-quality`` run; return its row."""
+def config_label(profile: str, given: dict) -> str:
+    """The leaderboard name of a configuration: ``full:epochs=16,overrides={"depth": 2}`` (every given field)."""
+    items = (f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in sorted(given.items()))
+    return f"{profile}:" + ",".join(items) if given else profile
+
+
+@dataclass
+class TrainedRun:
+    """One configuration trained (``result``: ``ml.train.TrainResult``) and its query / database codes."""
+
+    label: str
+    spec: ModelSpec
+    cfg: TrainConfig
+    result: TrainResult
+    train_s: float
+    q_codes: np.ndarray
+    db_codes: np.ndarray
+    encode_s: float
+
+
+def train_and_encode(profile: str, given: dict, protocol: Protocol, device, seed: int = 0, budget_s: float = 0.0,
+                     log: Callable[[str], None] = print) -> TrainedRun:  # fmt: skip
+    """Train ``profile`` with the ``given`` fields (``overrides`` and ``loss_params`` included) under the wall-clock
+    budget, with model selection on the validation slice; encode the queries and the database."""
     from ml.encode import encode_images
-    from ml.metrics import bit_diagnostics, evaluate_retrieval
     from ml.recipes import build_run
     from ml.train import TrainData, train_hashing_model
 
-    loss_params = given.pop("loss_params", None)
-    overrides = given.pop("overrides", None)
+    fields = {k: v for k, v in given.items() if k not in ("overrides", "loss_params")}
     spec, cfg = build_run(profile, len(protocol.label_names), protocol.train[0].shape[1], seed=seed,
-                          overrides=overrides, loss_params=loss_params, **given)  # fmt: skip
+                          overrides=given.get("overrides"), loss_params=given.get("loss_params"), **fields)  # fmt: skip
     cfg.time_budget_s = budget_s
-    label = f"{profile}:" + ",".join(f"{k}={v}" for k, v in sorted(given.items())) if given else profile
     data = TrainData(*protocol.train, *protocol.val_query, *protocol.val_db)
     t0 = time.perf_counter()
     result = train_hashing_model(spec, cfg, data, device, log=log)
@@ -105,14 +128,23 @@ def run_config(profile: str, given: dict, protocol: Protocol, device, db: Diagno
     t1 = time.perf_counter()
     q_codes = encode_images(result.model, protocol.query[0], device)
     db_codes = encode_images(result.model, protocol.database[0], device)
-    encode_s = time.perf_counter() - t1
-    m = evaluate_retrieval(q_codes, protocol.query[1], db_codes, protocol.database[1], spec.bits,
+    return TrainedRun(config_label(profile, given), spec, cfg, result, train_s, q_codes, db_codes, time.perf_counter() - t1)
+
+
+def run_config(profile: str, given: dict, protocol: Protocol, device, db: DiagnosticsDB, seed: int = 0,
+               budget_s: float = 0.0, log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Train, encode and evaluate one configuration; record it as a ``bench-quality`` run; return its row."""
+    from ml.metrics import bit_diagnostics, evaluate_retrieval
+
+    run = train_and_encode(profile, given, protocol, device, seed, budget_s, log)
+    result = run.result
+    m = evaluate_retrieval(run.q_codes, protocol.query[1], run.db_codes, protocol.database[1], run.spec.bits,
                            map_ks=(100, 1000), precision_ks=(1, 100))  # fmt: skip
-    diag = bit_diagnostics(db_codes, protocol.database[1], spec.bits, seed=seed)
+    diag = bit_diagnostics(run.db_codes, protocol.database[1], run.spec.bits, seed=seed)
     scalars = {k: float(v) for k, v in diag.items() if not isinstance(v, list)} | {
         "best_val_map": result.best_val_map, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-        "train_minutes": train_s / 60, "train_images_per_s": result.train_images_per_s,
-        "encode_images_per_s": (len(protocol.query[0]) + len(protocol.database[0])) / encode_s,
+        "train_minutes": run.train_s / 60, "train_images_per_s": result.train_images_per_s,
+        "encode_images_per_s": (len(protocol.query[0]) + len(protocol.database[0])) / run.encode_s,
         "parameters": result.parameters,
     }  # fmt: skip
     metric_rows = ([("map", int(k), v) for k, v in m.map_at.items()] + [("precision", int(k), v) for k, v in m.precision_at.items()]
@@ -123,10 +155,10 @@ def run_config(profile: str, given: dict, protocol: Protocol, device, db: Diagno
         insert_metrics(con, run_id, metric_rows)
         insert_bit_stats(con, run_id, diag["ones_rate"], diag["entropy"])
 
-    config = {"profile": profile, "given": given, "spec": spec.to_dict(), "train": cfg.to_dict(), "budget_s": budget_s,
+    config = {"profile": profile, "given": given, "spec": run.spec.to_dict(), "train": run.cfg.to_dict(), "budget_s": budget_s,
               "queries": len(protocol.query[0]), "database": len(protocol.database[0]), "device": str(device)}  # fmt: skip
-    run_id = db.record("bench-quality", CATALOGUE, label, config, None, write)
-    return {"config": label, "map_at_100": m.map_at["100"], "map_at_1000": m.map_at["1000"], "p_at_1": m.precision_at["1"],
+    run_id = db.record("bench-quality", CATALOGUE, run.label, config, None, write)
+    return {"config": run.label, "map_at_100": m.map_at["100"], "map_at_1000": m.map_at["1000"], "p_at_1": m.precision_at["1"],
             "p_at_100": m.precision_at["100"], **scalars, "run_id": run_id}  # fmt: skip
 
 

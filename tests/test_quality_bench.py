@@ -3,7 +3,7 @@
 import pytest
 
 from pipelines.cli import main
-from pipelines.quality_bench import format_leaderboard, parse_config, quick_problems
+from pipelines.quality_bench import config_label, format_leaderboard, parse_config, quick_problems
 from storage.diagnostics import DiagnosticsDB
 from tests.conftest import needs_fashion_mnist
 
@@ -16,6 +16,13 @@ def test_parse_config_types_values_and_names_bad_items():
     assert parse_config("") == {}
     with pytest.raises(ValueError, match="bad --config item 'bits'"):
         parse_config("bits")
+
+
+def test_config_label_names_every_given_field_overrides_included():
+    given = parse_config('overrides={"depth":2},epochs=16,loss_params={"lam":0.1}')
+    assert config_label("full", given) == 'full:epochs=16,loss_params={"lam": 0.1},overrides={"depth": 2}'
+    assert config_label("full", {"overrides": {"depth": 3}}) != config_label("full", {"overrides": {"depth": 2}})
+    assert config_label("quick", {}) == "quick"
 
 
 def test_quick_problems_flag_out_of_range_metrics():

@@ -1,5 +1,6 @@
-"""One training run on the full Fashion-MNIST protocol, as ``vitrieve bench quality`` trains it, plus where its
-mAP@100 goes: the accuracy of the codes as a classifier (nearest CSQ centre) on the queries and on the database.
+"""One training run on the full Fashion-MNIST protocol, as ``vitrieve bench quality`` trains it
+(``pipelines.quality_bench.train_and_encode``), plus where its mAP@100 goes: the accuracy of the codes as a
+classifier (nearest CSQ centre) on the queries and on the database (``retrieval_decomposition.py``).
 
     .venv/bin/python docs/experiments/full_run.py NAME PROFILE 'CONFIG' BUDGET_MINUTES
     .venv/bin/python docs/experiments/full_run.py s3264 full 'epochs=16,overrides={"stem_channels":[32,64]}' 30
@@ -10,46 +11,30 @@ CONFIG is a ``--config`` string of the bench; BUDGET_MINUTES 0 = no budget. Prin
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, ".")
-from ml.encode import encode_images
-from ml.losses.centres import hash_centres, nearest_centre
+sys.path.insert(0, "docs/experiments")
 from ml.metrics import evaluate_retrieval
-from ml.recipes import build_run
-from ml.train import TrainData, train_hashing_model
-from pipelines.quality_bench import load_protocol, parse_config
+from pipelines.quality_bench import load_protocol, parse_config, train_and_encode
+from retrieval_decomposition import code_accuracy, code_classes
 
 torch.set_num_threads(2)
-name, profile, given, budget = sys.argv[1], sys.argv[2], parse_config(sys.argv[3]), float(sys.argv[4])
+name, profile, config, budget = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 p = load_protocol("/usr/share/datasets/fashion-mnist", 28, 1)
-overrides = given.pop("overrides", None)
-spec, cfg = build_run(profile, 10, 1, overrides=overrides, **given)
-cfg.time_budget_s = budget * 60
-print(spec, cfg, flush=True)
-t0 = time.time()
-data = TrainData(*p.train, *p.val_query, *p.val_db)
-res = train_hashing_model(spec, cfg, data, torch.device("cpu"), log=lambda s: print(s, flush=True))
-train_min = (time.time() - t0) / 60
-torch.save(res.model.state_dict(), f"/tmp/full_run_{name}.pt")
-q, db = (encode_images(res.model, part[0], torch.device("cpu")) for part in (p.query, p.database))
-np.savez(f"/tmp/full_run_{name}.npz", q=q, db=db)
-m = evaluate_retrieval(q, p.query[1], db, p.database[1], spec.bits, map_ks=(100, 1000), precision_ks=(1, 100))
-centres = hash_centres(10, spec.bits)
-
-
-def accuracy(codes: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(nearest_centre(codes, centres) == labels.argmax(1)))
-
-
-out = dict(name=name, profile=profile, config=sys.argv[3], train_min=round(train_min, 1), best_val=res.best_val_map,
-           best_epoch=res.best_epoch, img_s=round(res.train_images_per_s), map100=m.map_at["100"],
-           map1000=m.map_at["1000"], p1=m.precision_at["1"], query_accuracy=accuracy(q, p.query[1]),
-           database_purity=accuracy(db, p.database[1]), val_curve=[round(h["val_map"], 4) for h in res.history])  # fmt: skip
+run = train_and_encode(profile, parse_config(config), p, torch.device("cpu"), budget_s=budget * 60,
+                       log=lambda s: print(s, flush=True))  # fmt: skip
+torch.save(run.result.model.state_dict(), f"/tmp/full_run_{name}.pt")
+np.savez(f"/tmp/full_run_{name}.npz", q=run.q_codes, db=run.db_codes)
+bits = run.spec.bits
+m = evaluate_retrieval(run.q_codes, p.query[1], run.db_codes, p.database[1], bits, map_ks=(100, 1000), precision_ks=(1, 100))
+out = dict(name=name, profile=profile, config=config, train_min=round(run.train_s / 60, 1), best_val=run.result.best_val_map,
+           best_epoch=run.result.best_epoch, img_s=round(run.result.train_images_per_s), map100=m.map_at["100"],
+           map1000=m.map_at["1000"], p1=m.precision_at["1"], **code_accuracy(code_classes(run.q_codes, run.db_codes, p, bits)),
+           val_curve=[round(h["val_map"], 4) for h in run.result.history])  # fmt: skip
 print(json.dumps(out), flush=True)
 with Path("tmp/full_runs.jsonl").open("a") as f:
     f.write(json.dumps(out) + "\n")

@@ -15,32 +15,51 @@ import numpy as np
 import torch
 
 sys.path.insert(0, ".")
-from ml.checkpoint import model_from_checkpoint
-from ml.encode import encode_images
 from ml.losses.centres import hash_centres, nearest_centre
 from ml.metrics import evaluate_retrieval
-from pipelines.quality_bench import load_protocol
-from storage.fs import StorageRoot
-from storage.model_store import read_card, read_weights
+from pipelines.quality_bench import Protocol
 
-root, model_id = StorageRoot(sys.argv[1]), sys.argv[2]
-model = model_from_checkpoint(read_card(root, model_id), read_weights(root, model_id)).eval()
-p = load_protocol("/usr/share/datasets/fashion-mnist", model.spec.img_size, model.spec.in_chans)
-q, db = (encode_images(model, part[0], torch.device("cpu")) for part in (p.query, p.database))
-bits, classes = model.spec.bits, p.query[1].shape[1]
-centres = hash_centres(classes, bits)
-packed_centres = np.packbits(centres > 0, axis=1)
-ql, dl = p.query[1].argmax(1), p.database[1].argmax(1)
-qc, dc = nearest_centre(q, centres), nearest_centre(db, centres)
-print(f"query accuracy {np.mean(qc == ql):.4f}, database purity {np.mean(dc == dl):.4f}")
-for name, qq, dd in (
-    ("as stored", q, db),
-    ("database = true centres", q, packed_centres[dl]),
-    ("query = nearest centre", packed_centres[qc], db),
-):
-    m = evaluate_retrieval(qq, p.query[1], dd, p.database[1], bits, map_ks=(100,), precision_ks=(1,))
-    print(f"{name:24s} mAP@100 {m.map_at['100']:.4f}, P@1 {m.precision_at['1']:.4f}")
-for name, truth, pred in (("queries", ql, qc), ("database", dl, dc)):
-    cm = np.zeros((classes, classes), int)
-    np.add.at(cm, (truth, pred), 1)
-    print(f"{name}: rows = label, columns = nearest centre\n{cm}")
+
+def code_classes(q: np.ndarray, db: np.ndarray, protocol: Protocol, bits: int) -> dict[str, np.ndarray]:
+    """Labels and nearest-centre classes of the query and database codes."""
+    centres = hash_centres(len(protocol.label_names), bits)
+    return dict(ql=protocol.query[1].argmax(1), dl=protocol.database[1].argmax(1), qc=nearest_centre(q, centres),
+                dc=nearest_centre(db, centres))  # fmt: skip
+
+
+def code_accuracy(c: dict[str, np.ndarray]) -> dict[str, float]:
+    """Query accuracy and database purity of the codes read as classes (``code_classes``)."""
+    return dict(query_accuracy=float(np.mean(c["qc"] == c["ql"])), database_purity=float(np.mean(c["dc"] == c["dl"])))
+
+
+def main() -> None:
+    from ml.checkpoint import model_from_checkpoint
+    from ml.encode import encode_images
+    from pipelines.quality_bench import load_protocol
+    from storage.fs import StorageRoot
+    from storage.model_store import read_card, read_weights
+
+    root, model_id = StorageRoot(sys.argv[1]), sys.argv[2]
+    model = model_from_checkpoint(read_card(root, model_id), read_weights(root, model_id)).eval()
+    p = load_protocol("/usr/share/datasets/fashion-mnist", model.spec.img_size, model.spec.in_chans)
+    q, db = (encode_images(model, part[0], torch.device("cpu")) for part in (p.query, p.database))
+    bits, classes = model.spec.bits, len(p.label_names)
+    c = code_classes(q, db, p, bits)
+    acc = code_accuracy(c)
+    print(f"query accuracy {acc['query_accuracy']:.4f}, database purity {acc['database_purity']:.4f}")
+    packed_centres = np.packbits(hash_centres(classes, bits) > 0, axis=1)
+    for name, qq, dd in (
+        ("as stored", q, db),
+        ("database = true centres", q, packed_centres[c["dl"]]),
+        ("query = nearest centre", packed_centres[c["qc"]], db),
+    ):
+        m = evaluate_retrieval(qq, p.query[1], dd, p.database[1], bits, map_ks=(100,), precision_ks=(1,))
+        print(f"{name:24s} mAP@100 {m.map_at['100']:.4f}, P@1 {m.precision_at['1']:.4f}")
+    for name, truth, pred in (("queries", c["ql"], c["qc"]), ("database", c["dl"], c["dc"])):
+        cm = np.zeros((classes, classes), int)
+        np.add.at(cm, (truth, pred), 1)
+        print(f"{name}: rows = label, columns = nearest centre\n{cm}")
+
+
+if __name__ == "__main__":
+    main()
