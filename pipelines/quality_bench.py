@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ml.train import TrainConfig, TrainResult
 
 CATALOGUE = "fashion-mnist"
+RUN_ONLY_FIELDS = ("overrides", "loss_params")  # --config fields passed to build_run, not to the profile
 
 
 def _top_level_items(text: str) -> list[str]:
@@ -117,7 +118,7 @@ def train_and_encode(profile: str, given: dict, protocol: Protocol, device, seed
     from ml.recipes import build_run
     from ml.train import TrainData, train_hashing_model
 
-    fields = {k: v for k, v in given.items() if k not in ("overrides", "loss_params")}
+    fields = {k: v for k, v in given.items() if k not in RUN_ONLY_FIELDS}
     spec, cfg = build_run(profile, len(protocol.label_names), protocol.train[0].shape[1], seed=seed,
                           overrides=given.get("overrides"), loss_params=given.get("loss_params"), **fields)  # fmt: skip
     cfg.time_budget_s = budget_s

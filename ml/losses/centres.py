@@ -11,6 +11,7 @@ from scipy.linalg import hadamard
 from torch import Tensor
 
 from ml.losses.base import HashLoss
+from ml.metrics import hamming_distance_matrix
 
 
 def _balanced_code(rng: np.random.Generator, bits: int, negatives: int) -> np.ndarray:
@@ -62,8 +63,6 @@ def hash_centres(num_classes: int, bits: int, seed: int = 0, tries: int = 10_000
 def nearest_centre(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the centre (±1 rows) nearest in Hamming distance to each packed code (``ml.encode`` bit order):
     a centre loss's code read as a class prediction (docs/experiments/retrieval_decomposition.py)."""
-    from ml.metrics import hamming_distance_matrix
-
     return hamming_distance_matrix(codes, np.packbits(centres > 0, axis=1)).argmin(axis=1)
 
 
