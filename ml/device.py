@@ -22,3 +22,12 @@ def configure_threads(threads: int | None = None) -> int:
     n = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(n)
     return n
+
+
+def bf16_autocast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds up ``device``: CUDA, or a CPU with native bf16 arithmetic (AVX512-BF16 or AMX).
+    Elsewhere oneDNN converts bf16 in software, slower than fp32. (torch has no public query for these CPU
+    features; ``torch.cpu``'s private checks are what its own bf16 kernels dispatch on.)"""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

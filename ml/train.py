@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ml.data import augment, iterate_batches, normalise, random_eraser
+from ml.device import bf16_autocast
 from ml.encode import encode_images
 from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
@@ -42,7 +43,7 @@ class TrainConfig:
     warmup_steps: int = 200
     grad_clip: float = 1.0
     augment: bool = True
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX): ``ml.device.bf16_autocast``
     seed: int = 0
     eval_batch_size: int = 512
     loss_params: dict = field(default_factory=dict)
@@ -198,7 +199,7 @@ def train_hashing_model(
         log(f"resuming after epoch {state['epoch']} (best val mAP@100 {best_val:.4f} at epoch {best_epoch})")
     images = torch.from_numpy(data.train_images)
     labels = torch.from_numpy(data.train_labels).float()
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = cfg.amp and bf16_autocast(device)
     start = time.perf_counter()
     stop = False
     for epoch in range(first_epoch, cfg.epochs + 1):

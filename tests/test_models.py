@@ -356,3 +356,15 @@ def test_conv_stem_preset_gives_one_token_per_cell_of_the_7px_map():
 def test_conv_stem_needs_patch_size_one():
     with pytest.raises(ValueError, match="conv stem of 2 stages needs patch_size 1"):
         build_model(ModelSpec(model="vts-cls", preset="small-conv", overrides={"patch_size": 2}))
+
+
+@pytest.mark.parametrize("model", ["vts", "hybridhash"])
+def test_models_are_built_channels_last_and_compute_what_a_contiguous_copy_does(model):
+    net = _build(model=model, bits=32)
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    plain = _build(model=model, bits=32).to(memory_format=torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    x = _x(shape=(4, 1, net.spec.img_size, net.spec.img_size))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-5)

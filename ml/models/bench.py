@@ -1,7 +1,7 @@
 """Throughput of hashing models: ``python -m ml.models.bench [--models ...] [--overrides JSON ...] [--threads 2]``.
 
 Train img/s = forward + backward + AdamW step on random batches at the preset's size (a tanh-MSE loss to random
-+-1 targets); infer img/s = ``torch.inference_mode`` forward in eval mode. Both after warm-up steps, best of the
++-1 targets), under bf16 autocast where training uses it (``ml.device.bf16_autocast``; ``--no-amp``: fp32); infer img/s = ``torch.inference_mode`` forward in eval mode. Both after warm-up steps, best of the
 repeats; the models are interleaved round by round so a background load hits them alike. ``--clock process``
 counts CPU seconds of this process instead of wall time: on a busy machine, ``--threads 1 --clock process``
 gives stable per-core rates to compare models (multiply by the 2-thread scaling of ``vts``, ~1.4x, for wall img/s).
@@ -16,15 +16,16 @@ from collections.abc import Callable
 
 import torch
 
+from ml.device import bf16_autocast
 from ml.models import MODELS, ModelSpec, build_model, count_parameters
 
 
 class _Runner:
     """One model with its batch and optimiser; ``rate(train)`` times ``steps`` steps and keeps the best."""
 
-    def __init__(self, spec: ModelSpec, batch: int, clock: Callable[[], float]):
+    def __init__(self, spec: ModelSpec, batch: int, clock: Callable[[], float], amp: bool):
         torch.manual_seed(0)
-        self.spec, self.batch, self.clock = spec, batch, clock
+        self.spec, self.batch, self.clock, self.amp = spec, batch, clock, amp
         self.model = build_model(spec)
         self.x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size)
         self.target = torch.randint(0, 2, (batch, spec.bits)).float() * 2 - 1
@@ -34,7 +35,9 @@ class _Runner:
     def step(self, train: bool) -> None:
         if train:
             self.model.train()
-            loss = (torch.tanh(self.model(self.x)) - self.target).pow(2).mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+                u = self.model(self.x)
+            loss = (torch.tanh(u.float()) - self.target).pow(2).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -51,10 +54,12 @@ class _Runner:
 
 
 def throughput(
-    specs: list[ModelSpec], batch: int = 128, steps: int = 4, rounds: int = 3, clock: str = "wall"
+    specs: list[ModelSpec], batch: int = 128, steps: int = 4, rounds: int = 3, clock: str = "wall", amp: bool = True
 ) -> list[dict]:
-    """Best train and inference images/s of each spec (CPU, current torch threads), interleaved by round."""
-    runners = [_Runner(s, batch, time.perf_counter if clock == "wall" else time.process_time) for s in specs]
+    """Best train and inference images/s of each spec (CPU, current torch threads), interleaved by round; training
+    under bf16 autocast when ``amp`` and the CPU has native bf16 (as ``ml.train`` does)."""
+    amp = amp and bf16_autocast(torch.device("cpu"))
+    runners = [_Runner(s, batch, time.perf_counter if clock == "wall" else time.process_time, amp) for s in specs]
     for r in runners:  # warm-up
         r.step(True)
         r.step(False)
@@ -79,6 +84,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clock", choices=("wall", "process"), default="wall")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast as in training")
     ap.add_argument("--overrides", nargs="*", type=json.loads, default=[{}], metavar="JSON",
                     help='preset overrides, one model per JSON object, e.g. \'{"stem_channels": [32, 64]}\'')  # fmt: skip
     args = ap.parse_args()
@@ -88,8 +94,9 @@ def main() -> None:
         for name in args.models
         for o in args.overrides
     ]
-    rows = throughput(specs, args.batch, args.steps, args.rounds, args.clock)
-    print(f"threads {args.threads}, batch {args.batch}, {args.clock} clock")
+    rows = throughput(specs, args.batch, args.steps, args.rounds, args.clock, args.amp)
+    amp = "bf16 autocast" if args.amp and bf16_autocast(torch.device("cpu")) else "fp32"
+    print(f"threads {args.threads}, batch {args.batch}, {args.clock} clock, training {amp}")
     print(f"{'model':<11} {'preset':<10} {'params':>10} {'train img/s':>12} {'infer img/s':>12}  overrides")
     for r in rows:
         print(
