@@ -1,7 +1,7 @@
 """Training profiles: the model and recipe that ``--profile quick|full`` stands for (README, "Profiles").
 
 A profile fills every field a run leaves unset (``None``). Its architecture part (``ARCHITECTURE_FIELDS``)
-applies to any model that has the profile's preset (the ViT models all have ``small-conv``); another model
+applies to any model that has the profile's preset (the ViT models all have ``small-conv`` and ``small-conv-wide``); another model
 (HybridHash) gets its ``small`` preset and its own head defaults, with the profile's optimisation recipe. Figures behind each choice: docs/BENCHMARKS.md, "Quality".
 """
 
@@ -22,8 +22,8 @@ _RECIPE = dict(loss="csq", bits=64, batch_size=128, optimizer="adamw", lr=2e-3, 
 PROFILES: dict[str, dict[str, Any]] = {
     # <= 15 min end to end on 2 CPU cores (`make run`)
     "quick": {**_HYBRID_VTS, **_RECIPE, "epochs": 6, "erase": 0.0, "ema": 0.0},
-    # a longer schedule with random erasing, for a machine with time to spare
-    "full": {**_HYBRID_VTS, **_RECIPE, "epochs": 20, "erase": 0.25, "ema": 0.999},
+    # the wider stem on a longer schedule with random erasing and weight EMA: <= 30 training minutes on 2 cores
+    "full": {**_HYBRID_VTS, "preset": "small-conv-wide", **_RECIPE, "epochs": 24, "erase": 0.25, "ema": 0.999},
 }
 PROFILE_FIELDS = tuple(PROFILES["quick"])  # the run fields a profile fills (every profile sets the same ones)
 

@@ -37,3 +37,10 @@ def test_every_profile_field_is_a_dagster_config_field():
     assert all(set(p) == set(PROFILE_FIELDS) for p in PROFILES.values())
     assert set(PROFILE_FIELDS) <= set(HashingModelConfig.model_fields)
     assert all(HashingModelConfig.model_fields[k].default is None for k in PROFILE_FIELDS)  # unset -> profile
+
+
+def test_the_full_profile_keeps_its_wide_stem_for_every_vit_model():
+    for model in ("vts", "vts-cls", "xhashnet", "transhash"):
+        r = resolve_profile("full", model=model)
+        spec = ModelSpec(model=model, preset=r["preset"], bits=r["bits"])
+        assert r["preset"] == "small-conv-wide" and spec.backbone_args()["stem_channels"] == (32, 64)
