@@ -46,6 +46,7 @@ class HashingModelConfig(dg.Config):
     loss_params: dict = Field(default_factory=dict, description="loss hyper-parameters, e.g. {alpha: 0.2}")
     seed: int = 0
     augment: bool = True
+    amp: bool = Field(default=True, description="bf16 autocast where it is native (CUDA; CPUs with AVX512-BF16 or AMX); false = fp32")
     val_queries: int = 2000
     val_database: int = 5000
     min_val_map: float = 0.5
@@ -54,7 +55,8 @@ class HashingModelConfig(dg.Config):
 
 
 
-CODE_VERSION = "hashing_model-v3"  # bump when training code changes results: a new model_id, not a stale reuse
+# bump when training code changes results: a new model_id, not a stale reuse (v4: channels-last, bf16 on CPUs)
+CODE_VERSION = "hashing_model-v4"
 
 
 def make_model_id(spec: dict, train_cfg: dict, catalogue: str, catalogue_fp: str) -> str:
@@ -93,7 +95,7 @@ def hashing_model(
     num_classes = len(info.label_names)
     spec, train_cfg = build_run(
         config.profile, num_classes, int(pc.max(table["channels"]).as_py()), seed=config.seed, augment=config.augment,
-        overrides=config.overrides, pretrained=config.pretrained, loss_params=config.loss_params,
+        amp=config.amp, overrides=config.overrides, pretrained=config.pretrained, loss_params=config.loss_params,
         **{k: getattr(config, k) for k in PROFILE_FIELDS},
     )  # fmt: skip
     fp = fingerprint(table)

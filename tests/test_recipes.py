@@ -3,7 +3,7 @@
 import pytest
 
 from ml.models import ModelSpec
-from ml.recipes import PROFILE_FIELDS, PROFILES, resolve_profile
+from ml.recipes import PROFILE_FIELDS, PROFILES, build_run, resolve_profile
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -44,3 +44,8 @@ def test_the_full_profile_keeps_its_wide_stem_for_every_vit_model():
         r = resolve_profile("full", model=model)
         spec = ModelSpec(model=model, preset=r["preset"], bits=r["bits"])
         assert r["preset"] == "small-conv-wide" and spec.backbone_args()["stem_channels"] == (32, 64)
+
+
+def test_build_run_passes_amp_through_to_the_training_config():
+    assert build_run("quick", 10, 1)[1].amp is True
+    assert build_run("quick", 10, 1, amp=False)[1].amp is False
