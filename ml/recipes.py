@@ -1,8 +1,9 @@
 """Training profiles: the model and recipe that ``--profile quick|full`` stands for (README, "Profiles").
 
 A profile fills every field a run leaves unset (``None``). Its architecture part (``ARCHITECTURE_FIELDS``)
-applies to any model that has the profile's preset (the ViT models all have ``small-conv`` and ``small-conv-wide``); another model
-(HybridHash) gets its ``small`` preset and its own head defaults, with the profile's optimisation recipe. Figures behind each choice: docs/BENCHMARKS.md, "Quality".
+applies to any model that has the profile's preset (the ViT models all have ``small-conv`` and
+``small-conv-wide``); another model (HybridHash) gets its ``small`` preset and its own head defaults, with the
+profile's optimisation recipe. Figures behind each choice: docs/BENCHMARKS.md, "Quality".
 """
 
 from __future__ import annotations
@@ -41,17 +42,18 @@ def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
     return {**base, **chosen}
 
 
-def build_run(profile: str, num_classes: int, in_chans: int, *, seed: int = 0, augment: bool = True,
+def build_run(profile: str, num_classes: int, in_chans: int, *, seed: int = 0, augment: bool = True, amp: bool = True,
               overrides: dict | None = None, pretrained: str = "", loss_params: dict | None = None,
               **given: Any) -> tuple[ModelSpec, TrainConfig]:  # fmt: skip
     """The validated ``ModelSpec`` and ``TrainConfig`` of one training run: ``resolve_profile(profile, **given)``
-    plus the fields no profile sets (the catalogue's classes and channels, seed, preset overrides, weights)."""
+    plus the fields no profile sets (the catalogue's classes and channels, seed, augmentation, bf16 autocast, preset
+    overrides, weights)."""
     r = resolve_profile(profile, **given)
     spec_fields = {f.name for f in fields(ModelSpec)}
     spec = ModelSpec(**{k: v for k, v in r.items() if k in spec_fields}, num_classes=num_classes, in_chans=in_chans,
                      overrides=dict(overrides or {}), pretrained=pretrained)  # fmt: skip
     spec.validate()
     train_fields = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in r.items() if k in train_fields}, seed=seed, augment=augment,
+    cfg = TrainConfig(**{k: v for k, v in r.items() if k in train_fields}, seed=seed, augment=augment, amp=amp,
                       loss_params=dict(loss_params or {}))  # fmt: skip
     return spec, cfg

@@ -1,5 +1,7 @@
-"""Training rate of the full-profile model (``vts`` small-conv, 512-wide head) on this CPU by memory format and
-precision: contiguous (NCHW) vs channels-last weights, fp32 vs bf16 autocast. Interleaved rounds, best of 4.
+"""Training rate of the profiles' model (``vts`` small-conv, 512-wide head; ``{"stem_channels": [32, 64]}`` is the
+full profile's stem) on this CPU by memory format and
+precision: contiguous (NCHW) vs channels-last weights, fp32 vs bf16 autocast (``ml.models.bench.Runner``'s
+training step). Interleaved rounds of 6 steps, best of 4.
 
     .venv/bin/python docs/experiments/cpu_format_probe.py ['{"stem_channels": [32, 64]}' ...]
 """
@@ -11,40 +13,20 @@ import time
 import torch
 
 sys.path.insert(0, ".")
-from ml.models import ModelSpec, build_model
+from ml.models import ModelSpec
+from ml.models.bench import Runner
 
 torch.set_num_threads(2)
-
-
-def train_step(overrides: dict, channels_last: bool, bf16: bool):
-    torch.manual_seed(0)
-    spec = ModelSpec(model="vts", preset="small-conv", head_hidden=512, head_dropout=0.3, overrides=overrides)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(spec).to(memory_format=fmt)
-    x, target = torch.randn(128, 1, 28, 28), torch.randint(0, 2, (128, 64)).float() * 2 - 1
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            u = model(x)
-        loss = (torch.tanh(u.float()) - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 variants = [json.loads(a) for a in sys.argv[1:]] or [{}]
-steps = {(json.dumps(o), cl, bf): train_step(o, cl, bf) for o in variants for cl in (False, True) for bf in (False, True)}
-best = dict.fromkeys(steps, 0.0)
-for s in steps.values():
-    s(), s()
+runners = {
+    (json.dumps(o), cl, bf): Runner(ModelSpec(model="vts", preset="small-conv", head_hidden=512, head_dropout=0.3,
+                                              overrides=o), 128, time.perf_counter, amp=bf, channels_last=cl)
+    for o in variants for cl in (False, True) for bf in (False, True)
+}  # fmt: skip
+for r in runners.values():  # warm-up
+    r.step(True), r.step(True)
 for _ in range(4):
-    for key, s in steps.items():
-        t0 = time.perf_counter()
-        for _ in range(6):
-            s()
-        best[key] = max(best[key], 128 * 6 / (time.perf_counter() - t0))
-for (o, cl, bf), rate in best.items():
-    print(f"{o:28s} {'channels-last' if cl else 'contiguous':13s} {'bf16' if bf else 'fp32':4s} {rate:6.0f} train img/s")
+    for r in runners.values():
+        r.rate(True, 6)
+for (o, cl, bf), r in runners.items():
+    print(f"{o:28s} {'channels-last' if cl else 'contiguous':13s} {'bf16' if bf else 'fp32':4s} {r.best[True]:6.0f} train img/s")

@@ -20,13 +20,17 @@ from ml.device import bf16_autocast
 from ml.models import MODELS, ModelSpec, build_model, count_parameters
 
 
-class _Runner:
-    """One model with its batch and optimiser; ``rate(train)`` times ``steps`` steps and keeps the best."""
+class Runner:
+    """One model with its batch and optimiser; ``rate(train)`` times ``steps`` steps and keeps the best. Training
+    steps run under bf16 autocast when ``amp``; ``channels_last=False`` keeps PyTorch's default (contiguous) layout
+    instead of ``build_model``'s channels-last one (docs/experiments/cpu_format_probe.py compares them)."""
 
-    def __init__(self, spec: ModelSpec, batch: int, clock: Callable[[], float], amp: bool):
+    def __init__(self, spec: ModelSpec, batch: int, clock: Callable[[], float], amp: bool, channels_last: bool = True):
         torch.manual_seed(0)
         self.spec, self.batch, self.clock, self.amp = spec, batch, clock, amp
         self.model = build_model(spec)
+        if not channels_last:
+            self.model = self.model.to(memory_format=torch.contiguous_format)
         self.x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size)
         self.target = torch.randint(0, 2, (batch, spec.bits)).float() * 2 - 1
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
@@ -59,7 +63,7 @@ def throughput(
     """Best train and inference images/s of each spec (CPU, current torch threads), interleaved by round; training
     under bf16 autocast when ``amp`` and the CPU has native bf16 (as ``ml.train`` does)."""
     amp = amp and bf16_autocast(torch.device("cpu"))
-    runners = [_Runner(s, batch, time.perf_counter if clock == "wall" else time.process_time, amp) for s in specs]
+    runners = [Runner(s, batch, time.perf_counter if clock == "wall" else time.process_time, amp) for s in specs]
     for r in runners:  # warm-up
         r.step(True)
         r.step(False)
