@@ -43,6 +43,8 @@ class HashingModelConfig(dg.Config):
     erase: float | None = Field(default=None, description="random-erasing probability per training image")
     flip_tta: bool | None = Field(default=None, description="codes from an image and its mirror image together")
     ema: float | None = Field(default=None, description="decay of the weight EMA that is validated and kept (0 = off)")
+    clean_epochs: int | None = Field(default=None, description="epochs after the schedule on the images as stored (no shift, flip or erasing)")
+    clean_lr: float | None = Field(default=None, description="peak LR of the clean epochs (cosine decay to 0)")
     loss_params: dict = Field(default_factory=dict, description="loss hyper-parameters, e.g. {alpha: 0.2}")
     seed: int = 0
     augment: bool = True

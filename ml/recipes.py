@@ -18,13 +18,14 @@ ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
 
 _HYBRID_VTS = dict(model="vts", preset="small-conv", head_hidden=512, head_dropout=0.3)
 _RECIPE = dict(loss="csq", bits=64, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
-               warmup_steps=200, classifier=1.0, label_smoothing=0.1, flip_tta=True)  # fmt: skip
+               warmup_steps=200, classifier=1.0, label_smoothing=0.1, flip_tta=True, clean_lr=1e-3)  # fmt: skip
 
 PROFILES: dict[str, dict[str, Any]] = {
     # <= 15 min end to end on 2 CPU cores (`make run`)
-    "quick": {**_HYBRID_VTS, **_RECIPE, "epochs": 6, "erase": 0.0, "ema": 0.0},
+    "quick": {**_HYBRID_VTS, **_RECIPE, "epochs": 6, "erase": 0.0, "ema": 0.0, "clean_epochs": 0},
     # the wider stem on a longer schedule with random erasing and weight EMA: <= 30 training minutes on 2 cores
-    "full": {**_HYBRID_VTS, "preset": "small-conv-wide", **_RECIPE, "epochs": 24, "erase": 0.25, "ema": 0.999},
+    "full": {**_HYBRID_VTS, "preset": "small-conv-wide", **_RECIPE, "epochs": 22, "erase": 0.25, "ema": 0.999,
+             "clean_epochs": 3},
 }
 PROFILE_FIELDS = tuple(PROFILES["quick"])  # the run fields a profile fills (every profile sets the same ones)
 

@@ -52,6 +52,10 @@ class TrainConfig:
     erase: float = 0.0  # probability of random erasing per training image (timm ``RandomErasing``)
     time_budget_s: float = 0.0  # stop before an epoch that would end past this wall-clock budget (0 = none)
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0 = off)
+    # epochs after the schedule on the images as stored (no shift, flip or erasing), with their own cosine decay
+    # from clean_lr: the codes fit the training images, which are the search database (docs/BENCHMARKS.md)
+    clean_epochs: int = 0
+    clean_lr: float = 1e-3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,12 +111,21 @@ def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 
-def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int,
+                  clean_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+    """``cfg.schedule`` over the ``total_steps`` of the main epochs, then ``clean_steps`` of cosine decay from
+    ``cfg.clean_lr`` to 0 (the clean epochs)."""
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
-    if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total_steps, cfg.warmup_steps))
+
+    def factor(s: int) -> float:
+        if clean_steps and s >= total_steps:  # the clean epochs
+            return cfg.clean_lr / cfg.lr * cosine_with_warmup(s - total_steps, clean_steps, 0)
+        if cfg.schedule == "constant":
+            return min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+        return cosine_with_warmup(s, total_steps, cfg.warmup_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def weight_ema(model: nn.Module, decay: float) -> nn.Module | None:
@@ -172,11 +185,14 @@ def train_hashing_model(
     loss_fn = build_loss(cfg.loss, spec.num_classes, spec.bits, num_train=n, seed=cfg.seed, **cfg.loss_params).to(device)
     aux = AuxiliaryClassifier(spec.bits, spec.num_classes, cfg.classifier, cfg.label_smoothing, cfg.seed).to(device)
     eraser = random_eraser(cfg.erase, device)
+    if cfg.clean_epochs < 0 or cfg.clean_lr <= 0:
+        raise ValueError(f"clean_epochs must be >= 0 and clean_lr > 0, got {cfg.clean_epochs}, {cfg.clean_lr}")
+    total_epochs = cfg.epochs + cfg.clean_epochs
     ema = weight_ema(model, cfg.ema)
     params = list(model.parameters()) + list(loss_fn.parameters()) + (list(aux.parameters()) if cfg.classifier else [])
     opt = make_optimizer(cfg, params)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    sched = make_schedule(cfg, opt, steps_per_epoch * cfg.epochs)
+    sched = make_schedule(cfg, opt, steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.clean_epochs)
     history: list[dict] = []
     best_val, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     first_epoch = 1
@@ -202,18 +218,19 @@ def train_hashing_model(
     use_amp = cfg.amp and bf16_autocast(device)
     start = time.perf_counter()
     stop = False
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    for epoch in range(first_epoch, total_epochs + 1):
         model.train()
+        augmenting = epoch <= cfg.epochs
         if hasattr(loss_fn, "set_epoch"):
             loss_fn.set_epoch(epoch - 1)
         t0 = time.perf_counter()
         losses = []
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", disable=not progress, leave=False)
+        bar = tqdm(total=n, desc=f"epoch {epoch}/{total_epochs}", unit="img", disable=not progress, leave=False)
         for step, idx in enumerate(iterate_batches(n, cfg.batch_size, gen), start=(epoch - 1) * steps_per_epoch + 1):
             x = normalise(images[idx].to(device, non_blocking=True))
-            if cfg.augment:
+            if cfg.augment and augmenting:
                 x = augment(x, gen)
-            if eraser is not None:
+            if eraser is not None and augmenting:
                 x = eraser(x)
             y = labels[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -241,14 +258,14 @@ def train_hashing_model(
         row = dict(epoch=epoch, loss=float(np.mean(losses)), lr=opt.param_groups[0]["lr"],
                    images_per_s=n / epoch_seconds, seconds=epoch_seconds, val_map=val)  # fmt: skip
         history.append(row)
-        log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}, val mAP@100 {val:.4f}, "
+        log(f"epoch {epoch}/{total_epochs}{'' if augmenting else ' (clean)'}: loss {row['loss']:.4f}, val mAP@100 {val:.4f}, "
             f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s")  # fmt: skip
         if val > best_val:
             best_val, best_epoch, best_state = val, epoch, copy.deepcopy(kept.state_dict())
         if on_epoch:
             on_epoch(row)
-        if cfg.time_budget_s and epoch < cfg.epochs and time.perf_counter() - start + epoch_seconds > cfg.time_budget_s:
-            log(f"stopping after epoch {epoch}/{cfg.epochs}: the next epoch would end past the "
+        if cfg.time_budget_s and epoch < total_epochs and time.perf_counter() - start + epoch_seconds > cfg.time_budget_s:
+            log(f"stopping after epoch {epoch}/{total_epochs}: the next epoch would end past the "
                 f"{cfg.time_budget_s:.0f}s training budget")  # fmt: skip
             stop = True
         if checkpoint:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ml.models import ModelSpec
-from ml.train import TrainConfig, TrainData, cosine_with_warmup, train_hashing_model
+from ml.train import TrainConfig, TrainData, cosine_with_warmup, make_schedule, train_hashing_model
 
 TINY_SPEC = dict(bits=16, num_classes=3, overrides={"depth": 1, "embed_dim": 32, "num_heads": 2})
 
@@ -92,6 +92,37 @@ def test_weight_ema_changes_the_kept_weights_not_the_optimisation():
 def test_bad_erase_probability_is_named():
     with pytest.raises(ValueError, match="erase probability"):
         train_hashing_model(ModelSpec(**TINY_SPEC), TrainConfig(erase=1.5), _data(), torch.device("cpu"))
+
+
+def test_clean_epochs_follow_the_schedule_on_the_stored_images():
+    def run(**kw):
+        cfg = TrainConfig(batch_size=32, **kw)
+        return train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
+
+    augmented = run(epochs=1, lr=3e-3, warmup_steps=1, erase=0.5)
+    then_clean = run(epochs=1, lr=3e-3, warmup_steps=1, erase=0.5, clean_epochs=1, clean_lr=1e-3)
+    assert len(then_clean.history) == 2 and then_clean.history[0]["loss"] == augmented.history[0]["loss"]
+    # clean epochs alone = training without augmentation on a warm-up-free cosine from clean_lr
+    all_clean = run(epochs=0, clean_epochs=2, clean_lr=1e-3, lr=1e-3, erase=0.5)
+    never_augmented = run(epochs=2, lr=1e-3, warmup_steps=0, augment=False)
+    assert [r["loss"] for r in all_clean.history] == [r["loss"] for r in never_augmented.history]
+    for (k, a), b in zip(all_clean.model.state_dict().items(), never_augmented.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="clean_epochs must be >= 0"):
+        run(clean_epochs=-1)
+
+
+def test_schedule_decays_again_from_clean_lr_over_the_clean_steps():
+    cfg = TrainConfig(lr=2e-3, clean_lr=5e-4, warmup_steps=10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = make_schedule(cfg, opt, total_steps=100, clean_steps=20)
+    lrs = []
+    for _ in range(120):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[9] == pytest.approx(2e-3) and lrs[99] < 1e-5  # the main schedule as before
+    assert lrs[100] == pytest.approx(5e-4) and lrs[110] == pytest.approx(2.5e-4) and lrs[119] < 1e-5
 
 
 def test_time_budget_stops_before_an_epoch_that_would_overrun():
