@@ -265,8 +265,9 @@ def train_hashing_model(
         if on_epoch:
             on_epoch(row)
         if cfg.time_budget_s and epoch < total_epochs and time.perf_counter() - start + epoch_seconds > cfg.time_budget_s:
+            skipped = min(cfg.clean_epochs, total_epochs - epoch)
             log(f"stopping after epoch {epoch}/{total_epochs}: the next epoch would end past the "
-                f"{cfg.time_budget_s:.0f}s training budget")  # fmt: skip
+                f"{cfg.time_budget_s:.0f}s training budget" + (f" ({skipped} clean epochs not run)" if skipped else ""))  # fmt: skip
             stop = True
         if checkpoint:
             checkpoint(_state_bytes(dict(

@@ -129,3 +129,6 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun():
     cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=1, time_budget_s=1e-6)
     res = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
     assert len(res.history) == 1
+    cfg.clean_epochs, lines = 1, []
+    res = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lines.append)
+    assert len(res.history) == 1 and "stopping after epoch 1/4" in lines[-1] and "(1 clean epochs not run)" in lines[-1]
