@@ -121,7 +121,8 @@ def hashing_model(
     _, x_vdb, y_vdb = model_inputs(val_db, size, ch, num_classes)
     data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
     context.log.info(
-        f"training {model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs, "
+        f"training {model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs"
+        + (f" + {train_cfg.clean_epochs} clean" if train_cfg.clean_epochs else "") + ", "
         f"validation {len(x_vq)} queries x {len(x_vdb)} database"
     )
     store = diagnostics.get()

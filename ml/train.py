@@ -84,6 +84,7 @@ class TrainResult:
     seconds: float
     parameters: int
     resumed_from_epoch: int = 0
+    main_epochs: int = 0  # the augmented epochs as run (fewer than planned where a time budget re-planned them)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -111,21 +112,37 @@ def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 
+class LrFactor:
+    """The LR multiplier of step ``s``: ``cfg.schedule`` over the ``main_steps`` of the main epochs, then
+    ``clean_steps`` of cosine decay from ``cfg.clean_lr`` to 0 (the clean epochs). A callable object, not a closure,
+    so that ``LambdaLR.state_dict`` keeps ``main_steps`` when a time budget re-plans the main epochs."""
+
+    def __init__(self, cfg: TrainConfig, main_steps: int, clean_steps: int = 0):
+        self.schedule, self.warmup_steps, self.clean_ratio = cfg.schedule, cfg.warmup_steps, cfg.clean_lr / cfg.lr
+        self.main_steps, self.clean_steps = main_steps, clean_steps
+
+    def __call__(self, s: int) -> float:
+        if self.clean_steps and s >= self.main_steps:  # the clean epochs
+            return self.clean_ratio * cosine_with_warmup(s - self.main_steps, self.clean_steps, 0)
+        if self.schedule == "constant":
+            return min(1.0, (s + 1) / max(1, self.warmup_steps))
+        return cosine_with_warmup(s, self.main_steps, self.warmup_steps)
+
+
 def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int,
                   clean_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
     """``cfg.schedule`` over the ``total_steps`` of the main epochs, then ``clean_steps`` of cosine decay from
-    ``cfg.clean_lr`` to 0 (the clean epochs)."""
+    ``cfg.clean_lr`` to 0 (the clean epochs): ``LrFactor``."""
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+    return torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(cfg, total_steps, clean_steps))
 
-    def factor(s: int) -> float:
-        if clean_steps and s >= total_steps:  # the clean epochs
-            return cfg.clean_lr / cfg.lr * cosine_with_warmup(s - total_steps, clean_steps, 0)
-        if cfg.schedule == "constant":
-            return min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-        return cosine_with_warmup(s, total_steps, cfg.warmup_steps)
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def fit_main_epochs(main_epochs: int, done: int, clean_epochs: int, epoch_seconds: float, remaining_s: float) -> int:
+    """The main epochs to keep, after ``done`` of them, so that the rest of them and the ``clean_epochs`` fit in
+    ``remaining_s`` at ``epoch_seconds`` each: never more than planned, never fewer than done."""
+    fits = math.floor(remaining_s / epoch_seconds) if epoch_seconds > 0 else main_epochs + clean_epochs
+    return max(done, min(main_epochs, done + fits - clean_epochs))
 
 
 def weight_ema(model: nn.Module, decay: float) -> nn.Module | None:
@@ -187,7 +204,7 @@ def train_hashing_model(
     eraser = random_eraser(cfg.erase, device)
     if cfg.clean_epochs < 0 or cfg.clean_lr <= 0:
         raise ValueError(f"clean_epochs must be >= 0 and clean_lr > 0, got {cfg.clean_epochs}, {cfg.clean_lr}")
-    total_epochs = cfg.epochs + cfg.clean_epochs
+    main_epochs = cfg.epochs  # the augmented epochs; a time budget may re-plan fewer (``fit_main_epochs``)
     ema = weight_ema(model, cfg.ema)
     params = list(model.parameters()) + list(loss_fn.parameters()) + (list(aux.parameters()) if cfg.classifier else [])
     opt = make_optimizer(cfg, params)
@@ -212,15 +229,18 @@ def train_hashing_model(
         torch.set_rng_state(state["torch_rng"])
         history, best_val, best_epoch, best_state = state["history"], state["best_val"], state["best_epoch"], state["best_model"]
         first_epoch = state["epoch"] + 1
+        main_epochs = state.get("main_epochs", cfg.epochs)
         log(f"resuming after epoch {state['epoch']} (best val mAP@100 {best_val:.4f} at epoch {best_epoch})")
     images = torch.from_numpy(data.train_images)
     labels = torch.from_numpy(data.train_labels).float()
     use_amp = cfg.amp and bf16_autocast(device)
     start = time.perf_counter()
     stop = False
-    for epoch in range(first_epoch, total_epochs + 1):
+    epoch = first_epoch
+    while epoch <= main_epochs + cfg.clean_epochs:
+        total_epochs = main_epochs + cfg.clean_epochs
         model.train()
-        augmenting = epoch <= cfg.epochs
+        augmenting = epoch <= main_epochs
         if hasattr(loss_fn, "set_epoch"):
             loss_fn.set_epoch(epoch - 1)
         t0 = time.perf_counter()
@@ -264,19 +284,32 @@ def train_hashing_model(
             best_val, best_epoch, best_state = val, epoch, copy.deepcopy(kept.state_dict())
         if on_epoch:
             on_epoch(row)
-        if cfg.time_budget_s and epoch < total_epochs and time.perf_counter() - start + epoch_seconds > cfg.time_budget_s:
+        now = time.perf_counter()
+        if cfg.time_budget_s and augmenting:  # keep the clean epochs and a full decay of the main schedule in the budget
+            wall = (now - start) / (epoch - first_epoch + 1)  # mean epoch so far, validation and checkpoints included
+            planned = fit_main_epochs(main_epochs, epoch, cfg.clean_epochs, wall, cfg.time_budget_s - (now - start))
+            if planned < main_epochs:
+                log(f"re-planned to {planned} main epochs instead of {main_epochs} ({wall:.0f}s per epoch): with the "
+                    f"{cfg.clean_epochs} clean epochs they fit the {cfg.time_budget_s:.0f}s training budget")  # fmt: skip
+                main_epochs, total_epochs = planned, planned + cfg.clean_epochs
+                factor = sched.lr_lambdas[0]
+                factor.main_steps = steps_per_epoch * main_epochs
+                for group, base_lr in zip(opt.param_groups, sched.base_lrs, strict=True):
+                    group["lr"] = base_lr * factor(sched.last_epoch)
+        if cfg.time_budget_s and epoch < total_epochs and now - start + epoch_seconds > cfg.time_budget_s:
             skipped = min(cfg.clean_epochs, total_epochs - epoch)
             log(f"stopping after epoch {epoch}/{total_epochs}: the next epoch would end past the "
                 f"{cfg.time_budget_s:.0f}s training budget" + (f" ({skipped} clean epochs not run)" if skipped else ""))  # fmt: skip
             stop = True
         if checkpoint:
             checkpoint(_state_bytes(dict(
-                epoch=epoch, model=model.state_dict(), loss=loss_fn.state_dict(), classifier=aux.state_dict(), optimizer=opt.state_dict(),
+                epoch=epoch, main_epochs=main_epochs, model=model.state_dict(), loss=loss_fn.state_dict(), classifier=aux.state_dict(), optimizer=opt.state_dict(),
                 schedule=sched.state_dict(), ema=None if ema is None else ema.module.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(), python_rng=random.getstate(),
                 history=history, best_val=best_val, best_epoch=best_epoch, best_model=best_state,
             )))  # fmt: skip
         if stop:
             break
+        epoch += 1
     model.load_state_dict(best_state)
     model.eval()
     train_seconds = sum(r["seconds"] for r in history)
@@ -290,4 +323,5 @@ def train_hashing_model(
         seconds=time.perf_counter() - start,
         parameters=count_parameters(model),
         resumed_from_epoch=first_epoch - 1,
+        main_epochs=main_epochs,
     )

@@ -105,7 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=None,
                    help="fields replacing the profile's, e.g. 'bits=32' or 'model=transhash,loss=transhash' (repeatable)")
     p.add_argument("--bits", default=None, help="comma-separated code lengths: one run per length of each --config")
-    p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock training budget per run (0 = none)")
+    p.add_argument("--budget-minutes", type=float, default=30.0,
+                   help="wall-clock training budget per run (0 = none); where the epochs would not fit, fewer main "
+                        "epochs run (their cosine ends sooner) so that the clean epochs still do")  # fmt: skip
     p.add_argument("--source", default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX directory")
     p.add_argument("--device", default=os.environ.get("VITRIEVE_DEVICE", "auto"))
     p.add_argument("--seed", type=int, default=0)

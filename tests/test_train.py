@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from ml.models import ModelSpec
-from ml.train import TrainConfig, TrainData, cosine_with_warmup, make_schedule, train_hashing_model
+from ml.train import (
+    TrainConfig,
+    TrainData,
+    cosine_with_warmup,
+    fit_main_epochs,
+    make_schedule,
+    train_hashing_model,
+)
 
 TINY_SPEC = dict(bits=16, num_classes=3, overrides={"depth": 1, "embed_dim": 32, "num_heads": 2})
 
@@ -131,4 +138,51 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun():
     assert len(res.history) == 1
     cfg.clean_epochs, lines = 1, []
     res = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lines.append)
-    assert len(res.history) == 1 and "stopping after epoch 1/4" in lines[-1] and "(1 clean epochs not run)" in lines[-1]
+    # the main epochs are re-planned first (down to the one done), then the clean epoch does not fit either
+    assert "re-planned to 1 main epochs instead of 3" in lines[-2]
+    assert len(res.history) == 1 and "stopping after epoch 1/2" in lines[-1] and "(1 clean epochs not run)" in lines[-1]
+
+
+@pytest.mark.parametrize(("done", "epoch_s", "remaining_s", "kept"), [
+    (1, 60.0, 10_000.0, 22),  # everything fits: the plan stands (never more epochs than planned)
+    (1, 60.0, 1_260.0, 19),  # 21 more epochs fit: 19 main (1 done + 18 more) + 3 clean
+    (5, 60.0, 100.0, 5),  # not even the clean epochs fit: never fewer than done (the stop rule cuts the rest)
+    (1, 0.0, 0.0, 22),  # no timing yet
+])  # fmt: skip
+def test_fit_main_epochs_keeps_the_clean_epochs_in_the_budget(done, epoch_s, remaining_s, kept):
+    assert fit_main_epochs(22, done, 3, epoch_s, remaining_s) == kept
+
+
+class _Clock:
+    """A perf_counter that advances one second per call: a deterministic training time."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+def test_time_budget_re_plans_the_main_epochs_so_the_clean_ones_run(monkeypatch):
+    cfg = TrainConfig(epochs=6, clean_epochs=2, clean_lr=1e-3, batch_size=32, lr=3e-3, warmup_steps=1, time_budget_s=20)
+    monkeypatch.setattr("ml.train.time", _Clock())
+    lines: list[str] = []
+    res = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lines.append)
+    planned = [line for line in lines if line.startswith("re-planned")]
+    assert planned and res.main_epochs < 6 and not any(line.startswith("stopping") for line in lines)
+    assert len(res.history) == res.main_epochs + 2 and lines[-1].startswith(f"epoch {res.main_epochs + 2}/{res.main_epochs + 2} (clean)")
+    # the main schedule was shortened: right after the last main epoch the clean cosine starts from clean_lr (as
+    # planned, the main cosine would still be near its middle), and it decays to 0 at the end
+    lrs = [r["lr"] for r in res.history]
+    assert lrs[res.main_epochs - 1] == pytest.approx(1e-3) and lrs[-1] < 1e-5
+    monkeypatch.undo()
+    # resuming from a checkpoint after the re-plan continues the re-planned run
+    saved: list[bytes] = []
+    monkeypatch.setattr("ml.train.time", _Clock())
+    train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None, checkpoint=saved.append)
+    monkeypatch.setattr("ml.train.time", _Clock())
+    resumed = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None,
+                                  resume=saved[res.main_epochs - 1])  # fmt: skip
+    assert resumed.main_epochs == res.main_epochs and len(resumed.history) == len(res.history)
+    assert [r["lr"] for r in resumed.history] == pytest.approx(lrs)
