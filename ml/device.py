@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -31,3 +34,20 @@ def bf16_autocast(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@contextmanager
+def training_attention(model: nn.Module, device: torch.device, amp: bool) -> Iterator[None]:
+    """Within the block, timm attention modules of ``model`` take their unfused path (``fused_attn = False``:
+    softmax(q kᵀ) v as plain matmuls) when training under bf16 autocast on a CPU; restored on exit. There the
+    backward of torch's fused SDPA kernel takes a quarter of a full-profile step at 49 tokens (train img/s 1,044 →
+    1,358: ``python docs/experiments/attention_probe.py``); in fp32, and for inference, the two paths are within 5 %,
+    so only this case switches."""
+    switched = [m for m in model.modules() if getattr(m, "fused_attn", None) is True] if device.type == "cpu" and amp else []
+    for m in switched:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.fused_attn = True

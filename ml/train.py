@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ml.data import augment, iterate_batches, normalise, random_eraser
-from ml.device import bf16_autocast
+from ml.device import bf16_autocast, training_attention
 from ml.encode import encode_images
 from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
@@ -246,31 +246,33 @@ def train_hashing_model(
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(total=n, desc=f"epoch {epoch}/{total_epochs}", unit="img", disable=not progress, leave=False)
-        for step, idx in enumerate(iterate_batches(n, cfg.batch_size, gen), start=(epoch - 1) * steps_per_epoch + 1):
-            x = normalise(images[idx].to(device, non_blocking=True))
-            if cfg.augment and augmenting:
-                x = augment(x, gen)
-            if eraser is not None and augmenting:
-                x = eraser(x)
-            y = labels[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                u = model(x)
-            loss = loss_fn(u.float(), y, idx.to(device))
-            if cfg.classifier:
-                loss = loss + aux(u, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(model, step=step)
-            losses.append(loss.item())
-            bar.update(len(idx))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        batches = enumerate(iterate_batches(n, cfg.batch_size, gen), start=(epoch - 1) * steps_per_epoch + 1)
+        with training_attention(model, device, use_amp):
+            for step, idx in batches:
+                x = normalise(images[idx].to(device, non_blocking=True))
+                if cfg.augment and augmenting:
+                    x = augment(x, gen)
+                if eraser is not None and augmenting:
+                    x = eraser(x)
+                y = labels[idx].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    u = model(x)
+                loss = loss_fn(u.float(), y, idx.to(device))
+                if cfg.classifier:
+                    loss = loss + aux(u, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                if ema is not None:
+                    ema.update(model, step=step)
+                losses.append(loss.item())
+                bar.update(len(idx))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
         epoch_seconds = time.perf_counter() - t0
         kept = model if ema is None else ema.module  # the weights validated and kept

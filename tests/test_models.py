@@ -368,3 +368,30 @@ def test_models_are_built_channels_last_and_compute_what_a_contiguous_copy_does(
     x = _x(shape=(4, 1, net.spec.img_size, net.spec.img_size))
     with torch.no_grad():
         torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["vts", "transhash", "hybridhash"])
+def test_training_attention_unfuses_only_cpu_bf16_training_and_computes_the_same(model):
+    from ml.device import training_attention
+
+    net = _build(model=model, bits=32).train()
+    attns = [m for m in net.modules() if hasattr(m, "fused_attn")]
+    assert attns and all(m.fused_attn for m in attns)
+    x = _x(shape=(4, 1, net.spec.img_size, net.spec.img_size))
+    torch.manual_seed(0)
+    fused = net(x)
+    fused.square().sum().backward()
+    fused_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    for device, amp in ((torch.device("cpu"), False), (torch.device("cuda"), True)):
+        with training_attention(net, device, amp):
+            assert all(m.fused_attn for m in attns)
+    with training_attention(net, torch.device("cpu"), True):
+        assert not any(m.fused_attn for m in attns)
+        torch.manual_seed(0)
+        plain = net(x)
+        plain.square().sum().backward()
+    assert all(m.fused_attn for m in attns)  # restored
+    torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-5)
+    for p, g in zip(net.parameters(), fused_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-5)

@@ -16,13 +16,13 @@ from collections.abc import Callable
 
 import torch
 
-from ml.device import bf16_autocast
+from ml.device import bf16_autocast, training_attention
 from ml.models import MODELS, ModelSpec, build_model, count_parameters
 
 
 class Runner:
     """One model with its batch and optimiser; ``rate(train)`` times ``steps`` steps and keeps the best. Training
-    steps run under bf16 autocast when ``amp``; ``channels_last=False`` keeps PyTorch's default (contiguous) layout
+    steps run under bf16 autocast when ``amp`` (with ``training_attention``, as ``ml.train``); ``channels_last=False`` keeps PyTorch's default (contiguous) layout
     instead of ``build_model``'s channels-last one (docs/experiments/cpu_format_probe.py compares them)."""
 
     def __init__(self, spec: ModelSpec, batch: int, clock: Callable[[], float], amp: bool, channels_last: bool = True):
@@ -39,11 +39,12 @@ class Runner:
     def step(self, train: bool) -> None:
         if train:
             self.model.train()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
-                u = self.model(self.x)
-            loss = (torch.tanh(u.float()) - self.target).pow(2).mean()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with training_attention(self.model, torch.device("cpu"), self.amp):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+                    u = self.model(self.x)
+                loss = (torch.tanh(u.float()) - self.target).pow(2).mean()
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
             self.opt.step()
         else:
             self.model.eval()
