@@ -14,6 +14,7 @@ run: install data
 
 test: install data
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Operate it as a user would (docs/OPERATIONS.md): dagster dev + GraphQL + Chromium screenshots, and steps on a
@@ -41,6 +42,7 @@ $(FMNIST):
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ui: install
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/dagster_home} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1

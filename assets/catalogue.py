@@ -1,6 +1,5 @@
 """``catalogue``: ingest a source (IDX, image folder, CSV/Parquet manifest) into the validated catalogue table."""
 
-
 import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field
@@ -28,37 +27,63 @@ class CatalogueConfig(dg.Config):
     """Where the catalogue comes from, how to read it, and its evaluation protocol (seeded, recorded with the
     table). Paths are local or fsspec URIs (``s3://bucket/key``: credentials from the environment)."""
 
-    source: str = Field(default="", description="IDX folder, image folder or CSV/Parquet manifest; empty = the "
-                        "built-in source named like the partition")  # fmt: skip
+    source: str = Field(
+        default="",
+        description="IDX folder, image folder or CSV/Parquet manifest; empty = the "
+        "built-in source named like the partition",
+    )
     kind: str = Field(default="auto", description="auto | idx | folder | manifest")
-    uri_column: str = Field(default="uri", description="manifest: image path/URI column (relative to the manifest)")
+    uri_column: str = Field(
+        default="uri", description="manifest: image path/URI column (relative to the manifest)"
+    )
     label_columns: list[str] = Field(default=["label"], description="manifest: label column(s)")
-    label_format: str = Field(default="values", description="manifest: values (names or ids, split on label_sep) "
-                              "| one_hot (each label column is a 0/1 flag named after its label)")  # fmt: skip
+    label_format: str = Field(
+        default="values",
+        description="manifest: values (names or ids, split on label_sep) "
+        "| one_hot (each label column is a 0/1 flag named after its label)",
+    )
     label_sep: str = Field(default="|", description="manifest: separator of several labels in one cell")
     split_column: str = Field(default="", description="manifest: column naming each image's split")
     id_column: str = Field(default="", description="manifest: image id column (default: the uri as written)")
-    source_root: str = Field(default="", description="manifest: images must lie under this URI (default: the "
-                             "manifest's folder)")  # fmt: skip
-    protocol: str = Field(default="auto", description="auto | explicit (splits from the source) | per_label; auto: "
-                          "explicit if a split column is given, else per_label (IDX: its train/test protocol)")  # fmt: skip
+    source_root: str = Field(
+        default="", description="manifest: images must lie under this URI (default: the manifest's folder)"
+    )
+    protocol: str = Field(
+        default="auto",
+        description="auto | explicit (splits from the source) | per_label; auto: "
+        "explicit if a split column is given, else per_label (IDX: its train/test protocol)",
+    )
     train_per_label: int = 500
     query_per_label: int = 100
-    database: str = Field(default="all", description="all (every non-query image) | rest (neither query nor train)")
+    database: str = Field(
+        default="all", description="all (every non-query image) | rest (neither query nor train)"
+    )
     validation_size: int = Field(default=5000, description="held-out training images for model selection")
     seed: int = 0
     train_limit: int | None = Field(default=None, description="IDX only: seeded subset of training images")
     query_limit: int | None = Field(default=None, description="IDX only: seeded subset of test images")
-    channels: int = Field(default=0, description="model channels: 0 = from the images (1 if all grey), 1 or 3")
-    max_pixels: int = Field(default=40_000_000, description="reject images with more pixels (decompression bombs)")
+    channels: int = Field(
+        default=0, description="model channels: 0 = from the images (1 if all grey), 1 or 3"
+    )
+    max_pixels: int = Field(
+        default=40_000_000, description="reject images with more pixels (decompression bombs)"
+    )
     max_file_bytes: int = Field(default=64 << 20, description="reject larger files")
     max_reject_fraction: float = Field(default=0.05, description="fail the ingest if more items are rejected")
 
 
 def _protocol(config: CatalogueConfig) -> Protocol:
-    kind = config.protocol if config.protocol != "auto" else ("explicit" if config.split_column else "per_label")
-    return Protocol(kind=kind, train_per_label=config.train_per_label, query_per_label=config.query_per_label,
-                    database=config.database, validation_size=config.validation_size, seed=config.seed)  # fmt: skip
+    kind = (
+        config.protocol if config.protocol != "auto" else ("explicit" if config.split_column else "per_label")
+    )
+    return Protocol(
+        kind=kind,
+        train_per_label=config.train_per_label,
+        query_per_label=config.query_per_label,
+        database=config.database,
+        validation_size=config.validation_size,
+        seed=config.seed,
+    )
 
 
 def _previous(root, name: str) -> tuple | None:
@@ -68,10 +93,19 @@ def _previous(root, name: str) -> tuple | None:
         return None
 
 
-def _record(diagnostics: DiagnosticsResource, context, name: str, config: CatalogueConfig, rejected: list[Rejection],
-            counts: dict[str, int], status: str) -> str:  # fmt: skip
+def _record(
+    diagnostics: DiagnosticsResource,
+    context,
+    name: str,
+    config: CatalogueConfig,
+    rejected: list[Rejection],
+    counts: dict[str, int],
+    status: str,
+) -> str:
     rows = [(r.item, r.reason, r.detail) for r in rejected]
-    return diagnostics.get().record_ingest(name, config.model_dump(), rows, counts, context.run.run_id, status)
+    return diagnostics.get().record_ingest(
+        name, config.model_dump(), rows, counts, context.run.run_id, status
+    )
 
 
 @dg.asset(
@@ -83,47 +117,86 @@ def _record(diagnostics: DiagnosticsResource, context, name: str, config: Catalo
     "items in the diagnostics DB.",
 )
 def catalogue(
-    context: dg.AssetExecutionContext, config: CatalogueConfig, storage: StorageResource, diagnostics: DiagnosticsResource
+    context: dg.AssetExecutionContext,
+    config: CatalogueConfig,
+    storage: StorageResource,
+    diagnostics: DiagnosticsResource,
 ) -> dg.MaterializeResult:
     name = context.partition_key
     source = config.source or BUILTIN_SOURCES.get(name, "")
     if not source:
-        raise ValueError(f"catalogue {name!r}: no source given and no built-in source of that name ({sorted(BUILTIN_SOURCES)})")
+        raise ValueError(
+            f"catalogue {name!r}: no source given and no built-in source of that name ({sorted(BUILTIN_SOURCES)})"
+        )
     kind = detect_kind(source) if config.kind == "auto" else config.kind
     root = storage.get()
     rejected: list[Rejection] = []
     extra: dict = {}
     if kind == "idx":
         table, info = idx_catalogue(
-            name, source, validation_size=config.validation_size, seed=config.seed,
-            train_limit=config.train_limit, query_limit=config.query_limit,
-        )  # fmt: skip
+            name,
+            source,
+            validation_size=config.validation_size,
+            seed=config.seed,
+            train_limit=config.train_limit,
+            query_limit=config.query_limit,
+        )
         previous = _previous(root, name)
-        unchanged = previous is not None and fingerprint(previous[0]) == fingerprint(table) \
-            and previous[1].protocol == info.protocol  # fmt: skip
+        unchanged = (
+            previous is not None
+            and fingerprint(previous[0]) == fingerprint(table)
+            and previous[1].protocol == info.protocol
+        )
         listed = table.num_rows
     elif kind in ("folder", "manifest"):
         try:
             if kind == "folder":
                 src = list_folder(source, explicit_splits=_protocol(config).kind == "explicit")
             else:
-                src = list_manifest(source, config.uri_column, config.label_columns, config.label_format, config.label_sep,
-                                    config.split_column, config.id_column, config.source_root)  # fmt: skip
+                src = list_manifest(
+                    source,
+                    config.uri_column,
+                    config.label_columns,
+                    config.label_format,
+                    config.label_sep,
+                    config.split_column,
+                    config.id_column,
+                    config.source_root,
+                )
         except SourceError as err:
             raise dg.Failure(description=f"catalogue {name!r}: unusable source: {err}") from err
         limits = Limits(config.max_pixels, config.max_file_bytes, config.max_reject_fraction)
         try:
-            result = ingest(name, src, _protocol(config), limits, _previous(root, name), config.channels,
-                            log=context.log.debug)  # fmt: skip
+            result = ingest(
+                name,
+                src,
+                _protocol(config),
+                limits,
+                _previous(root, name),
+                config.channels,
+                log=context.log.debug,
+            )
         except TooManyRejects as err:
-            counts = {"listed": err.listed, "accepted": err.listed - len(err.rejected), "rejected": len(err.rejected)}
+            counts = {
+                "listed": err.listed,
+                "accepted": err.listed - len(err.rejected),
+                "rejected": len(err.rejected),
+            }
             _record(diagnostics, context, name, config, err.rejected, counts, "failed")
             raise dg.Failure(
                 description=f"catalogue {name!r}: {err}",
-                metadata={"rejected": dg.MetadataValue.md(rejected_markdown(err.rejected)),
-                          "reject_reasons": dg.MetadataValue.md(_reasons_markdown(err.rejected))},
-            ) from err  # fmt: skip
-        table, info, rejected, unchanged, listed = result.table, result.info, result.rejected, result.unchanged, result.listed
+                metadata={
+                    "rejected": dg.MetadataValue.md(rejected_markdown(err.rejected)),
+                    "reject_reasons": dg.MetadataValue.md(_reasons_markdown(err.rejected)),
+                },
+            ) from err
+        table, info, rejected, unchanged, listed = (
+            result.table,
+            result.info,
+            result.rejected,
+            result.unchanged,
+            result.listed,
+        )
         extra = {"added_rows": result.added, "removed_rows": result.removed}
     else:
         raise ValueError(f"catalogue source kind {kind!r} is not one of auto, idx, folder, manifest")
@@ -135,7 +208,10 @@ def catalogue(
     else:
         uri = write_catalogue(root, table, info)
     _record(diagnostics, context, name, config, rejected, counts, "success")
-    facts = {**file_facts(root, *catalogue_parts(name)), "lineage": lineage(context, source=source, fingerprint=fingerprint(table))}
+    facts = {
+        **file_facts(root, *catalogue_parts(name)),
+        "lineage": lineage(context, source=source, fingerprint=fingerprint(table)),
+    }
     return dg.MaterializeResult(metadata=_metadata(table, info, uri, unchanged, counts, rejected) | facts)
 
 
@@ -145,8 +221,13 @@ def _reasons_markdown(rejected: list[Rejection]) -> str:
     )
 
 
-def _metadata(table, info: CatalogueInfo, uri: str, unchanged: bool, counts: dict, rejected: list[Rejection]) -> dict:
-    flags = {flag: int(pc.sum(table[flag]).as_py() or 0) for flag in ("in_train", "in_validation", "in_query", "in_database")}
+def _metadata(
+    table, info: CatalogueInfo, uri: str, unchanged: bool, counts: dict, rejected: list[Rejection]
+) -> dict:
+    flags = {
+        flag: int(pc.sum(table[flag]).as_py() or 0)
+        for flag in ("in_train", "in_validation", "in_query", "in_database")
+    }
     return {
         "dagster/uri": uri,
         "dagster/row_count": table.num_rows,
@@ -159,5 +240,7 @@ def _metadata(table, info: CatalogueInfo, uri: str, unchanged: bool, counts: dic
         "label_names": dg.MetadataValue.json(info.label_names),
         **{f"{k}_items" if k in ("listed", "accepted", "rejected") else k: v for k, v in counts.items()},
         "rejected": dg.MetadataValue.md(rejected_markdown(rejected) if rejected else "no item rejected"),
-        "reject_reasons": dg.MetadataValue.md(_reasons_markdown(rejected) if rejected else "no item rejected"),
+        "reject_reasons": dg.MetadataValue.md(
+            _reasons_markdown(rejected) if rejected else "no item rejected"
+        ),
     }

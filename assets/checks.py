@@ -1,6 +1,5 @@
 """Blocking asset checks guarding each hand-over (DESIGN.md): a failure stops downstream steps."""
 
-
 import math
 
 import dagster as dg
@@ -18,8 +17,12 @@ from storage.index import current, load_index, verify_index
 from storage.model_store import read_card
 
 
-@dg.asset_check(asset=hashing_model, blocking=True, partitions_def=catalogues,
-                description="Finite training loss and validation mAP@100 at or above the configured floor.")  # fmt: skip
+@dg.asset_check(
+    asset=hashing_model,
+    blocking=True,
+    partitions_def=catalogues,
+    description="Finite training loss and validation mAP@100 at or above the configured floor.",
+)
 def model_quality(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
     card = read_card(storage.get(), current_model_id(context))
     floor = card.get("min_val_map", 0.0)
@@ -27,12 +30,21 @@ def model_quality(context: dg.AssetCheckExecutionContext, storage: StorageResour
     finite = math.isfinite(card["final_loss"])
     return dg.AssetCheckResult(
         passed=finite and val_map >= floor,
-        metadata={"model_id": card["model_id"], "val_map_at_100": val_map, "floor": floor, "loss_finite": finite},
+        metadata={
+            "model_id": card["model_id"],
+            "val_map_at_100": val_map,
+            "floor": floor,
+            "loss_finite": finite,
+        },
     )
 
 
-@dg.asset_check(asset=packed_codes, blocking=True, partitions_def=catalogues,
-                description="Exactly one code of the model's width per catalogue image (queries included).")  # fmt: skip
+@dg.asset_check(
+    asset=packed_codes,
+    blocking=True,
+    partitions_def=catalogues,
+    description="Exactly one code of the model's width per catalogue image (queries included).",
+)
 def codes_complete(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
     root = storage.get()
     model_id = current_model_id(context)
@@ -53,8 +65,12 @@ def codes_complete(context: dg.AssetCheckExecutionContext, storage: StorageResou
     )
 
 
-@dg.asset_check(asset=binary_index, blocking=True, partitions_def=catalogues,
-                description="Published index: ntotal = database rows of the codes; probes find themselves at distance 0.")  # fmt: skip
+@dg.asset_check(
+    asset=binary_index,
+    blocking=True,
+    partitions_def=catalogues,
+    description="Published index: ntotal = database rows of the codes; probes find themselves at distance 0.",
+)
 def index_consistent(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
     root = storage.get()
     name = context.partition_key
@@ -64,6 +80,10 @@ def index_consistent(context: dg.AssetCheckExecutionContext, storage: StorageRes
     problems = verify_index(index, row_ids, codes)
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={"model_id": pointer["model_id"], "ntotal": int(index.ntotal), "database_rows": len(row_ids),
-                  "problems": "; ".join(problems) or "none"},
-    )  # fmt: skip
+        metadata={
+            "model_id": pointer["model_id"],
+            "ntotal": int(index.ntotal),
+            "database_rows": len(row_ids),
+            "problems": "; ".join(problems) or "none",
+        },
+    )

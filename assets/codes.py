@@ -6,7 +6,6 @@ the surviving codes (no inference). The catalogue is streamed in batches through
 stays bounded by ``chunk_rows`` decoded images whatever the catalogue size.
 """
 
-
 import sys
 import time
 
@@ -35,15 +34,23 @@ from storage.model_store import read_card
 
 
 class CodesConfig(dg.Config):
-    model_id: str = Field(default="", description="Model to encode with; empty = the catalogue's latest hashing_model")
+    model_id: str = Field(
+        default="", description="Model to encode with; empty = the catalogue's latest hashing_model"
+    )
     batch_size: int = 256
-    chunk_rows: int = Field(default=8192, description="catalogue rows decoded and encoded at a time (bounds memory)")
-    incremental: bool = Field(default=True, description="encode only rows missing from the stored codes (new or "
-                              "changed images); False re-encodes every row")  # fmt: skip
+    chunk_rows: int = Field(
+        default=8192, description="catalogue rows decoded and encoded at a time (bounds memory)"
+    )
+    incremental: bool = Field(
+        default=True,
+        description="encode only rows missing from the stored codes (new or "
+        "changed images); False re-encodes every row",
+    )
 
 
-def plan_codes(cat_ids: np.ndarray, cat_hash: np.ndarray, old_ids: np.ndarray | None,
-               old_hash: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def plan_codes(
+    cat_ids: np.ndarray, cat_hash: np.ndarray, old_ids: np.ndarray | None, old_hash: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(row_ids to encode, stored row_ids to drop) to bring stored codes in line with the catalogue.
     Without per-row image hashes in the stored codes, everything is re-encoded."""
     if old_ids is None or old_hash is None:
@@ -72,7 +79,9 @@ def packed_codes(
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
     tag_run(context, model_id)
-    table, _ = read_catalogue(root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"])
+    table, _ = read_catalogue(
+        root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"]
+    )
     fp = fingerprint(table)
     cat_ids = table["row_id"].to_numpy()
     cat_hash = image_hash_of(table["sha256"])
@@ -81,7 +90,9 @@ def packed_codes(
     old_ids = old_hash = None
     if manifest is not None and config.incremental and int(manifest.get("bits", bits)) == bits:
         old_ids, old_hash = read_row_index(root, name, model_id)
-    stored_fp = codes_meta(root, name, model_id).get("catalogue_fingerprint") if manifest is not None else None
+    stored_fp = (
+        codes_meta(root, name, model_id).get("catalogue_fingerprint") if manifest is not None else None
+    )
     if stored_fp == fp and old_ids is not None and np.array_equal(old_ids, cat_ids):
         encode, drop, mode = np.zeros(0, np.int64), np.zeros(0, np.int64), "up-to-date"
     else:
@@ -94,14 +105,18 @@ def packed_codes(
         if len(drop) and mode == "incremental":  # copy the surviving codes without the dropped rows
             compacted, kept = rewrite_without(root, name, model_id, np.sort(drop), bits)
             parts = [compacted]
-            context.log.info(f"dropped {len(drop)} stale rows from the codes of {name!r} ({kept} kept, no inference)")
+            context.log.info(
+                f"dropped {len(drop)} stale rows from the codes of {name!r} ({kept} kept, no inference)"
+            )
         if len(encode):
             parts.append(_encode_rows(context, root, name, model_id, bits, encode, config, compute, extra))
         commit_parts(root, name, model_id, parts, bits, len(cat_ids), extra)
     seconds = time.perf_counter() - start
     ips = len(encode) / seconds if len(encode) and seconds > 0 else 0.0
-    context.log.info(f"codes of {name!r} under {model_id}: {mode}, encoded {len(encode)} of {len(cat_ids)} rows"
-                     + (f" in {seconds:.1f}s ({ips:.0f} img/s)" if len(encode) else ""))  # fmt: skip
+    context.log.info(
+        f"codes of {name!r} under {model_id}: {mode}, encoded {len(encode)} of {len(cat_ids)} rows"
+        + (f" in {seconds:.1f}s ({ips:.0f} img/s)" if len(encode) else "")
+    )
     return dg.MaterializeResult(
         metadata={
             "model_id": model_id,
@@ -122,8 +137,17 @@ def packed_codes(
     )
 
 
-def _encode_rows(context, root, name: str, model_id: str, bits: int, row_ids: np.ndarray, config: CodesConfig,
-                 compute: ComputeResource, extra: dict) -> str:  # fmt: skip
+def _encode_rows(
+    context,
+    root,
+    name: str,
+    model_id: str,
+    bits: int,
+    row_ids: np.ndarray,
+    config: CodesConfig,
+    compute: ComputeResource,
+    extra: dict,
+) -> str:
     """Encode the catalogue rows ``row_ids`` (streamed in batches) into one new part; returns its name."""
     from ml.data import decode_images
     from ml.encode import encode_images
@@ -137,8 +161,9 @@ def _encode_rows(context, root, name: str, model_id: str, bits: int, row_ids: np
     writer = PartWriter(root, name, model_id, bits, extra, with_image_hash=True)
     done = 0
     try:
-        for batch in dataset.to_batches(columns=["row_id", "image", "uri", "sha256"], filter=row_filter,
-                                        batch_size=config.chunk_rows):  # fmt: skip
+        for batch in dataset.to_batches(
+            columns=["row_id", "image", "uri", "sha256"], filter=row_filter, batch_size=config.chunk_rows
+        ):
             if batch.num_rows == 0:
                 continue
             images = decode_images(encoded_images(batch), spec.img_size, spec.in_chans)
@@ -147,7 +172,9 @@ def _encode_rows(context, root, name: str, model_id: str, bits: int, row_ids: np
             done += batch.num_rows
             context.log.debug(f"encoded {done}/{len(row_ids)}")
         if done != len(row_ids):
-            raise RuntimeError(f"packed_codes of {name!r}: expected to encode {len(row_ids)} rows, the catalogue gave {done}")
+            raise RuntimeError(
+                f"packed_codes of {name!r}: expected to encode {len(row_ids)} rows, the catalogue gave {done}"
+            )
         return writer.close()
     except BaseException:
         writer.abort()

@@ -22,7 +22,9 @@ def rows_where(table: pa.Table, flag: str) -> pa.Table:
     return table.filter(table[flag])
 
 
-def model_inputs(table: pa.Table, img_size: int, channels: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def model_inputs(
+    table: pa.Table, img_size: int, channels: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_ids, uint8 images (n, c, s, s), bool labels (n, C)) of the rows of ``table``."""
     from ml.data import decode_images
 
@@ -48,12 +50,16 @@ def latest_model_id(instance: dg.DagsterInstance, catalogue: str) -> str | None:
     return None
 
 
-def current_model_id(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, override: str = "") -> str:
+def current_model_id(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, override: str = ""
+) -> str:
     """The model of this catalogue: ``override`` if given, else the latest ``hashing_model``
     materialisation of the partition."""
     model_id = override or latest_model_id(context.instance, context.partition_key)
     if not model_id:
-        raise ValueError(f"catalogue {context.partition_key!r} has no trained model yet: materialise hashing_model first")
+        raise ValueError(
+            f"catalogue {context.partition_key!r} has no trained model yet: materialise hashing_model first"
+        )
     return model_id
 
 

@@ -1,6 +1,5 @@
 """``model_evaluation``: retrieval metrics and bit diagnostics of the stored codes, into DuckDB."""
 
-
 import dagster as dg
 import numpy as np
 from pydantic import Field
@@ -16,11 +15,17 @@ from storage.model_store import update_card
 
 
 class EvaluationConfig(dg.Config):
-    model_id: str = Field(default="", description="Model to evaluate; empty = the catalogue's latest hashing_model")
+    model_id: str = Field(
+        default="", description="Model to evaluate; empty = the catalogue's latest hashing_model"
+    )
     stability_sample: int = 2000
     seed: int = 0
-    examples: int = Field(default=6, description="queries shown with their top-8 in the retrieval examples grid")
-    attention_examples: int = Field(default=4, description="queries shown with their attention rollout (ViT models)")
+    examples: int = Field(
+        default=6, description="queries shown with their top-8 in the retrieval examples grid"
+    )
+    attention_examples: int = Field(
+        default=4, description="queries shown with their attention rollout (ViT models)"
+    )
 
 
 @dg.asset(
@@ -46,11 +51,15 @@ def model_evaluation(
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
-    table, info = read_catalogue(root, name, columns=["row_id", "image", "uri", "sha256", "labels", "in_query", "in_database"])
+    table, info = read_catalogue(
+        root, name, columns=["row_id", "image", "uri", "sha256", "labels", "in_query", "in_database"]
+    )
     row_ids, codes, meta = read_codes(root, name, model_id)
     bits = int(meta["bits"])
     if not np.array_equal(row_ids, table["row_id"].to_numpy()):
-        raise ValueError(f"codes of {model_id} do not cover catalogue {name!r} row for row; re-run packed_codes")
+        raise ValueError(
+            f"codes of {model_id} do not cover catalogue {name!r} row for row; re-run packed_codes"
+        )
     labels = labels_matrix(table, len(info.label_names))
     q = table["in_query"].to_numpy(zero_copy_only=False)
     db = table["in_database"].to_numpy(zero_copy_only=False)
@@ -78,8 +87,13 @@ def model_evaluation(
         + [(k, None, float(v)) for k, v in bitstats.items() if not isinstance(v, list)]
         + [(k, None, float(v)) for k, v in stability.items()]
     )
-    pr_rows = [(r, p, rc) for r, (p, rc) in enumerate(zip(result.precision_radius, result.recall_radius, strict=True))]
-    protocol = dict(catalogue=name, queries=int(q.sum()), database=int(db.sum()), protocol=info.protocol, bits=bits)
+    pr_rows = [
+        (r, p, rc)
+        for r, (p, rc) in enumerate(zip(result.precision_radius, result.recall_radius, strict=True))
+    ]
+    protocol = dict(
+        catalogue=name, queries=int(q.sum()), database=int(db.sum()), protocol=info.protocol, bits=bits
+    )
 
     def write(run_id: str, con) -> None:
         insert_metrics(con, run_id, metric_rows)
@@ -97,16 +111,31 @@ def model_evaluation(
     for fig_name, png in figures.items():
         root.write_bytes(png, "models", model_id, "eval", name, f"{fig_name}.png")
     headline = {
-        "map@100": result.map_at.get("100"), "map@1000": result.map_at.get("1000"), "map@all": result.map_at.get("all"),
-        "p@1": result.precision_at.get("1"), "p@100": result.precision_at.get("100"),
+        "map@100": result.map_at.get("100"),
+        "map@1000": result.map_at.get("1000"),
+        "map@all": result.map_at.get("all"),
+        "p@1": result.precision_at.get("1"),
+        "p@100": result.precision_at.get("100"),
         "precision_within_radius2": result.precision_within_radius2,
-    }  # fmt: skip
+    }
     update_card(root, model_id, evaluation={"run_id": run_id, "protocol": protocol, **headline})
-    table_md = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v:.4f} |" for k, v in headline.items() if v is not None)
-    bits_md = "\n".join(
-        f"| {k} | {float(bitstats[k]):.4f} |"
-        for k in ("mean_ones_rate", "mean_entropy", "redundancy", "intra_class_hamming", "inter_class_hamming", "unique_codes")
-    ) + f"\n| stability | {stability['stability']:.4f} |\n| exact_match_rate | {stability['exact_match_rate']:.4f} |"
+    table_md = "| metric | value |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v:.4f} |" for k, v in headline.items() if v is not None
+    )
+    bits_md = (
+        "\n".join(
+            f"| {k} | {float(bitstats[k]):.4f} |"
+            for k in (
+                "mean_ones_rate",
+                "mean_entropy",
+                "redundancy",
+                "intra_class_hamming",
+                "inter_class_hamming",
+                "unique_codes",
+            )
+        )
+        + f"\n| stability | {stability['stability']:.4f} |\n| exact_match_rate | {stability['exact_match_rate']:.4f} |"
+    )
     return dg.MaterializeResult(
         metadata={
             "model_id": model_id,
@@ -114,7 +143,10 @@ def model_evaluation(
             "p_at_1": float(result.precision_at["1"]),
             "metrics": dg.MetadataValue.md(table_md),
             "bit_diagnostics": dg.MetadataValue.md("| diagnostic | value |\n|---|---|\n" + bits_md),
-            **{fig_name: dg.MetadataValue.md(png_markdown(png, CAPTIONS[fig_name])) for fig_name, png in figures.items()},
+            **{
+                fig_name: dg.MetadataValue.md(png_markdown(png, CAPTIONS[fig_name]))
+                for fig_name, png in figures.items()
+            },
             "protocol": dg.MetadataValue.json(protocol),
             "diagnostics_run_id": run_id,
             "lineage": lineage(context, model_id=model_id, catalogue=name),
@@ -131,8 +163,17 @@ CAPTIONS = {
 TOP = 8
 
 
-def _examples(table, label_names: list[str], labels: np.ndarray, codes: np.ndarray, q: np.ndarray, db: np.ndarray,
-              model, device, config: EvaluationConfig) -> dict[str, bytes]:  # fmt: skip
+def _examples(
+    table,
+    label_names: list[str],
+    labels: np.ndarray,
+    codes: np.ndarray,
+    q: np.ndarray,
+    db: np.ndarray,
+    model,
+    device,
+    config: EvaluationConfig,
+) -> dict[str, bytes]:
     """Retrieval examples grid (seeded queries, exact Hamming top-8, ties by row_id) and attention rollout."""
     from ml.attention import attention_rollout
     from ml.metrics import hamming_distance_matrix
@@ -155,13 +196,19 @@ def _examples(table, label_names: list[str], labels: np.ndarray, codes: np.ndarr
     if len(pick):
         query_images = decode(pick)
         out["retrieval_examples"] = retrieval_grid_png(
-            query_images, [name(r) for r in pick], decode(hits), [[name(r) for r in row] for row in hits],
-            np.take_along_axis(dist, top, axis=1), (labels[pick][:, None, :] & labels[hits]).any(axis=2),
-        )  # fmt: skip
+            query_images,
+            [name(r) for r in pick],
+            decode(hits),
+            [[name(r) for r in row] for row in hits],
+            np.take_along_axis(dist, top, axis=1),
+            (labels[pick][:, None, :] & labels[hits]).any(axis=2),
+        )
         n_att = min(config.attention_examples, len(pick))
         maps = attention_rollout(model, query_images[:n_att], device) if n_att else None
         if maps is not None:
-            out["attention_rollout"] = attention_png(query_images[:n_att], maps, [name(r) for r in pick[:n_att]])
+            out["attention_rollout"] = attention_png(
+                query_images[:n_att], maps, [name(r) for r in pick[:n_att]]
+            )
     return out
 
 

@@ -7,7 +7,6 @@ previous index of the same model, kind and parameters is extended with the new r
 from the stored codes (never by encoding again).
 """
 
-
 import json
 
 import dagster as dg
@@ -32,24 +31,42 @@ from storage.index import (
     write_index,
 )
 
-PARAM_FIELDS = ("m", "ef_construction", "ef_search", "nlist", "nprobe", "train_size", "nhash", "hash_bits", "nflip")
+PARAM_FIELDS = (
+    "m",
+    "ef_construction",
+    "ef_search",
+    "nlist",
+    "nprobe",
+    "train_size",
+    "nhash",
+    "hash_bits",
+    "nflip",
+)
 
 
 class IndexConfig(dg.Config):
-    model_id: str = Field(default="", description="Model whose codes to index; empty = the latest hashing_model")
-    kind: str = Field(default="", description=f"one of {', '.join(KINDS)}; empty = the kind published for this "
-                      "catalogue, else flat")  # fmt: skip
+    model_id: str = Field(
+        default="", description="Model whose codes to index; empty = the latest hashing_model"
+    )
+    kind: str = Field(
+        default="",
+        description=f"one of {', '.join(KINDS)}; empty = the kind published for this catalogue, else flat",
+    )
     m: int | None = Field(default=None, description="hnsw: links per node")
     ef_construction: int | None = Field(default=None, description="hnsw: candidate list size while building")
     ef_search: int | None = Field(default=None, description="hnsw: candidate list size while searching")
     nlist: int | None = Field(default=None, description="ivf: inverted lists (default ~4 sqrt(n))")
     nprobe: int | None = Field(default=None, description="ivf: lists visited per query")
-    train_size: int | None = Field(default=None, description="ivf: codes sampled to train the coarse quantizer")
+    train_size: int | None = Field(
+        default=None, description="ivf: codes sampled to train the coarse quantizer"
+    )
     nhash: int | None = Field(default=None, description="multihash: hash tables")
     hash_bits: int | None = Field(default=None, description="multihash: bits per hash table")
     nflip: int | None = Field(default=None, description="multihash: bit flips probed per table")
-    incremental: bool = Field(default=True, description="add only new rows to the previous index of the same "
-                              "model/kind/parameters when possible")  # fmt: skip
+    incremental: bool = Field(
+        default=True,
+        description="add only new rows to the previous index of the same model/kind/parameters when possible",
+    )
     threads: int = Field(default=0, description="faiss threads for building (0 = all cores)")
     probes: int = 256
 
@@ -88,7 +105,9 @@ def chosen_kind(root: StorageRoot, name: str, config: IndexConfig) -> tuple[str,
     description="FAISS binary index (ids = row_id) of the configured kind with manifest; CURRENT moves only "
     "after the written file verifies.",
 )
-def binary_index(context: dg.AssetExecutionContext, config: IndexConfig, storage: StorageResource) -> dg.MaterializeResult:
+def binary_index(
+    context: dg.AssetExecutionContext, config: IndexConfig, storage: StorageResource
+) -> dg.MaterializeResult:
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
@@ -102,9 +121,12 @@ def binary_index(context: dg.AssetExecutionContext, config: IndexConfig, storage
         try:
             previous = load_index(root, name, model_id, kind, mmap=False)
         except (OSError, ValueError, RuntimeError) as err:  # unreadable or corrupt: rebuild from the codes
-            context.log.warning(f"previous {kind} index of {name!r} unusable ({err}); rebuilding from the codes")
-    index, row_ids, codes, report = index_from_codes(root, name, model_id, kind, params, keep_rows=database_rows(root, name),
-                                                     previous=previous, item=item)  # fmt: skip
+            context.log.warning(
+                f"previous {kind} index of {name!r} unusable ({err}); rebuilding from the codes"
+            )
+    index, row_ids, codes, report = index_from_codes(
+        root, name, model_id, kind, params, keep_rows=database_rows(root, name), previous=previous, item=item
+    )
     pointer = _pointer_or_none(root, name)
     if report.mode == "unchanged":
         manifest = previous[1]
@@ -113,18 +135,35 @@ def binary_index(context: dg.AssetExecutionContext, config: IndexConfig, storage
             return _result(context, root, name, manifest, report, threads, published=False)
     problems = verify_index(index, row_ids, codes, probes=config.probes)
     if problems:
-        raise ValueError(f"new index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}")
+        raise ValueError(
+            f"new index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}"
+        )
     if report.mode != "unchanged":
-        manifest = write_index(root, index, name, model_id, kind, int(index.bits), len(row_ids), report.build_seconds,
-                               mode=report.mode)  # fmt: skip
+        manifest = write_index(
+            root,
+            index,
+            name,
+            model_id,
+            kind,
+            int(index.bits),
+            len(row_ids),
+            report.build_seconds,
+            mode=report.mode,
+        )
     del index
-    written, _ = load_index(root, name, model_id, kind)  # the stored file: sha256 against the manifest, then probes
+    written, _ = load_index(
+        root, name, model_id, kind
+    )  # the stored file: sha256 against the manifest, then probes
     problems = verify_index(written, row_ids, codes, probes=config.probes, seed=1)
     if problems:
-        raise ValueError(f"written index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}")
+        raise ValueError(
+            f"written index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}"
+        )
     publish(root, manifest)
-    context.log.info(f"published {kind} index of {manifest.ntotal} codes for {name!r} ({model_id}, {report.mode}, "
-                     f"{report.added_rows} rows added in {report.build_seconds:.2f}s)")  # fmt: skip
+    context.log.info(
+        f"published {kind} index of {manifest.ntotal} codes for {name!r} ({model_id}, {report.mode}, "
+        f"{report.added_rows} rows added in {report.build_seconds:.2f}s)"
+    )
     return _result(context, root, name, manifest, report, threads, published=True)
 
 
@@ -157,4 +196,3 @@ def _result(context, root, name, manifest, report, threads: int, published: bool
             "lineage": lineage(context, model_id=manifest.model_id),
         }
     )
-

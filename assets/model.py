@@ -1,6 +1,5 @@
 """``hashing_model``: train a hashing model on a catalogue's training split."""
 
-
 import hashlib
 import json
 import math
@@ -22,11 +21,18 @@ class HashingModelConfig(dg.Config):
     """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it.
     Fields left unset come from the profile (``ml.recipes.PROFILES``)."""
 
-    profile: str = Field(default="quick", description="quick | full: the model and recipe behind unset fields")
+    profile: str = Field(
+        default="quick", description="quick | full: the model and recipe behind unset fields"
+    )
     model: str | None = Field(default=None, description="vts | vts-cls | xhashnet | transhash | hybridhash")
-    loss: str | None = Field(default=None, description="dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet")
+    loss: str | None = Field(
+        default=None,
+        description="dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet",
+    )
     bits: int | None = None
-    preset: str | None = Field(default=None, description="small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)")
+    preset: str | None = Field(
+        default=None, description="small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)"
+    )
     overrides: dict = Field(default_factory=dict, description="preset fields to replace, e.g. {depth: 6}")
     head_hidden: int | None = Field(default=None, description="hidden width of the VTS hash head")
     head_dropout: float | None = Field(default=None, description="dropout of the VTS / X-HashNet hash head")
@@ -38,23 +44,35 @@ class HashingModelConfig(dg.Config):
     weight_decay: float | None = None
     schedule: str | None = None
     warmup_steps: int | None = None
-    classifier: float | None = Field(default=None, description="weight of the auxiliary label classifier (0 = off)")
+    classifier: float | None = Field(
+        default=None, description="weight of the auxiliary label classifier (0 = off)"
+    )
     label_smoothing: float | None = None
     erase: float | None = Field(default=None, description="random-erasing probability per training image")
-    flip_tta: bool | None = Field(default=None, description="codes from an image and its mirror image together")
-    ema: float | None = Field(default=None, description="decay of the weight EMA that is validated and kept (0 = off)")
-    clean_epochs: int | None = Field(default=None, description="epochs after the schedule on the images as stored (no shift, flip or erasing)")
-    clean_lr: float | None = Field(default=None, description="peak LR of the clean epochs (cosine decay to 0)")
+    flip_tta: bool | None = Field(
+        default=None, description="codes from an image and its mirror image together"
+    )
+    ema: float | None = Field(
+        default=None, description="decay of the weight EMA that is validated and kept (0 = off)"
+    )
+    clean_epochs: int | None = Field(
+        default=None,
+        description="epochs after the schedule on the images as stored (no shift, flip or erasing)",
+    )
+    clean_lr: float | None = Field(
+        default=None, description="peak LR of the clean epochs (cosine decay to 0)"
+    )
     loss_params: dict = Field(default_factory=dict, description="loss hyper-parameters, e.g. {alpha: 0.2}")
     seed: int = 0
     augment: bool = True
-    amp: bool = Field(default=True, description="bf16 autocast where it is native (CUDA; CPUs with AVX512-BF16 or AMX); false = fp32")
+    amp: bool = Field(
+        default=True,
+        description="bf16 autocast where it is native (CUDA; CPUs with AVX512-BF16 or AMX); false = fp32",
+    )
     val_queries: int = 2000
     val_database: int = 5000
     min_val_map: float = 0.5
     force: bool = False
-
-
 
 
 # bump when training code changes results: a new model_id, not a stale reuse (v4: channels-last, bf16 on CPUs)
@@ -64,7 +82,13 @@ CODE_VERSION = "hashing_model-v4"
 def make_model_id(spec: dict, train_cfg: dict, catalogue: str, catalogue_fp: str) -> str:
     """``<model>-<loss>-<bits>b-<preset>-<hash>``; the hash covers the full config, the data and the code version."""
     payload = json.dumps(
-        {"spec": spec, "train": train_cfg, "catalogue": catalogue, "data": catalogue_fp, "code": CODE_VERSION},
+        {
+            "spec": spec,
+            "train": train_cfg,
+            "catalogue": catalogue,
+            "data": catalogue_fp,
+            "code": CODE_VERSION,
+        },
         sort_keys=True,
     )
     digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
@@ -96,10 +120,17 @@ def hashing_model(
     table, info = read_catalogue(root, name)
     num_classes = len(info.label_names)
     spec, train_cfg = build_run(
-        config.profile, num_classes, int(pc.max(table["channels"]).as_py()), seed=config.seed, augment=config.augment,
-        amp=config.amp, overrides=config.overrides, pretrained=config.pretrained, loss_params=config.loss_params,
+        config.profile,
+        num_classes,
+        int(pc.max(table["channels"]).as_py()),
+        seed=config.seed,
+        augment=config.augment,
+        amp=config.amp,
+        overrides=config.overrides,
+        pretrained=config.pretrained,
+        loss_params=config.loss_params,
         **{k: getattr(config, k) for k in PROFILE_FIELDS},
-    )  # fmt: skip
+    )
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
     tag_run(context, model_id)
@@ -111,10 +142,14 @@ def hashing_model(
     device = compute.torch_device()
     train_rows = rows_where(table, "in_train")
     val_rows = rows_where(table, "in_validation")
-    pick_q, pick_db = validation_pick(val_rows.num_rows, train_rows.num_rows, config.val_queries, config.val_database, config.seed)
+    pick_q, pick_db = validation_pick(
+        val_rows.num_rows, train_rows.num_rows, config.val_queries, config.val_database, config.seed
+    )
     val_q, val_db = val_rows.take(pick_q), train_rows.take(pick_db)
     if val_q.num_rows == 0:
-        raise ValueError(f"catalogue {name!r} has no validation images; model selection needs a held-out slice")
+        raise ValueError(
+            f"catalogue {name!r} has no validation images; model selection needs a held-out slice"
+        )
     size, ch = spec.img_size, spec.in_chans
     _, x_train, y_train = model_inputs(train_rows, size, ch, num_classes)
     _, x_vq, y_vq = model_inputs(val_q, size, ch, num_classes)
@@ -122,20 +157,28 @@ def hashing_model(
     data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
     context.log.info(
         f"training {model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs"
-        + (f" + {train_cfg.clean_epochs} clean" if train_cfg.clean_epochs else "") + ", "
+        + (f" + {train_cfg.clean_epochs} clean" if train_cfg.clean_epochs else "")
+        + ", "
         f"validation {len(x_vq)} queries x {len(x_vdb)} database"
     )
     store = diagnostics.get()
-    run_id = store.start_run("training", name, model_id, train_cfg.to_dict() | {"spec": spec.to_dict()}, context.run.run_id)
+    run_id = store.start_run(
+        "training", name, model_id, train_cfg.to_dict() | {"spec": spec.to_dict()}, context.run.run_id
+    )
     last = ("models", model_id, "last.pt")  # full training state after each epoch, for resuming after a crash
     resume = root.read_bytes(*last) if root.exists(*last) and not config.force else None
     try:
         result = train_hashing_model(
-            spec, train_cfg, data, device, log=context.log.info, progress=sys.stderr.isatty(),
+            spec,
+            train_cfg,
+            data,
+            device,
+            log=context.log.info,
+            progress=sys.stderr.isatty(),
             on_epoch=lambda row: store.write_training_log(run_id, [row]),
             checkpoint=lambda state: root.write_bytes(state, *last),
             resume=resume,
-        )  # fmt: skip
+        )
     except BaseException:
         store.finish_run(run_id, "failed")
         raise
@@ -181,7 +224,8 @@ def hashing_model(
 def _card_metadata(context: dg.AssetExecutionContext, root, card: dict, reused: bool) -> dict:
     history = card.get("history", [])
     rows = "\n".join(
-        f"| {r['epoch']} | {r['loss']:.4f} | {r['val_map']:.4f} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |" for r in history
+        f"| {r['epoch']} | {r['loss']:.4f} | {r['val_map']:.4f} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |"
+        for r in history
     )
     return {
         "model_id": card["model_id"],
@@ -195,9 +239,14 @@ def _card_metadata(context: dg.AssetExecutionContext, root, card: dict, reused: 
         "inference_images_per_s": float(card["inference_images_per_s"]),
         "reused": reused,
         **file_facts(root, "models", card["model_id"], "model.safetensors"),
-        "lineage": lineage(context, model_id=card["model_id"], catalogue=card["catalogue"],
-                           catalogue_fingerprint=card["catalogue_fingerprint"], trained_in_run=card.get("dagster_run_id"),
-                           trained_with_code_version=card.get("code_version")),  # fmt: skip
+        "lineage": lineage(
+            context,
+            model_id=card["model_id"],
+            catalogue=card["catalogue"],
+            catalogue_fingerprint=card["catalogue_fingerprint"],
+            trained_in_run=card.get("dagster_run_id"),
+            trained_with_code_version=card.get("code_version"),
+        ),
         "training_log": dg.MetadataValue.md(
             "| epoch | loss | val mAP@100 | img/s | s |\n|---|---|---|---|---|\n" + rows
         ),

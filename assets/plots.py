@@ -64,7 +64,9 @@ def bit_balance_png(ones_rate: Sequence[float], title: str) -> bytes:
 def _show(ax, image: np.ndarray) -> None:
     """Show a uint8 (c, h, w) image without axes ticks."""
     img = image.transpose(1, 2, 0)
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(
+        img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255, interpolation="nearest"
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -75,8 +77,14 @@ def _frame(ax, colour: str, width: float = 2.5) -> None:
         spine.set_linewidth(width)
 
 
-def retrieval_grid_png(queries: np.ndarray, query_labels: Sequence[str], results: np.ndarray,
-                       result_labels: Sequence[Sequence[str]], distances: np.ndarray, relevant: np.ndarray) -> bytes:  # fmt: skip
+def retrieval_grid_png(
+    queries: np.ndarray,
+    query_labels: Sequence[str],
+    results: np.ndarray,
+    result_labels: Sequence[Sequence[str]],
+    distances: np.ndarray,
+    relevant: np.ndarray,
+) -> bytes:
     """One row per query: the query, then its top results with Hamming distance and label; results sharing no
     label with the query are framed and labelled in red. ``results`` is (nq, k, c, h, w)."""
     nq, k = results.shape[:2]
@@ -92,7 +100,9 @@ def retrieval_grid_png(queries: np.ndarray, query_labels: Sequence[str], results
             colour = "tab:green" if relevant[i, j] else "red"
             _frame(ax, colour, 1.5 if relevant[i, j] else 3)
             mark = "" if relevant[i, j] else "✗ "
-            ax.set_title(f"{mark}d={int(distances[i, j])} {result_labels[i][j]}"[:16], fontsize=6, color=colour)
+            ax.set_title(
+                f"{mark}d={int(distances[i, j])} {result_labels[i][j]}"[:16], fontsize=6, color=colour
+            )
     fig.tight_layout(pad=0.3)
     return _png(plt, fig)
 
@@ -107,8 +117,13 @@ def attention_png(images: np.ndarray, maps: np.ndarray, labels: Sequence[str]) -
         axes[0, i].set_title(str(labels[i])[:14], fontsize=7)
         _show(axes[1, i], images[i])
         h, w = images[i].shape[1:]
-        axes[1, i].imshow(maps[i], cmap="inferno", alpha=0.6, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
-                          interpolation="bilinear")  # fmt: skip
+        axes[1, i].imshow(
+            maps[i],
+            cmap="inferno",
+            alpha=0.6,
+            extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+            interpolation="bilinear",
+        )
     axes[1, 0].set_ylabel("rollout", fontsize=7)
     fig.tight_layout(pad=0.3)
     return _png(plt, fig)

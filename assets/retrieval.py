@@ -1,7 +1,6 @@
 """``retrieval_diagnostics``: latency and throughput of the published index, its recall against exact search,
 and mAP through it."""
 
-
 import dagster as dg
 import numpy as np
 from pydantic import Field
@@ -34,7 +33,10 @@ class RetrievalConfig(dg.Config):
     "mAP@k through the index -> DuckDB.",
 )
 def retrieval_diagnostics(
-    context: dg.AssetExecutionContext, config: RetrievalConfig, storage: StorageResource, diagnostics: DiagnosticsResource
+    context: dg.AssetExecutionContext,
+    config: RetrievalConfig,
+    storage: StorageResource,
+    diagnostics: DiagnosticsResource,
 ) -> dg.MaterializeResult:
     from ml.metrics import map_from_ranking
 
@@ -52,8 +54,10 @@ def retrieval_diagnostics(
     threads = set_search_threads(config.threads or None)
     k = min(config.k, index.ntotal)
     index.search(queries[:8], k)  # warm-up: page in the mapped file
-    rows = [time_batches(index.search, queries[: config.latency_queries], k, 1),
-            time_batches(index.search, queries, k, min(config.large_batch, len(queries)))]  # fmt: skip
+    rows = [
+        time_batches(index.search, queries[: config.latency_queries], k, 1),
+        time_batches(index.search, queries, k, min(config.large_batch, len(queries))),
+    ]
 
     dist, ids = index.search(queries, k)
     if index.exact:
@@ -68,10 +72,16 @@ def retrieval_diagnostics(
     map_via_index = map_from_ranking(rel)
 
     latency_rows = [
-        dict(index_kind=manifest.kind, threads=threads, recall_at_k=recall, k=k, n_database=int(index.ntotal),
-             **r)
+        dict(
+            index_kind=manifest.kind,
+            threads=threads,
+            recall_at_k=recall,
+            k=k,
+            n_database=int(index.ntotal),
+            **r,
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
 
     def write(run_id: str, con) -> None:
         insert_search_latency(con, run_id, latency_rows)

@@ -32,7 +32,9 @@ def _attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_rollout(model: nn.Module, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray | None:
+def attention_rollout(
+    model: nn.Module, images: np.ndarray, device: torch.device | str = "cpu"
+) -> np.ndarray | None:
     """Rollout of the first prefix token's attention to the patches, (n, grid_h, grid_w) in [0, 1] per image;
     None when the model has no plain ViT backbone. ``images`` are uint8 (n, c, s, s)."""
     vit = vit_of(model)

@@ -57,7 +57,9 @@ def normalise(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(127.5).sub_(1.0)
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator, shift: int = 2, flip: bool = True) -> torch.Tensor:
+def augment(
+    batch: torch.Tensor, generator: torch.Generator, shift: int = 2, flip: bool = True
+) -> torch.Tensor:
     """Light training augmentation on a float batch: random translation by up to ``shift`` px with
     reflected borders, and horizontal flip. Seeded through ``generator``."""
     n, _, h, w = batch.shape
@@ -86,7 +88,9 @@ def random_eraser(probability: float, device: torch.device) -> Callable[[torch.T
     return import_timm().data.random_erasing.RandomErasing(probability, mode="pixel", device=str(device))
 
 
-def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+def iterate_batches(
+    n: int, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
     """Index batches over ``range(n)``: shuffled with ``generator`` if given, else in order."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):

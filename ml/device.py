@@ -33,7 +33,9 @@ def bf16_autocast(device: torch.device) -> bool:
     features; ``torch.cpu``'s private checks are what its own bf16 kernels dispatch on.)"""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return device.type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
 
 
 @contextmanager
@@ -43,7 +45,11 @@ def training_attention(model: nn.Module, device: torch.device, amp: bool) -> Ite
     backward of torch's fused SDPA kernel takes a quarter of a full-profile step at 49 tokens (train img/s 1,044 →
     1,358: ``python docs/experiments/attention_probe.py``); in fp32, and for inference, the two paths are within 5 %,
     so only this case switches."""
-    switched = [m for m in model.modules() if getattr(m, "fused_attn", None) is True] if device.type == "cpu" and amp else []
+    switched = (
+        [m for m in model.modules() if getattr(m, "fused_attn", None) is True]
+        if device.type == "cpu" and amp
+        else []
+    )
     for m in switched:
         m.fused_attn = False
     try:

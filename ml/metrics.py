@@ -150,12 +150,12 @@ def _radius_counts(dist: np.ndarray, rel: np.ndarray, bits: int) -> tuple[np.nda
     block = max(1, (int(np.iinfo(key_dtype).max) + 1) // width)
     hist = np.empty((nq, width), dtype=np.int64)
     for s in range(0, nq, block):
-        d, r = dist[s:s + block], rel[s:s + block]
+        d, r = dist[s : s + block], rel[s : s + block]
         offsets = (np.arange(d.shape[0], dtype=key_dtype) * key_dtype(width))[:, None]
         key = d.astype(key_dtype) * key_dtype(2)
         key += r
         key += offsets
-        hist[s:s + block] = np.bincount(key.ravel(), minlength=d.shape[0] * width).reshape(-1, width)
+        hist[s : s + block] = np.bincount(key.ravel(), minlength=d.shape[0] * width).reshape(-1, width)
     hist = hist.reshape(nq, bits + 1, 2)
     relevant = hist[:, :, 1]
     return np.cumsum(hist[:, :, 0] + relevant, axis=1), np.cumsum(relevant, axis=1)
@@ -251,8 +251,15 @@ def evaluate_retrieval(
     q_words, db_words = _as_words(query_codes), _as_words(db_codes)
     q_lab_f = q_lab.astype(np.float32)
     db_lab_t = np.ascontiguousarray(db_lab.T, dtype=np.float32)
-    sums = _Sums(np.zeros(len(map_k)), np.zeros(len(prec_k)), np.zeros(len(prec_k)), 0,
-                 np.zeros(bits + 1), np.zeros(bits + 1), [])
+    sums = _Sums(
+        np.zeros(len(map_k)),
+        np.zeros(len(prec_k)),
+        np.zeros(len(prec_k)),
+        0,
+        np.zeros(bits + 1),
+        np.zeros(bits + 1),
+        [],
+    )
     for start in range(0, nq, max(1, int(chunk))):
         sl = slice(start, start + max(1, int(chunk)))
         _eval_chunk(q_words[sl], q_lab_f[sl], db_words, db_lab_t, bits, map_k, prec_k, sums)
@@ -314,7 +321,7 @@ def _class_hamming(codes: np.ndarray, labels: np.ndarray, seed: int, max_pairs: 
     sums, counts = np.zeros(2), np.zeros(2, dtype=np.int64)
     step = 1 << 17
     for s in range(0, i.size, step):
-        a, b = i[s:s + step], j[s:s + step]
+        a, b = i[s : s + step], j[s : s + step]
         dist = np.bitwise_count(words[a] ^ words[b]).sum(axis=1, dtype=np.int64)
         same = (labels[a] & labels[b]).any(axis=1)
         sums += (dist[same].sum(), dist[~same].sum())

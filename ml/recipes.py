@@ -17,16 +17,35 @@ from ml.train import TrainConfig
 ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
 
 _HYBRID_VTS = dict(model="vts", preset="small-conv", head_hidden=512, head_dropout=0.3)
-_RECIPE = dict(loss="csq", bits=64, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine",
-               warmup_steps=200, classifier=1.0, label_smoothing=0.1, flip_tta=True, clean_lr=1e-3)  # fmt: skip
+_RECIPE = dict(
+    loss="csq",
+    bits=64,
+    batch_size=128,
+    optimizer="adamw",
+    lr=2e-3,
+    weight_decay=0.05,
+    schedule="cosine",
+    warmup_steps=200,
+    classifier=1.0,
+    label_smoothing=0.1,
+    flip_tta=True,
+    clean_lr=1e-3,
+)
 
 PROFILES: dict[str, dict[str, Any]] = {
     # <= 15 min end to end on 2 CPU cores (`make run`)
     "quick": {**_HYBRID_VTS, **_RECIPE, "epochs": 6, "erase": 0.0, "ema": 0.0, "clean_epochs": 0},
     # the wider stem on a longer schedule with random erasing and weight EMA, then 10 clean epochs: <= 30 training
     # minutes on 2 cores (the clean epochs code the training set, which is the search database: docs/BENCHMARKS.md)
-    "full": {**_HYBRID_VTS, "preset": "small-conv-wide", **_RECIPE, "epochs": 26, "erase": 0.25, "ema": 0.999,
-             "clean_epochs": 10},
+    "full": {
+        **_HYBRID_VTS,
+        "preset": "small-conv-wide",
+        **_RECIPE,
+        "epochs": 26,
+        "erase": 0.25,
+        "ema": 0.999,
+        "clean_epochs": 10,
+    },
 }
 PROFILE_FIELDS = tuple(PROFILES["quick"])  # the run fields a profile fills (every profile sets the same ones)
 
@@ -44,18 +63,38 @@ def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
     return {**base, **chosen}
 
 
-def build_run(profile: str, num_classes: int, in_chans: int, *, seed: int = 0, augment: bool = True, amp: bool = True,
-              overrides: dict | None = None, pretrained: str = "", loss_params: dict | None = None,
-              **given: Any) -> tuple[ModelSpec, TrainConfig]:  # fmt: skip
+def build_run(
+    profile: str,
+    num_classes: int,
+    in_chans: int,
+    *,
+    seed: int = 0,
+    augment: bool = True,
+    amp: bool = True,
+    overrides: dict | None = None,
+    pretrained: str = "",
+    loss_params: dict | None = None,
+    **given: Any,
+) -> tuple[ModelSpec, TrainConfig]:
     """The validated ``ModelSpec`` and ``TrainConfig`` of one training run: ``resolve_profile(profile, **given)``
     plus the fields no profile sets (the catalogue's classes and channels, seed, augmentation, bf16 autocast, preset
     overrides, weights)."""
     r = resolve_profile(profile, **given)
     spec_fields = {f.name for f in fields(ModelSpec)}
-    spec = ModelSpec(**{k: v for k, v in r.items() if k in spec_fields}, num_classes=num_classes, in_chans=in_chans,
-                     overrides=dict(overrides or {}), pretrained=pretrained)  # fmt: skip
+    spec = ModelSpec(
+        **{k: v for k, v in r.items() if k in spec_fields},
+        num_classes=num_classes,
+        in_chans=in_chans,
+        overrides=dict(overrides or {}),
+        pretrained=pretrained,
+    )
     spec.validate()
     train_fields = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in r.items() if k in train_fields}, seed=seed, augment=augment, amp=amp,
-                      loss_params=dict(loss_params or {}))  # fmt: skip
+    cfg = TrainConfig(
+        **{k: v for k, v in r.items() if k in train_fields},
+        seed=seed,
+        augment=augment,
+        amp=amp,
+        loss_params=dict(loss_params or {}),
+    )
     return spec, cfg

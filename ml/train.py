@@ -84,7 +84,9 @@ class TrainResult:
     seconds: float
     parameters: int
     resumed_from_epoch: int = 0
-    main_epochs: int = 0  # the augmented epochs as run (fewer than planned where a time budget re-planned them)
+    main_epochs: int = (
+        0  # the augmented epochs as run (fewer than planned where a time budget re-planned them)
+    )
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -118,7 +120,11 @@ class LrFactor:
     so that ``LambdaLR.state_dict`` keeps ``main_steps`` when a time budget re-plans the main epochs."""
 
     def __init__(self, cfg: TrainConfig, main_steps: int, clean_steps: int = 0):
-        self.schedule, self.warmup_steps, self.clean_ratio = cfg.schedule, cfg.warmup_steps, cfg.clean_lr / cfg.lr
+        self.schedule, self.warmup_steps, self.clean_ratio = (
+            cfg.schedule,
+            cfg.warmup_steps,
+            cfg.clean_lr / cfg.lr,
+        )
         self.main_steps, self.clean_steps = main_steps, clean_steps
 
     def __call__(self, s: int) -> float:
@@ -129,8 +135,9 @@ class LrFactor:
         return cosine_with_warmup(s, self.main_steps, self.warmup_steps)
 
 
-def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int,
-                  clean_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+def make_schedule(
+    cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int, clean_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """``cfg.schedule`` over the ``total_steps`` of the main epochs, then ``clean_steps`` of cosine decay from
     ``cfg.clean_lr`` to 0 (the clean epochs): ``LrFactor``."""
     if cfg.schedule not in SCHEDULES:
@@ -138,7 +145,9 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(cfg, total_steps, clean_steps))
 
 
-def fit_main_epochs(main_epochs: int, done: int, clean_epochs: int, epoch_seconds: float, remaining_s: float) -> int:
+def fit_main_epochs(
+    main_epochs: int, done: int, clean_epochs: int, epoch_seconds: float, remaining_s: float
+) -> int:
     """The main epochs to keep, after ``done`` of them, so that the rest of them and the ``clean_epochs`` fit in
     ``remaining_s`` at ``epoch_seconds`` each: never more than planned, never fewer than done."""
     fits = math.floor(remaining_s / epoch_seconds) if epoch_seconds > 0 else main_epochs + clean_epochs
@@ -155,7 +164,9 @@ def weight_ema(model: nn.Module, decay: float) -> nn.Module | None:
     return import_timm().utils.ModelEmaV3(model, decay=decay, use_warmup=True, warmup_power=0.75)
 
 
-def validation_pick(n_validation: int, n_train: int, queries: int, database: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_pick(
+    n_validation: int, n_train: int, queries: int, database: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, sorted positions of the validation queries (among the held-out validation rows) and of the
     validation database (among the training rows): model selection never sees the query split."""
     rng = np.random.default_rng(seed)
@@ -166,7 +177,9 @@ def validation_map(model: nn.Module, data: TrainData, bits: int, device: torch.d
     """mAP@100 of validation queries against the validation database (never the query split)."""
     q = encode_images(model, data.val_query_images, device, batch)
     db = encode_images(model, data.val_db_images, device, batch)
-    result = evaluate_retrieval(q, data.val_query_labels, db, data.val_db_labels, bits, map_ks=(100,), precision_ks=(1,))
+    result = evaluate_retrieval(
+        q, data.val_query_labels, db, data.val_db_labels, bits, map_ks=(100,), precision_ks=(1,)
+    )
     return result.map_at["100"]
 
 
@@ -199,14 +212,24 @@ def train_hashing_model(
     if n == 0:
         raise ValueError("no training images")
     model = build_model(spec).to(device)
-    loss_fn = build_loss(cfg.loss, spec.num_classes, spec.bits, num_train=n, seed=cfg.seed, **cfg.loss_params).to(device)
-    aux = AuxiliaryClassifier(spec.bits, spec.num_classes, cfg.classifier, cfg.label_smoothing, cfg.seed).to(device)
+    loss_fn = build_loss(
+        cfg.loss, spec.num_classes, spec.bits, num_train=n, seed=cfg.seed, **cfg.loss_params
+    ).to(device)
+    aux = AuxiliaryClassifier(spec.bits, spec.num_classes, cfg.classifier, cfg.label_smoothing, cfg.seed).to(
+        device
+    )
     eraser = random_eraser(cfg.erase, device)
     if cfg.clean_epochs < 0 or cfg.clean_lr <= 0:
-        raise ValueError(f"clean_epochs must be >= 0 and clean_lr > 0, got {cfg.clean_epochs}, {cfg.clean_lr}")
+        raise ValueError(
+            f"clean_epochs must be >= 0 and clean_lr > 0, got {cfg.clean_epochs}, {cfg.clean_lr}"
+        )
     main_epochs = cfg.epochs  # the augmented epochs; a time budget may re-plan fewer (``fit_main_epochs``)
     ema = weight_ema(model, cfg.ema)
-    params = list(model.parameters()) + list(loss_fn.parameters()) + (list(aux.parameters()) if cfg.classifier else [])
+    params = (
+        list(model.parameters())
+        + list(loss_fn.parameters())
+        + (list(aux.parameters()) if cfg.classifier else [])
+    )
     opt = make_optimizer(cfg, params)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     sched = make_schedule(cfg, opt, steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.clean_epochs)
@@ -227,7 +250,12 @@ def train_hashing_model(
         sched.load_state_dict(state["schedule"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        history, best_val, best_epoch, best_state = state["history"], state["best_val"], state["best_epoch"], state["best_model"]
+        history, best_val, best_epoch, best_state = (
+            state["history"],
+            state["best_val"],
+            state["best_epoch"],
+            state["best_model"],
+        )
         first_epoch = state["epoch"] + 1
         main_epochs = state.get("main_epochs", cfg.epochs)
         log(f"resuming after epoch {state['epoch']} (best val mAP@100 {best_val:.4f} at epoch {best_epoch})")
@@ -245,7 +273,9 @@ def train_hashing_model(
             loss_fn.set_epoch(epoch - 1)
         t0 = time.perf_counter()
         losses = []
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{total_epochs}", unit="img", disable=not progress, leave=False)
+        bar = tqdm(
+            total=n, desc=f"epoch {epoch}/{total_epochs}", unit="img", disable=not progress, leave=False
+        )
         batches = enumerate(iterate_batches(n, cfg.batch_size, gen), start=(epoch - 1) * steps_per_epoch + 1)
         with training_attention(model, device, use_amp):
             for step, idx in batches:
@@ -261,7 +291,9 @@ def train_hashing_model(
                 if cfg.classifier:
                     loss = loss + aux(u, y)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})")
+                    raise FloatingPointError(
+                        f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -277,22 +309,38 @@ def train_hashing_model(
         epoch_seconds = time.perf_counter() - t0
         kept = model if ema is None else ema.module  # the weights validated and kept
         val = validation_map(kept, data, spec.bits, device, cfg.eval_batch_size)
-        row = dict(epoch=epoch, loss=float(np.mean(losses)), lr=opt.param_groups[0]["lr"],
-                   images_per_s=n / epoch_seconds, seconds=epoch_seconds, val_map=val)  # fmt: skip
+        row = dict(
+            epoch=epoch,
+            loss=float(np.mean(losses)),
+            lr=opt.param_groups[0]["lr"],
+            images_per_s=n / epoch_seconds,
+            seconds=epoch_seconds,
+            val_map=val,
+        )
         history.append(row)
-        log(f"epoch {epoch}/{total_epochs}{'' if augmenting else ' (clean)'}: loss {row['loss']:.4f}, val mAP@100 {val:.4f}, "
-            f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s")  # fmt: skip
+        log(
+            f"epoch {epoch}/{total_epochs}{'' if augmenting else ' (clean)'}: loss {row['loss']:.4f}, val mAP@100 {val:.4f}, "
+            f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s"
+        )
         if val > best_val:
             best_val, best_epoch, best_state = val, epoch, copy.deepcopy(kept.state_dict())
         if on_epoch:
             on_epoch(row)
         now = time.perf_counter()
-        if cfg.time_budget_s and augmenting:  # keep the clean epochs and a full decay of the main schedule in the budget
-            wall = (now - start) / (epoch - first_epoch + 1)  # mean epoch so far, validation and checkpoints included
-            planned = fit_main_epochs(main_epochs, epoch, cfg.clean_epochs, wall, cfg.time_budget_s - (now - start))
+        if (
+            cfg.time_budget_s and augmenting
+        ):  # keep the clean epochs and a full decay of the main schedule in the budget
+            wall = (now - start) / (
+                epoch - first_epoch + 1
+            )  # mean epoch so far, validation and checkpoints included
+            planned = fit_main_epochs(
+                main_epochs, epoch, cfg.clean_epochs, wall, cfg.time_budget_s - (now - start)
+            )
             if planned < main_epochs:
-                log(f"re-planned to {planned} main epochs instead of {main_epochs} ({wall:.0f}s per epoch): with the "
-                    f"{cfg.clean_epochs} clean epochs they fit the {cfg.time_budget_s:.0f}s training budget")  # fmt: skip
+                log(
+                    f"re-planned to {planned} main epochs instead of {main_epochs} ({wall:.0f}s per epoch): with the "
+                    f"{cfg.clean_epochs} clean epochs they fit the {cfg.time_budget_s:.0f}s training budget"
+                )
                 main_epochs, total_epochs = planned, planned + cfg.clean_epochs
                 factor = sched.lr_lambdas[0]
                 factor.main_steps = steps_per_epoch * main_epochs
@@ -300,15 +348,34 @@ def train_hashing_model(
                     group["lr"] = base_lr * factor(sched.last_epoch)
         if cfg.time_budget_s and epoch < total_epochs and now - start + epoch_seconds > cfg.time_budget_s:
             skipped = min(cfg.clean_epochs, total_epochs - epoch)
-            log(f"stopping after epoch {epoch}/{total_epochs}: the next epoch would end past the "
-                f"{cfg.time_budget_s:.0f}s training budget" + (f" ({skipped} clean epochs not run)" if skipped else ""))  # fmt: skip
+            log(
+                f"stopping after epoch {epoch}/{total_epochs}: the next epoch would end past the "
+                f"{cfg.time_budget_s:.0f}s training budget"
+                + (f" ({skipped} clean epochs not run)" if skipped else "")
+            )
             stop = True
         if checkpoint:
-            checkpoint(_state_bytes(dict(
-                epoch=epoch, main_epochs=main_epochs, model=model.state_dict(), loss=loss_fn.state_dict(), classifier=aux.state_dict(), optimizer=opt.state_dict(),
-                schedule=sched.state_dict(), ema=None if ema is None else ema.module.state_dict(), generator=gen.get_state(), torch_rng=torch.get_rng_state(), python_rng=random.getstate(),
-                history=history, best_val=best_val, best_epoch=best_epoch, best_model=best_state,
-            )))  # fmt: skip
+            checkpoint(
+                _state_bytes(
+                    dict(
+                        epoch=epoch,
+                        main_epochs=main_epochs,
+                        model=model.state_dict(),
+                        loss=loss_fn.state_dict(),
+                        classifier=aux.state_dict(),
+                        optimizer=opt.state_dict(),
+                        schedule=sched.state_dict(),
+                        ema=None if ema is None else ema.module.state_dict(),
+                        generator=gen.get_state(),
+                        torch_rng=torch.get_rng_state(),
+                        python_rng=random.getstate(),
+                        history=history,
+                        best_val=best_val,
+                        best_epoch=best_epoch,
+                        best_model=best_state,
+                    )
+                )
+            )
         if stop:
             break
         epoch += 1

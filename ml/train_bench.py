@@ -22,8 +22,13 @@ from ml.models import MODELS, ModelSpec, default_preset
 from ml.train import TrainConfig, TrainData, train_hashing_model
 
 # The loss each model is published with; the VTS papers train with the classic losses (CSQ here).
-PAPER_LOSS = {"vts": "csq", "vts-cls": "csq", "xhashnet": "xhashnet", "transhash": "transhash",
-              "hybridhash": "hybridhash"}  # fmt: skip
+PAPER_LOSS = {
+    "vts": "csq",
+    "vts-cls": "csq",
+    "xhashnet": "xhashnet",
+    "transhash": "transhash",
+    "hybridhash": "hybridhash",
+}
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -49,17 +54,34 @@ def upscale(images: np.ndarray, size: int, device: torch.device, batch: int = 10
     return out
 
 
-def run_model(model: str, preset: str, steps: int, batch: int, bits: int, device: torch.device,
-              images: np.ndarray, labels: np.ndarray, lr: float) -> dict:  # fmt: skip
+def run_model(
+    model: str,
+    preset: str,
+    steps: int,
+    batch: int,
+    bits: int,
+    device: torch.device,
+    images: np.ndarray,
+    labels: np.ndarray,
+    lr: float,
+) -> dict:
     """Train ``model`` for about ``steps`` optimiser steps (2 epochs) and report throughput and losses."""
     spec = ModelSpec(model=model, preset=preset, bits=bits, in_chans=1, num_classes=10)
     size = spec.img_size
     n_train = steps * batch // 2
     eye = np.eye(10, dtype=bool)
     x = upscale(images, size, device)
-    data = TrainData(x[:n_train], eye[labels[:n_train]], x[n_train : n_train + 500], eye[labels[n_train : n_train + 500]],
-                     x[:2000], eye[labels[:2000]])  # fmt: skip
-    cfg = TrainConfig(loss=PAPER_LOSS[model], epochs=2, batch_size=batch, lr=lr, warmup_steps=max(1, steps // 10))
+    data = TrainData(
+        x[:n_train],
+        eye[labels[:n_train]],
+        x[n_train : n_train + 500],
+        eye[labels[n_train : n_train + 500]],
+        x[:2000],
+        eye[labels[:2000]],
+    )
+    cfg = TrainConfig(
+        loss=PAPER_LOSS[model], epochs=2, batch_size=batch, lr=lr, warmup_steps=max(1, steps // 10)
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
@@ -68,18 +90,28 @@ def run_model(model: str, preset: str, steps: int, batch: int, bits: int, device
     seconds = time.perf_counter() - t0
     hist = result.history
     return dict(
-        model=model, preset=preset, img_size=size, device=str(device), steps=2 * math.ceil(n_train / batch),
-        batch=batch, parameters=result.parameters, train_images_per_s=round(result.train_images_per_s, 1),
-        loss_first_epoch=round(hist[0]["loss"], 4), loss_last_epoch=round(hist[-1]["loss"], 4),
-        val_map_at_100=round(result.best_val_map, 4), seconds=round(seconds, 1),
+        model=model,
+        preset=preset,
+        img_size=size,
+        device=str(device),
+        steps=2 * math.ceil(n_train / batch),
+        batch=batch,
+        parameters=result.parameters,
+        train_images_per_s=round(result.train_images_per_s, 1),
+        loss_first_epoch=round(hist[0]["loss"], 4),
+        loss_last_epoch=round(hist[-1]["loss"], 4),
+        val_map_at_100=round(result.best_val_map, 4),
+        seconds=round(seconds, 1),
         peak_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
-    )  # fmt: skip
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(MODELS))
-    ap.add_argument("--preset", default="paper", help="'paper' (each model's 224 px preset), 'small' or a preset name")
+    ap.add_argument(
+        "--preset", default="paper", help="'paper' (each model's 224 px preset), 'small' or a preset name"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64)

@@ -26,7 +26,7 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
         return celery_executor.configured(
             {"broker": {"env": "VITRIEVE_CELERY_BROKER"}, "backend": {"env": "VITRIEVE_CELERY_BACKEND"}},
             name="celery",
-        )  # fmt: skip
+        )
     if kind == "k8s":
         from dagster_k8s import k8s_job_executor
 

@@ -16,17 +16,23 @@ NIGHTLY = dg.AssetSelection.assets("packed_codes", "binary_index", "retrieval_di
 INGEST_AND_REINDEX = NIGHTLY | dg.AssetSelection.assets("catalogue")
 
 train_and_publish = dg.define_asset_job(
-    "train_and_publish", selection=TRAIN_AND_PUBLISH, partitions_def=catalogues,
+    "train_and_publish",
+    selection=TRAIN_AND_PUBLISH,
+    partitions_def=catalogues,
     description="Ingest, train, encode, evaluate, index and diagnose one catalogue.",
-)  # fmt: skip
+)
 nightly_reindex = dg.define_asset_job(
-    "nightly_reindex", selection=NIGHTLY, partitions_def=catalogues,
+    "nightly_reindex",
+    selection=NIGHTLY,
+    partitions_def=catalogues,
     description="Re-encode changed catalogue rows with the current model, rebuild and republish the index.",
-)  # fmt: skip
+)
 ingest_and_reindex = dg.define_asset_job(
-    "ingest_and_reindex", selection=INGEST_AND_REINDEX, partitions_def=catalogues,
+    "ingest_and_reindex",
+    selection=INGEST_AND_REINDEX,
+    partitions_def=catalogues,
     description="Re-ingest a changed source, encode its new rows with the current model and republish the index.",
-)  # fmt: skip
+)
 
 
 def run_tags(instance: dg.DagsterInstance, catalogue: str, **extra: str) -> dict[str, str]:
@@ -35,8 +41,12 @@ def run_tags(instance: dg.DagsterInstance, catalogue: str, **extra: str) -> dict
     return {CATALOGUE_TAG: catalogue, **({MODEL_TAG: model_id} if model_id else {}), **extra}
 
 
-@dg.schedule(job=nightly_reindex, cron_schedule="0 2 * * *", execution_timezone="UTC",
-             default_status=dg.DefaultScheduleStatus.RUNNING)  # fmt: skip
+@dg.schedule(
+    job=nightly_reindex,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
 def nightly_reindex_schedule(context: dg.ScheduleEvaluationContext):
     """Every night at 02:00 UTC, one re-index run per registered catalogue."""
     keys = context.instance.get_dynamic_partitions(catalogues.name)

@@ -67,9 +67,17 @@ class Protocol:
     label_names: list[str]
 
 
-def load_protocol(source: str, img_size: int, channels: int, seed: int = 0, train_limit: int | None = None,
-                  query_limit: int | None = None, validation_size: int = 5000, val_queries: int = 2000,
-                  val_database: int = 5000) -> Protocol:  # fmt: skip
+def load_protocol(
+    source: str,
+    img_size: int,
+    channels: int,
+    seed: int = 0,
+    train_limit: int | None = None,
+    query_limit: int | None = None,
+    validation_size: int = 5000,
+    val_queries: int = 2000,
+    val_database: int = 5000,
+) -> Protocol:
     """The catalogue the ``catalogue`` asset would build from ``source`` (same seeded splits), decoded."""
     from ml.data import decode_images
     from ml.train import validation_pick
@@ -86,8 +94,14 @@ def load_protocol(source: str, img_size: int, channels: int, seed: int = 0, trai
     train, val = rows("in_train"), rows("in_validation")
     pick_q, pick_db = validation_pick(len(val), len(train), val_queries, val_database, seed)
     part = lambda idx: (images[idx], labels[idx])  # noqa: E731
-    return Protocol(part(train), part(val[pick_q]), part(train[pick_db]), part(rows("in_query")),
-                    part(rows("in_database")), list(info.label_names))  # fmt: skip
+    return Protocol(
+        part(train),
+        part(val[pick_q]),
+        part(train[pick_db]),
+        part(rows("in_query")),
+        part(rows("in_database")),
+        list(info.label_names),
+    )
 
 
 def config_label(profile: str, given: dict) -> str:
@@ -110,8 +124,15 @@ class TrainedRun:
     encode_s: float
 
 
-def train_and_encode(profile: str, given: dict, protocol: Protocol, device, seed: int = 0, budget_s: float = 0.0,
-                     log: Callable[[str], None] = print) -> TrainedRun:  # fmt: skip
+def train_and_encode(
+    profile: str,
+    given: dict,
+    protocol: Protocol,
+    device,
+    seed: int = 0,
+    budget_s: float = 0.0,
+    log: Callable[[str], None] = print,
+) -> TrainedRun:
     """Train ``profile`` with the ``given`` fields (``overrides`` and ``loss_params`` included) under the wall-clock
     budget, with model selection on the validation slice; encode the queries and the database."""
     from ml.encode import encode_images
@@ -119,8 +140,15 @@ def train_and_encode(profile: str, given: dict, protocol: Protocol, device, seed
     from ml.train import TrainData, train_hashing_model
 
     fields = {k: v for k, v in given.items() if k not in RUN_ONLY_FIELDS}
-    spec, cfg = build_run(profile, len(protocol.label_names), protocol.train[0].shape[1], seed=seed,
-                          overrides=given.get("overrides"), loss_params=given.get("loss_params"), **fields)  # fmt: skip
+    spec, cfg = build_run(
+        profile,
+        len(protocol.label_names),
+        protocol.train[0].shape[1],
+        seed=seed,
+        overrides=given.get("overrides"),
+        loss_params=given.get("loss_params"),
+        **fields,
+    )
     cfg.time_budget_s = budget_s
     data = TrainData(*protocol.train, *protocol.val_query, *protocol.val_db)
     t0 = time.perf_counter()
@@ -129,45 +157,93 @@ def train_and_encode(profile: str, given: dict, protocol: Protocol, device, seed
     t1 = time.perf_counter()
     q_codes = encode_images(result.model, protocol.query[0], device)
     db_codes = encode_images(result.model, protocol.database[0], device)
-    return TrainedRun(config_label(profile, given), spec, cfg, result, train_s, q_codes, db_codes, time.perf_counter() - t1)
+    return TrainedRun(
+        config_label(profile, given), spec, cfg, result, train_s, q_codes, db_codes, time.perf_counter() - t1
+    )
 
 
-def run_config(profile: str, given: dict, protocol: Protocol, device, db: DiagnosticsDB, seed: int = 0,
-               budget_s: float = 0.0, log: Callable[[str], None] = print) -> dict:  # fmt: skip
+def run_config(
+    profile: str,
+    given: dict,
+    protocol: Protocol,
+    device,
+    db: DiagnosticsDB,
+    seed: int = 0,
+    budget_s: float = 0.0,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train, encode and evaluate one configuration; record it as a ``bench-quality`` run; return its row."""
     from ml.metrics import bit_diagnostics, evaluate_retrieval
 
     run = train_and_encode(profile, given, protocol, device, seed, budget_s, log)
     result = run.result
-    m = evaluate_retrieval(run.q_codes, protocol.query[1], run.db_codes, protocol.database[1], run.spec.bits,
-                           map_ks=(100, 1000), precision_ks=(1, 100))  # fmt: skip
+    m = evaluate_retrieval(
+        run.q_codes,
+        protocol.query[1],
+        run.db_codes,
+        protocol.database[1],
+        run.spec.bits,
+        map_ks=(100, 1000),
+        precision_ks=(1, 100),
+    )
     diag = bit_diagnostics(run.db_codes, protocol.database[1], run.spec.bits, seed=seed)
     scalars = {k: float(v) for k, v in diag.items() if not isinstance(v, list)} | {
-        "best_val_map": result.best_val_map, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-        "train_minutes": run.train_s / 60, "train_images_per_s": result.train_images_per_s,
+        "best_val_map": result.best_val_map,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "train_minutes": run.train_s / 60,
+        "train_images_per_s": result.train_images_per_s,
         "encode_images_per_s": (len(protocol.query[0]) + len(protocol.database[0])) / run.encode_s,
         "parameters": result.parameters,
-    }  # fmt: skip
-    metric_rows = ([("map", int(k), v) for k, v in m.map_at.items()] + [("precision", int(k), v) for k, v in m.precision_at.items()]
-                   + [(k, None, v) for k, v in scalars.items()])  # fmt: skip
+    }
+    metric_rows = (
+        [("map", int(k), v) for k, v in m.map_at.items()]
+        + [("precision", int(k), v) for k, v in m.precision_at.items()]
+        + [(k, None, v) for k, v in scalars.items()]
+    )
 
     def write(run_id: str, con) -> None:
         insert_training_log(con, run_id, result.history)
         insert_metrics(con, run_id, metric_rows)
         insert_bit_stats(con, run_id, diag["ones_rate"], diag["entropy"])
 
-    config = {"profile": profile, "given": given, "spec": run.spec.to_dict(), "train": run.cfg.to_dict(), "budget_s": budget_s,
-              "queries": len(protocol.query[0]), "database": len(protocol.database[0]), "device": str(device)}  # fmt: skip
+    config = {
+        "profile": profile,
+        "given": given,
+        "spec": run.spec.to_dict(),
+        "train": run.cfg.to_dict(),
+        "budget_s": budget_s,
+        "queries": len(protocol.query[0]),
+        "database": len(protocol.database[0]),
+        "device": str(device),
+    }
     run_id = db.record("bench-quality", CATALOGUE, run.label, config, None, write)
-    return {"config": run.label, "map_at_100": m.map_at["100"], "map_at_1000": m.map_at["1000"], "p_at_1": m.precision_at["1"],
-            "p_at_100": m.precision_at["100"], **scalars, "run_id": run_id}  # fmt: skip
+    return {
+        "config": run.label,
+        "map_at_100": m.map_at["100"],
+        "map_at_1000": m.map_at["1000"],
+        "p_at_1": m.precision_at["1"],
+        "p_at_100": m.precision_at["100"],
+        **scalars,
+        "run_id": run_id,
+    }
 
 
-COLUMNS = (("config", "config", "{}"), ("mAP@100", "map_at_100", "{:.4f}"), ("mAP@1000", "map_at_1000", "{:.4f}"),
-           ("P@1", "p_at_1", "{:.4f}"), ("P@100", "p_at_100", "{:.4f}"), ("ones", "mean_ones_rate", "{:.3f}"),
-           ("entropy", "mean_entropy", "{:.3f}"), ("intra", "intra_class_hamming", "{:.1f}"),
-           ("inter", "inter_class_hamming", "{:.1f}"), ("val", "best_val_map", "{:.4f}"), ("epochs", "epochs_run", "{:.0f}"),
-           ("train min", "train_minutes", "{:.1f}"), ("img/s", "train_images_per_s", "{:.0f}"))  # fmt: skip
+COLUMNS = (
+    ("config", "config", "{}"),
+    ("mAP@100", "map_at_100", "{:.4f}"),
+    ("mAP@1000", "map_at_1000", "{:.4f}"),
+    ("P@1", "p_at_1", "{:.4f}"),
+    ("P@100", "p_at_100", "{:.4f}"),
+    ("ones", "mean_ones_rate", "{:.3f}"),
+    ("entropy", "mean_entropy", "{:.3f}"),
+    ("intra", "intra_class_hamming", "{:.1f}"),
+    ("inter", "inter_class_hamming", "{:.1f}"),
+    ("val", "best_val_map", "{:.4f}"),
+    ("epochs", "epochs_run", "{:.0f}"),
+    ("train min", "train_minutes", "{:.1f}"),
+    ("img/s", "train_images_per_s", "{:.0f}"),
+)
 
 
 def format_leaderboard(rows: list[dict]) -> str:

@@ -19,8 +19,12 @@ def default_root() -> str:
 
 
 def default_db() -> str:
-    return os.environ.get("VITRIEVE_DB", os.path.join(default_root(), "diagnostics.duckdb")
-                          if "://" not in default_root() else "./diagnostics.duckdb")  # fmt: skip
+    return os.environ.get(
+        "VITRIEVE_DB",
+        os.path.join(default_root(), "diagnostics.duckdb")
+        if "://" not in default_root()
+        else "./diagnostics.duckdb",
+    )
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -28,9 +32,12 @@ class StorageResource(dg.ConfigurableResource):
     (credentials, region and endpoint come from the usual AWS environment variables, or ``fsspec_options``)."""
 
     root: str = DEFAULT_ROOT
-    fsspec_options: dict = Field(default_factory=dict, description="fsspec options per protocol for every file this run "
-                         "touches (storage root, sources, images), e.g. {s3: {endpoint_url: ..., client_kwargs: "
-                         "{region_name: ...}}}; keep secrets in env vars")  # fmt: skip
+    fsspec_options: dict = Field(
+        default_factory=dict,
+        description="fsspec options per protocol for every file this run "
+        "touches (storage root, sources, images), e.g. {s3: {endpoint_url: ..., client_kwargs: "
+        "{region_name: ...}}}; keep secrets in env vars",
+    )
     _saved: dict = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:

@@ -13,7 +13,9 @@ from storage.fs import StorageRoot
 from storage.index import current, load_index, search
 
 
-def query_codes(root: StorageRoot, catalogue: str, model_id: str, queries: list[str], device: str) -> tuple[np.ndarray, list]:
+def query_codes(
+    root: StorageRoot, catalogue: str, model_id: str, queries: list[str], device: str
+) -> tuple[np.ndarray, list]:
     """Codes of the queries: stored codes for row ids, fresh encodings for image files."""
     row_ids, codes, _ = read_codes(root, catalogue, model_id)
     out, own = [], []
@@ -75,8 +77,14 @@ def run_search(root_uri: str, catalogue: str, queries: list[str], k: int, device
         hits = []
         for dd, rid in zip(d[:k], i[:k], strict=True):
             pos = int(np.searchsorted(cat_rows, rid))
-            hits.append({"row_id": rid, "distance": dd, "image_id": image_ids[pos],
-                         "labels": [info.label_names[x] for x in labels[pos]]})  # fmt: skip
+            hits.append(
+                {
+                    "row_id": rid,
+                    "distance": dd,
+                    "image_id": image_ids[pos],
+                    "labels": [info.label_names[x] for x in labels[pos]],
+                }
+            )
         results.append({"query": queries[q], "model_id": model_id, "hits": hits})
     if as_json:
         print(json.dumps(results, indent=2))
@@ -85,5 +93,7 @@ def run_search(root_uri: str, catalogue: str, queries: list[str], k: int, device
             print(f"query {res['query']}  (model {res['model_id']})")
             print(f"  {'rank':>4}  {'row_id':>8}  {'dist':>4}  {'image_id':<14} labels")
             for rank, h in enumerate(res["hits"], 1):
-                print(f"  {rank:>4}  {h['row_id']:>8}  {h['distance']:>4}  {h['image_id']:<14} {', '.join(h['labels'])}")
+                print(
+                    f"  {rank:>4}  {h['row_id']:>8}  {h['distance']:>4}  {h['image_id']:<14} {', '.join(h['labels'])}"
+                )
     return 0

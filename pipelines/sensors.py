@@ -13,8 +13,11 @@ from pipelines.resources import SourceWatchResource
 from storage.watch import source_fingerprints
 
 
-@dg.sensor(jobs=[train_and_publish, ingest_and_reindex], minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.STOPPED)  # fmt: skip
+@dg.sensor(
+    jobs=[train_and_publish, ingest_and_reindex],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
 def catalogue_source_sensor(context: dg.SensorEvaluationContext, source_watch: SourceWatchResource):
     """Each child folder of the watched URI is a catalogue. A new one is registered as a partition and gets a
     ``train_and_publish`` run; a changed listing (cursor = listing fingerprint per catalogue) gets
@@ -31,10 +34,15 @@ def catalogue_source_sensor(context: dg.SensorEvaluationContext, source_watch: S
     for name, (uri, fp) in sorted(changed.items()):
         tags = run_tags(context.instance, name, **{"vitrieve/source": uri})
         job = ingest_and_reindex if name not in new and MODEL_TAG in tags else train_and_publish
-        requests.append(dg.RunRequest(
-            run_key=f"{name}-{fp}", job_name=job.name, partition_key=name, tags=tags,
-            run_config={"ops": {"catalogue": {"config": {"source": uri}}}},
-        ))  # fmt: skip
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{name}-{fp}",
+                job_name=job.name,
+                partition_key=name,
+                tags=tags,
+                run_config={"ops": {"catalogue": {"config": {"source": uri}}}},
+            )
+        )
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[catalogues.build_add_request(new)] if new else [],

@@ -23,27 +23,59 @@ def _size(nbytes: float) -> str:
     raise AssertionError
 
 
-def print_summary(catalogue: str, root: str, db: str, result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance,
-                  wall_seconds: float) -> None:  # fmt: skip
+def print_summary(
+    catalogue: str,
+    root: str,
+    db: str,
+    result: dg.ExecuteInProcessResult,
+    instance: dg.DagsterInstance,
+    wall_seconds: float,
+) -> None:
     md = _metadata(result)
-    ev, codes, index, ret, model = (md.get(k, {}) for k in
-                                    ("model_evaluation", "packed_codes", "binary_index", "retrieval_diagnostics", "hashing_model"))  # fmt: skip
+    ev, codes, index, ret, model = (
+        md.get(k, {})
+        for k in (
+            "model_evaluation",
+            "packed_codes",
+            "binary_index",
+            "retrieval_diagnostics",
+            "hashing_model",
+        )
+    )
     rows = [("catalogue", catalogue), ("model", model.get("model_id", "?"))]
     if ev:
         proto = ev.get("protocol", {})
         rows += [
-            ("protocol", f"{proto.get('queries')} queries x {proto.get('database')} database, {proto.get('bits')} bits"),
+            (
+                "protocol",
+                f"{proto.get('queries')} queries x {proto.get('database')} database, {proto.get('bits')} bits",
+            ),
             ("mAP@100", f"{ev['map_at_100']:.4f}"),
             ("P@1", f"{ev['p_at_1']:.4f}"),
         ]
     if codes:
-        rows.append(("codes", f"{codes['dagster/row_count']} rows x {codes['bytes_per_image']} B = "
-                              f"{_size(codes['dagster/row_count'] * codes['bytes_per_image'])}  ({codes['dagster/uri']})"))  # fmt: skip
+        rows.append(
+            (
+                "codes",
+                f"{codes['dagster/row_count']} rows x {codes['bytes_per_image']} B = "
+                f"{_size(codes['dagster/row_count'] * codes['bytes_per_image'])}  ({codes['dagster/uri']})",
+            )
+        )
     if index:
-        rows.append(("index", f"{index['kind']}, {index['ntotal']} codes, {_size(index['bytes'])}  ({index['dagster/uri']})"))
+        rows.append(
+            (
+                "index",
+                f"{index['kind']}, {index['ntotal']} codes, {_size(index['bytes'])}  ({index['dagster/uri']})",
+            )
+        )
     if ret:
-        rows.append(("query latency", f"p50 {ret['p50_ms_batch1']:.3f} ms, p99 {ret['p99_ms_batch1']:.3f} ms at batch 1; "
-                                      f"{ret['qps_large_batch']:.0f} QPS at large batch, {ret['threads']} threads"))  # fmt: skip
+        rows.append(
+            (
+                "query latency",
+                f"p50 {ret['p50_ms_batch1']:.3f} ms, p99 {ret['p99_ms_batch1']:.3f} ms at batch 1; "
+                f"{ret['qps_large_batch']:.0f} QPS at large batch, {ret['threads']} threads",
+            )
+        )
     rows.append(("diagnostics DB", os.path.abspath(db)))
     stats = instance.get_run_step_stats(result.run_id)
     steps = ", ".join(
@@ -55,5 +87,7 @@ def print_summary(catalogue: str, root: str, db: str, result: dg.ExecuteInProces
     print("\nvitrieve run: success")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
-    print(f"\n  open the UI:  DAGSTER_HOME={os.environ.get('DAGSTER_HOME')} .venv/bin/dagster dev -w workspace.yaml")
-    print(f"  query:        .venv/bin/vitrieve sql \"SELECT * FROM leaderboard\" --db {db}")
+    print(
+        f"\n  open the UI:  DAGSTER_HOME={os.environ.get('DAGSTER_HOME')} .venv/bin/dagster dev -w workspace.yaml"
+    )
+    print(f'  query:        .venv/bin/vitrieve sql "SELECT * FROM leaderboard" --db {db}')

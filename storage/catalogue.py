@@ -104,11 +104,15 @@ def write_catalogue(root: StorageRoot, table: pa.Table, info: CatalogueInfo) -> 
     return root.write_bytes(buf.getvalue(), *catalogue_parts(info.name))
 
 
-def read_catalogue(root: StorageRoot, name: str, columns: list[str] | None = None) -> tuple[pa.Table, CatalogueInfo]:
+def read_catalogue(
+    root: StorageRoot, name: str, columns: list[str] | None = None
+) -> tuple[pa.Table, CatalogueInfo]:
     """Read a catalogue (all or some columns), sorted by row_id, with its metadata."""
     path = root.path(*catalogue_parts(name))
     if not root.fs.exists(path):
-        raise FileNotFoundError(f"catalogue {name!r} not found at {root.url(*catalogue_parts(name))}; ingest it first")
+        raise FileNotFoundError(
+            f"catalogue {name!r} not found at {root.url(*catalogue_parts(name))}; ingest it first"
+        )
     with root.fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         info = CatalogueInfo.from_metadata(pf.schema_arrow.metadata)

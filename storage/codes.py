@@ -37,7 +37,12 @@ def codes_parts(catalogue: str, model_id: str, part: int = 0) -> tuple[str, ...]
 
 
 def codes_table(
-    row_ids: np.ndarray, codes: np.ndarray, bits: int, catalogue: str, model_id: str, extra: dict[str, str] | None = None,
+    row_ids: np.ndarray,
+    codes: np.ndarray,
+    bits: int,
+    catalogue: str,
+    model_id: str,
+    extra: dict[str, str] | None = None,
     image_hash: np.ndarray | None = None,
 ) -> pa.Table:
     """Arrow table (row_id int64, code fixed_size_binary(bits/8)[, image_hash int64]) with the DESIGN.md
@@ -49,7 +54,9 @@ def codes_table(
         raise ValueError(f"codes must have shape (n, {nbytes}) for {bits} bits, got {codes.shape}")
     if len(row_ids) != len(codes):
         raise ValueError(f"{len(row_ids)} row ids for {len(codes)} codes")
-    code_col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(nbytes), len(codes), [None, pa.py_buffer(codes.tobytes())])
+    code_col = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(nbytes), len(codes), [None, pa.py_buffer(codes.tobytes())]
+    )
     columns = {"row_id": pa.array(np.asarray(row_ids, dtype=np.int64), pa.int64()), "code": code_col}
     if image_hash is not None:
         if len(image_hash) != len(codes):
@@ -109,7 +116,9 @@ def _next_part_number(root: StorageRoot, catalogue: str, model_id: str) -> int:
     return max(numbers, default=-1) + 1
 
 
-def write_part(root: StorageRoot, catalogue: str, model_id: str, table: pa.Table, row_group_rows: int = 1 << 20) -> str:
+def write_part(
+    root: StorageRoot, catalogue: str, model_id: str, table: pa.Table, row_group_rows: int = 1 << 20
+) -> str:
     """Write ``table`` atomically as a new, not yet live part; returns its file name."""
     name = codes_parts(catalogue, model_id, _next_part_number(root, catalogue, model_id))[-1]
     with root.atomic_open(*codes_dir(catalogue, model_id), name) as f:
@@ -120,9 +129,23 @@ def write_part(root: StorageRoot, catalogue: str, model_id: str, table: pa.Table
 class PartWriter:
     """Streams batches of codes into one new part file (bounded memory); ``close()`` returns its name."""
 
-    def __init__(self, root: StorageRoot, catalogue: str, model_id: str, bits: int, extra: dict[str, str] | None = None,
-                 with_image_hash: bool = False, row_group_rows: int = 1 << 20):  # fmt: skip
-        self.root, self.catalogue, self.model_id, self.bits, self.extra = root, catalogue, model_id, bits, extra
+    def __init__(
+        self,
+        root: StorageRoot,
+        catalogue: str,
+        model_id: str,
+        bits: int,
+        extra: dict[str, str] | None = None,
+        with_image_hash: bool = False,
+        row_group_rows: int = 1 << 20,
+    ):
+        self.root, self.catalogue, self.model_id, self.bits, self.extra = (
+            root,
+            catalogue,
+            model_id,
+            bits,
+            extra,
+        )
         self.with_image_hash, self.row_group_rows = with_image_hash, row_group_rows
         self.name = codes_parts(catalogue, model_id, _next_part_number(root, catalogue, model_id))[-1]
         self.rows = 0
@@ -133,8 +156,15 @@ class PartWriter:
     def write(self, row_ids: np.ndarray, codes: np.ndarray, image_hash: np.ndarray | None = None) -> None:
         if self.with_image_hash and image_hash is None:
             raise ValueError("this part carries image hashes: pass image_hash")
-        table = codes_table(row_ids, codes, self.bits, self.catalogue, self.model_id, self.extra,
-                            image_hash if self.with_image_hash else None)  # fmt: skip
+        table = codes_table(
+            row_ids,
+            codes,
+            self.bits,
+            self.catalogue,
+            self.model_id,
+            self.extra,
+            image_hash if self.with_image_hash else None,
+        )
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._file, table.schema, compression="zstd")
         self._writer.write_table(table, row_group_size=self.row_group_rows)
@@ -142,8 +172,11 @@ class PartWriter:
 
     def close(self) -> str:
         if self._writer is None:  # an empty part still records the schema
-            self.write(np.zeros(0, np.int64), np.zeros((0, self.bits // 8), np.uint8),
-                       np.zeros(0, np.int64) if self.with_image_hash else None)  # fmt: skip
+            self.write(
+                np.zeros(0, np.int64),
+                np.zeros((0, self.bits // 8), np.uint8),
+                np.zeros(0, np.int64) if self.with_image_hash else None,
+            )
         self._writer.close()
         self._cm.__exit__(None, None, None)
         return self.name
@@ -156,12 +189,27 @@ class PartWriter:
             self._cm.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-def commit_parts(root: StorageRoot, catalogue: str, model_id: str, parts: list[str], bits: int, rows: int,
-                 extra: dict[str, str] | None = None) -> str:  # fmt: skip
+def commit_parts(
+    root: StorageRoot,
+    catalogue: str,
+    model_id: str,
+    parts: list[str],
+    bits: int,
+    rows: int,
+    extra: dict[str, str] | None = None,
+) -> str:
     """Make exactly ``parts`` live (atomic replace of ``parts.json``), then delete parts no longer listed."""
     d = codes_dir(catalogue, model_id)
-    manifest = {"parts": list(parts), "model_id": model_id, "catalogue": catalogue, "bits": bits, "rows": int(rows),
-                "bit_order": BIT_ORDER, "updated_at": datetime.now(UTC).isoformat(), **(extra or {})}  # fmt: skip
+    manifest = {
+        "parts": list(parts),
+        "model_id": model_id,
+        "catalogue": catalogue,
+        "bits": bits,
+        "rows": int(rows),
+        "bit_order": BIT_ORDER,
+        "updated_at": datetime.now(UTC).isoformat(),
+        **(extra or {}),
+    }
     uri = root.write_text(json.dumps(manifest, indent=2), *d, PARTS_FILE)
     with contextlib.suppress(FileNotFoundError):
         for path in root.fs.ls(root.path(*d), detail=False):
@@ -173,8 +221,14 @@ def commit_parts(root: StorageRoot, catalogue: str, model_id: str, parts: list[s
 
 
 def write_codes(
-    root: StorageRoot, catalogue: str, model_id: str, row_ids: np.ndarray, codes: np.ndarray, bits: int,
-    extra: dict[str, str] | None = None, image_hash: np.ndarray | None = None,
+    root: StorageRoot,
+    catalogue: str,
+    model_id: str,
+    row_ids: np.ndarray,
+    codes: np.ndarray,
+    bits: int,
+    extra: dict[str, str] | None = None,
+    image_hash: np.ndarray | None = None,
 ) -> str:
     """Atomically replace the codes of one (catalogue, model) by these rows (one part); returns the part URI."""
     table = codes_table(row_ids, codes, bits, catalogue, model_id, extra, image_hash)
@@ -210,12 +264,18 @@ def codes_to_numpy(table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.nda
     nbytes = col.type.byte_width
     if len(col) == 0:
         return np.zeros(0, np.int64), np.zeros((0, nbytes), np.uint8)
-    data = np.frombuffer(col.buffers()[1], dtype=np.uint8, count=len(col) * nbytes, offset=col.offset * nbytes)
+    data = np.frombuffer(
+        col.buffers()[1], dtype=np.uint8, count=len(col) * nbytes, offset=col.offset * nbytes
+    )
     return table.column("row_id").to_numpy(), data.reshape(len(col), nbytes)
 
 
 def iter_codes(
-    root: StorageRoot, catalogue: str, model_id: str, batch_rows: int = 1 << 18, row_filter: pc.Expression | None = None,
+    root: StorageRoot,
+    catalogue: str,
+    model_id: str,
+    batch_rows: int = 1 << 18,
+    row_filter: pc.Expression | None = None,
     columns: tuple[str, ...] = ("row_id", "code"),
 ) -> Iterator[pa.RecordBatch]:
     """Stream the live codes in record batches (part order, file order; not sorted) with bounded memory."""
@@ -230,7 +290,11 @@ def count_codes(root: StorageRoot, catalogue: str, model_id: str) -> int:
 
 
 def read_code_arrays(
-    root: StorageRoot, catalogue: str, model_id: str, keep: np.ndarray | None = None, batch_rows: int = 1 << 18,
+    root: StorageRoot,
+    catalogue: str,
+    model_id: str,
+    keep: np.ndarray | None = None,
+    batch_rows: int = 1 << 18,
     sort: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row_ids, codes) streamed into preallocated arrays (peak memory ~ the arrays themselves), optionally
@@ -254,7 +318,9 @@ def read_code_arrays(
     return ids, codes
 
 
-def read_codes(root: StorageRoot, catalogue: str, model_id: str) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+def read_codes(
+    root: StorageRoot, catalogue: str, model_id: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Read codes sorted by row_id, plus their metadata (model_id, bits, catalogue, bit_order, created_at, ...)."""
     meta = codes_meta(root, catalogue, model_id)
     row_ids, codes = read_code_arrays(root, catalogue, model_id)
@@ -272,18 +338,24 @@ def read_row_index(root: StorageRoot, catalogue: str, model_id: str) -> tuple[np
     return row_ids[order], (hashes[order] if hashes is not None else None)
 
 
-def rewrite_without(root: StorageRoot, catalogue: str, model_id: str, drop: np.ndarray, bits: int,
-                    batch_rows: int = 1 << 18) -> tuple[str, int]:  # fmt: skip
+def rewrite_without(
+    root: StorageRoot, catalogue: str, model_id: str, drop: np.ndarray, bits: int, batch_rows: int = 1 << 18
+) -> tuple[str, int]:
     """Copy the live codes minus the rows in ``drop`` (sorted int64) into one new, not yet live part (no
     inference: rows are copied). Returns (part name, rows written)."""
     meta = codes_meta(root, catalogue, model_id)
     dataset, _ = codes_dataset(root, catalogue, model_id)
     has_hash = "image_hash" in dataset.schema.names
-    extra = {k: v for k, v in meta.items() if k not in ("model_id", "bits", "catalogue", "bit_order", "created_at",
-                                                        "rows", "updated_at")}  # fmt: skip
+    extra = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("model_id", "bits", "catalogue", "bit_order", "created_at", "rows", "updated_at")
+    }
     writer = PartWriter(root, catalogue, model_id, bits, extra, with_image_hash=has_hash)
     try:
-        for batch in iter_codes(root, catalogue, model_id, batch_rows, columns=("row_id", "code", "image_hash")):
+        for batch in iter_codes(
+            root, catalogue, model_id, batch_rows, columns=("row_id", "code", "image_hash")
+        ):
             r, c = codes_to_numpy(batch)
             keep = ~np.isin(r, drop)
             h = batch.column("image_hash").to_numpy()[keep] if has_hash else None

@@ -233,11 +233,22 @@ class ReadOnlyQueryError(ValueError):
 _ST = duckdb.StatementType
 _READ_PRAGMAS = frozenset(
     {
-        "table_info", "show", "show_tables", "show_tables_expanded", "show_databases", "database_list",
-        "database_size", "version", "storage_info", "functions", "collations", "platform", "metadata_info",
+        "table_info",
+        "show",
+        "show_tables",
+        "show_tables_expanded",
+        "show_databases",
+        "database_list",
+        "database_size",
+        "version",
+        "storage_info",
+        "functions",
+        "collations",
+        "platform",
+        "metadata_info",
         "user_agent",
     }
-)  # fmt: skip
+)
 # Query-node types a pure read may contain; DuckDB also parses e.g. `WITH x AS (INSERT ...) SELECT` as SELECT.
 _READ_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
 _EXPLAIN_RE = re.compile(

@@ -22,7 +22,11 @@ class StorageRoot:
         self.fs, root = fsspec.core.url_to_fs(uri)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(root) if self.is_local else root.rstrip("/")
-        self.uri = self.root if self.is_local else f"{self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol}://{self.root}"
+        self.uri = (
+            self.root
+            if self.is_local
+            else f"{self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol}://{self.root}"
+        )
 
     def path(self, *parts: str) -> str:
         """Path of ``parts`` under the root, as understood by ``self.fs``."""
@@ -49,7 +53,9 @@ class StorageRoot:
         final = self.path(*parts)
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=os.path.dirname(final))
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=os.path.dirname(final)
+            )
             try:
                 with os.fdopen(fd, "wb") as f:
                     yield f

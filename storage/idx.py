@@ -30,5 +30,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dtype = np.dtype(_DTYPES[dtype_code])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f"{path}: truncated or padded IDX data ({len(data) - header} bytes, header says {expected})")
+        raise ValueError(
+            f"{path}: truncated or padded IDX data ({len(data) - header} bytes, header says {expected})"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))

@@ -50,7 +50,9 @@ def inspect_image(blob: bytes, max_pixels: int) -> ImageFacts:
             raise RejectedImage("corrupt", f"{type(err).__name__}: {err}") from err
         with img:
             if img.width * img.height > max_pixels:
-                raise RejectedImage("decompression-bomb", f"{img.width}x{img.height} pixels > max_pixels {max_pixels}")
+                raise RejectedImage(
+                    "decompression-bomb", f"{img.width}x{img.height} pixels > max_pixels {max_pixels}"
+                )
             try:
                 img.load()
             except Exception as err:
@@ -61,7 +63,9 @@ def inspect_image(blob: bytes, max_pixels: int) -> ImageFacts:
                 channels = model_channels(upright.mode)
                 to_model_array(upright, 8, channels)
             except Exception as err:
-                raise RejectedImage("unsupported-mode", f"mode {img.mode}: {type(err).__name__}: {err}") from err
+                raise RejectedImage(
+                    "unsupported-mode", f"mode {img.mode}: {type(err).__name__}: {err}"
+                ) from err
             return ImageFacts(upright.width, upright.height, channels)
 
 
@@ -89,7 +93,9 @@ def encoded_images(rows: pa.Table | pa.RecordBatch) -> list[bytes]:
             if isinstance(blob, Exception):
                 raise OSError(f"cannot read catalogue image {uris[i]}: {blob}") from blob
             if shas is not None and hashlib.sha256(blob).digest() != shas[i]:
-                raise ValueError(f"{uris[i]} changed since it was ingested (sha256 differs); re-ingest the catalogue")
+                raise ValueError(
+                    f"{uris[i]} changed since it was ingested (sha256 differs); re-ingest the catalogue"
+                )
             out[i] = blob
     return out
 

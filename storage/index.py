@@ -96,8 +96,10 @@ def resolve_params(kind: str, params: dict | None, ntotal: int, bits: int, item:
     given = {k: v for k, v in (params or {}).items() if v is not None}
     unknown = sorted(set(given) - set(DEFAULT_PARAMS[kind]))
     if unknown:
-        raise ValueError(f"{item}: parameters {unknown} do not apply to kind {kind!r} "
-                         f"(it takes {sorted(DEFAULT_PARAMS[kind]) or 'none'})")  # fmt: skip
+        raise ValueError(
+            f"{item}: parameters {unknown} do not apply to kind {kind!r} "
+            f"(it takes {sorted(DEFAULT_PARAMS[kind]) or 'none'})"
+        )
     p = {**DEFAULT_PARAMS[kind], **given}
     for k, v in p.items():
         if v is not None and (not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1):
@@ -109,10 +111,14 @@ def resolve_params(kind: str, params: dict | None, ntotal: int, bits: int, item:
             raise ValueError(f"{item}: hnsw m={p['m']} must be at least 2")
     elif kind == "ivf":
         if p["nlist"] is None:
-            p["nlist"] = int(max(1, min(ntotal // 39 if ntotal >= 39 else 1, 4 * int(np.sqrt(max(ntotal, 1))))))
+            p["nlist"] = int(
+                max(1, min(ntotal // 39 if ntotal >= 39 else 1, 4 * int(np.sqrt(max(ntotal, 1)))))
+            )
         if p["nlist"] > max(ntotal, 1):
-            raise ValueError(f"{item}: ivf nlist={p['nlist']} exceeds the {ntotal} codes to index "
-                             f"(each list needs at least one code to train on)")  # fmt: skip
+            raise ValueError(
+                f"{item}: ivf nlist={p['nlist']} exceeds the {ntotal} codes to index "
+                f"(each list needs at least one code to train on)"
+            )
         if p["nprobe"] > p["nlist"]:
             raise ValueError(f"{item}: ivf nprobe={p['nprobe']} exceeds nlist={p['nlist']}")
         if p["train_size"] is None:
@@ -127,8 +133,10 @@ def resolve_params(kind: str, params: dict | None, ntotal: int, bits: int, item:
         if p["hash_bits"] > 64:
             raise ValueError(f"{item}: multihash hash_bits={p['hash_bits']} exceeds 64")
         if p["nhash"] * p["hash_bits"] > bits:
-            raise ValueError(f"{item}: multihash nhash*hash_bits = {p['nhash'] * p['hash_bits']} exceeds the "
-                             f"{bits}-bit code")  # fmt: skip
+            raise ValueError(
+                f"{item}: multihash nhash*hash_bits = {p['nhash'] * p['hash_bits']} exceeds the "
+                f"{bits}-bit code"
+            )
         if p["nflip"] > p["hash_bits"]:
             raise ValueError(f"{item}: multihash nflip={p['nflip']} exceeds hash_bits={p['hash_bits']}")
     return {k: (int(v) if v is not None else None) for k, v in p.items()}
@@ -156,7 +164,11 @@ def search_threads() -> int:
     """Threads a search uses: set_search_threads(), else $VITRIEVE_SEARCH_THREADS, else faiss' OpenMP count."""
     import faiss
 
-    return _THREADS[0] if _THREADS else (int(os.environ.get(ENV_THREADS, "0") or 0) or faiss.omp_get_max_threads())
+    return (
+        _THREADS[0]
+        if _THREADS
+        else (int(os.environ.get(ENV_THREADS, "0") or 0) or faiss.omp_get_max_threads())
+    )
 
 
 def default_query_batch() -> int:
@@ -267,7 +279,10 @@ def _ivf_add(fidx, row_ids: np.ndarray, codes: np.ndarray) -> None:
         return quantizer.search(q, k)
 
     for lo in range(0, len(row_ids), _ADD_CHUNK):
-        c, r = np.ascontiguousarray(codes[lo : lo + _ADD_CHUNK]), np.ascontiguousarray(row_ids[lo : lo + _ADD_CHUNK])
+        c, r = (
+            np.ascontiguousarray(codes[lo : lo + _ADD_CHUNK]),
+            np.ascontiguousarray(row_ids[lo : lo + _ADD_CHUNK]),
+        )
         _, lists = run_chunked(assign, c, 1, search_threads(), 8192)
         lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
         fidx.add_core(len(c), faiss.swig_ptr(c), faiss.swig_ptr(r), faiss.swig_ptr(lists))
@@ -347,7 +362,9 @@ class BinaryIndex:
         queries = _u8(queries).reshape(-1, self.nbytes)
         k = int(min(k, self.ntotal))
         if k <= 0 or len(queries) == 0:
-            return np.zeros((len(queries), max(k, 0)), np.int32), np.zeros((len(queries), max(k, 0)), np.int64)
+            return np.zeros((len(queries), max(k, 0)), np.int32), np.zeros(
+                (len(queries), max(k, 0)), np.int64
+            )
         return self._search_batch(queries, k)
 
     def _search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -443,8 +460,13 @@ class _DistinctRows:
             _, first, inv = np.unique(words[:, 0], return_index=True, return_inverse=True)
         else:
             _, first, inv = np.unique(queries, axis=0, return_index=True, return_inverse=True)
-        dist, rows = run_chunked(self._search_unique, np.ascontiguousarray(queries[first]), k,
-                                 self.threads or search_threads(), self.query_batch)  # fmt: skip
+        dist, rows = run_chunked(
+            self._search_unique,
+            np.ascontiguousarray(queries[first]),
+            k,
+            self.threads or search_threads(),
+            self.query_batch,
+        )
         inv = inv.ravel()
         return dist[inv], rows[inv]
 
@@ -520,7 +542,11 @@ def _distinct_layout(row_ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray
     order = _order_by_code(row_ids, codes)
     rows, sorted_codes = row_ids[order], codes[order]
     starts = _run_starts(sorted_codes)
-    return rows, np.concatenate((starts, [len(rows)])).astype(np.int64), np.ascontiguousarray(sorted_codes[starts])
+    return (
+        rows,
+        np.concatenate((starts, [len(rows)])).astype(np.int64),
+        np.ascontiguousarray(sorted_codes[starts]),
+    )
 
 
 def _run_starts(sorted_codes: np.ndarray) -> np.ndarray:
@@ -562,9 +588,16 @@ class DedupFlatIndex(_DistinctRows, BinaryIndex):
         """Merge new rows (every row is re-sorted by code; flat has nothing to train)."""
         import faiss
 
-        old_codes = _flat_codes_view(faiss.downcast_IndexBinary(self.index.index), self.ntotal, self.nbytes).copy()
-        rebuilt = build_index(np.concatenate((self.rows, np.asarray(row_ids, np.int64))),
-                              np.concatenate((old_codes, _u8(codes))), self.bits, "flat-dedup", self.params)  # fmt: skip
+        old_codes = _flat_codes_view(
+            faiss.downcast_IndexBinary(self.index.index), self.ntotal, self.nbytes
+        ).copy()
+        rebuilt = build_index(
+            np.concatenate((self.rows, np.asarray(row_ids, np.int64))),
+            np.concatenate((old_codes, _u8(codes))),
+            self.bits,
+            "flat-dedup",
+            self.params,
+        )
         self.index = rebuilt.index
         self.configure()
 
@@ -614,10 +647,17 @@ class HNSWIndex(_DistinctRows, BinaryIndex):
         """Rebuild over old + new rows (the graph holds distinct codes only)."""
         distinct = np.zeros((0, self.nbytes), np.uint8)
         if self.n_unique:
-            distinct = np.asarray(self.inner.storage.reconstruct_n(0, self.n_unique), np.uint8).reshape(-1, self.nbytes)
+            distinct = np.asarray(self.inner.storage.reconstruct_n(0, self.n_unique), np.uint8).reshape(
+                -1, self.nbytes
+            )
         old = np.repeat(distinct, self.counts, axis=0)
-        rebuilt = build_index(np.concatenate((self.rows, np.asarray(row_ids, np.int64))),
-                              np.concatenate((old, _u8(codes))), self.bits, "hnsw", self.params)  # fmt: skip
+        rebuilt = build_index(
+            np.concatenate((self.rows, np.asarray(row_ids, np.int64))),
+            np.concatenate((old, _u8(codes))),
+            self.bits,
+            "hnsw",
+            self.params,
+        )
         self.index, self._companion = rebuilt.index, rebuilt.companion()
         self.configure()
 
@@ -662,8 +702,13 @@ class MultiHashIndex(BinaryIndex):
         return self.ntotal * (self.nbytes + 8 + 24 * int(self.params.get("nhash", 4)))
 
 
-_CLASSES = {"flat": FlatIndex, "flat-dedup": DedupFlatIndex, "hnsw": HNSWIndex, "ivf": IVFIndex,
-            "multihash": MultiHashIndex}  # fmt: skip
+_CLASSES = {
+    "flat": FlatIndex,
+    "flat-dedup": DedupFlatIndex,
+    "hnsw": HNSWIndex,
+    "ivf": IVFIndex,
+    "multihash": MultiHashIndex,
+}
 
 
 def _rerank_by_range(index, queries: np.ndarray, dist: np.ndarray, ids: np.ndarray, k: int):
@@ -713,8 +758,15 @@ def _new_faiss(kind: str, bits: int, p: dict, train_codes: np.ndarray | None):
     raise AssertionError(kind)
 
 
-def build_index(row_ids: np.ndarray, codes: np.ndarray, bits: int, kind: str = "flat", params: dict | None = None,
-                item: str = "index", seed: int = 0) -> BinaryIndex:  # fmt: skip
+def build_index(
+    row_ids: np.ndarray,
+    codes: np.ndarray,
+    bits: int,
+    kind: str = "flat",
+    params: dict | None = None,
+    item: str = "index",
+    seed: int = 0,
+) -> BinaryIndex:
     """A binary index of ``kind`` over ``codes`` whose ids are ``row_ids`` (params checked, see ``resolve_params``)."""
     row_ids = np.ascontiguousarray(row_ids, dtype=np.int64)
     codes = _u8(codes).reshape(len(row_ids), -1) if len(row_ids) else _u8(codes).reshape(0, bits // 8)
@@ -728,7 +780,11 @@ def build_index(row_ids: np.ndarray, codes: np.ndarray, bits: int, kind: str = "
     if kind == "ivf":
         rng = np.random.default_rng(seed)
         n_train = min(p["train_size"], len(codes))
-        pick = np.sort(rng.choice(len(codes), size=n_train, replace=False)) if n_train < len(codes) else slice(None)
+        pick = (
+            np.sort(rng.choice(len(codes), size=n_train, replace=False))
+            if n_train < len(codes)
+            else slice(None)
+        )
         train = codes[pick]
     if kind == "flat":
         order = None if increasing else np.argsort(row_ids, kind="stable")
@@ -751,8 +807,14 @@ def build_index(row_ids: np.ndarray, codes: np.ndarray, bits: int, kind: str = "
     return _CLASSES[kind](fidx, bits, p)
 
 
-def verify_index(index, row_ids: np.ndarray, codes: np.ndarray, probes: int = 256, seed: int = 0,
-                 min_self_found: float = 0.99) -> list[str]:  # fmt: skip
+def verify_index(
+    index,
+    row_ids: np.ndarray,
+    codes: np.ndarray,
+    probes: int = 256,
+    seed: int = 0,
+    min_self_found: float = 0.99,
+) -> list[str]:
     """Problems found (empty = good): the index must hold exactly the codes' rows, and sampled codes must
     find their own row at Hamming distance 0 (approximate kinds: find their code at distance 0 for at least
     ``min_self_found`` of the probes)."""
@@ -766,8 +828,10 @@ def verify_index(index, row_ids: np.ndarray, codes: np.ndarray, probes: int = 25
         ref = np.asarray(row_ids, np.int64)
         if not np.array_equal(ids, ref if bool(np.all(ref[1:] > ref[:-1])) else np.sort(ref)):
             missing = np.setdiff1d(row_ids, ids)
-            problems.append(f"index ids differ from the database rows ({len(missing)} rows missing, e.g. "
-                            f"{missing[:3].tolist()})")  # fmt: skip
+            problems.append(
+                f"index ids differ from the database rows ({len(missing)} rows missing, e.g. "
+                f"{missing[:3].tolist()})"
+            )
     pick = np.random.default_rng(seed).choice(len(row_ids), size=min(probes, len(row_ids)), replace=False)
     q = _u8(codes[pick])
     exact = not isinstance(index, BinaryIndex) or index.exact
@@ -781,8 +845,10 @@ def verify_index(index, row_ids: np.ndarray, codes: np.ndarray, probes: int = 25
         dist, ids = index.search(q, 1)
         found = float(np.mean(dist[:, 0] == 0))
         if found < min_self_found:
-            problems.append(f"only {found:.1%} of {len(pick)} probes find their own code at distance 0 "
-                            f"(need {min_self_found:.0%})")  # fmt: skip
+            problems.append(
+                f"only {found:.1%} of {len(pick)} probes find their own code at distance 0 "
+                f"(need {min_self_found:.0%})"
+            )
     return problems
 
 
@@ -797,8 +863,18 @@ def _hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-def write_index(root: StorageRoot, index, catalogue: str, model_id: str, kind: str, bits: int, codes_rows: int,
-                build_seconds: float, params: dict | None = None, mode: str = "rebuild") -> IndexManifest:  # fmt: skip
+def write_index(
+    root: StorageRoot,
+    index,
+    catalogue: str,
+    model_id: str,
+    kind: str,
+    bits: int,
+    codes_rows: int,
+    build_seconds: float,
+    params: dict | None = None,
+    mode: str = "rebuild",
+) -> IndexManifest:
     """Serialise ``index`` and its manifest atomically under ``indexes/<catalogue>/<model_id>/``.
 
     Never overwrites the published file: if ``CURRENT`` points at ``<kind>.faiss`` of this model, the build
@@ -827,13 +903,27 @@ def write_index(root: StorageRoot, index, catalogue: str, model_id: str, kind: s
             with open(local, "rb") as src, root.atomic_open(*parts, companion_file) as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
     manifest = IndexManifest(
-        kind=kind, bits=bits, ntotal=int(index.ntotal), codes_rows=codes_rows, sha256=sha,
-        build_seconds=round(float(build_seconds), 4), catalogue=catalogue, model_id=model_id, file=f"{slot}.faiss",
-        params=params or {}, created_at=datetime.now(UTC).isoformat(), file_bytes=int(size),
-        faiss_class=_faiss_class(fidx), mode=mode, companion_file=companion_file, companion_sha256=companion_sha,
-    )  # fmt: skip
+        kind=kind,
+        bits=bits,
+        ntotal=int(index.ntotal),
+        codes_rows=codes_rows,
+        sha256=sha,
+        build_seconds=round(float(build_seconds), 4),
+        catalogue=catalogue,
+        model_id=model_id,
+        file=f"{slot}.faiss",
+        params=params or {},
+        created_at=datetime.now(UTC).isoformat(),
+        file_bytes=int(size),
+        faiss_class=_faiss_class(fidx),
+        mode=mode,
+        companion_file=companion_file,
+        companion_sha256=companion_sha,
+    )
     text = json.dumps(asdict(manifest), indent=2)
-    root.write_text(text, *parts, f"{slot}.faiss.json")  # this file's manifest, for readers of the published index
+    root.write_text(
+        text, *parts, f"{slot}.faiss.json"
+    )  # this file's manifest, for readers of the published index
     root.write_text(text, *parts, f"{kind}.manifest.json")
     root.write_text(text, *parts, "manifest.json")
     return manifest
@@ -865,15 +955,22 @@ def published_manifest(root: StorageRoot, catalogue: str, pointer: dict) -> Inde
 
 def publish(root: StorageRoot, manifest: IndexManifest) -> str:
     """Point ``indexes/<catalogue>/CURRENT`` at this index (atomic replace); call only after checks pass."""
-    pointer = {"model_id": manifest.model_id, "kind": manifest.kind, "sha256": manifest.sha256,
-               "params": manifest.params, "published_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    pointer = {
+        "model_id": manifest.model_id,
+        "kind": manifest.kind,
+        "sha256": manifest.sha256,
+        "params": manifest.params,
+        "published_at": datetime.now(UTC).isoformat(),
+    }
     return root.write_text(json.dumps(pointer, indent=2), "indexes", manifest.catalogue, "CURRENT")
 
 
 def current(root: StorageRoot, catalogue: str) -> dict:
     """The published pointer of a catalogue (model_id, kind, sha256, params)."""
     if not root.exists("indexes", catalogue, "CURRENT"):
-        raise FileNotFoundError(f"catalogue {catalogue!r} has no published index (no {root.url('indexes', catalogue, 'CURRENT')})")
+        raise FileNotFoundError(
+            f"catalogue {catalogue!r} has no published index (no {root.url('indexes', catalogue, 'CURRENT')})"
+        )
     return json.loads(root.read_text("indexes", catalogue, "CURRENT"))
 
 
@@ -918,8 +1015,9 @@ def _local_verified_copy(root: StorageRoot, parts: tuple[str, ...], file: str, s
     return target
 
 
-def read_index_file(path: str, kind: str, bits: int, params: dict, mmap: bool = True,
-                    companion: str | None = None) -> BinaryIndex:  # fmt: skip
+def read_index_file(
+    path: str, kind: str, bits: int, params: dict, mmap: bool = True, companion: str | None = None
+) -> BinaryIndex:
     """Open a serialised index of ``kind``; flat kinds are memory-mapped when ``mmap``."""
     import faiss
 
@@ -937,8 +1035,9 @@ def read_index_file(path: str, kind: str, bits: int, params: dict, mmap: bool = 
     return _CLASSES[kind](fidx, bits, params)
 
 
-def load_index(root: StorageRoot, catalogue: str, model_id: str | None = None, kind: str | None = None,
-               mmap: bool = True) -> tuple[BinaryIndex, IndexManifest]:  # fmt: skip
+def load_index(
+    root: StorageRoot, catalogue: str, model_id: str | None = None, kind: str | None = None, mmap: bool = True
+) -> tuple[BinaryIndex, IndexManifest]:
     """Load an index (default: the published one) and its manifest; checks the file's sha256 first."""
     manifest = None
     if model_id is None:
@@ -955,10 +1054,14 @@ def load_index(root: StorageRoot, catalogue: str, model_id: str | None = None, k
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(uri: str, catalogue: str, model_id: str, kind: str, sha256: str) -> tuple[BinaryIndex, IndexManifest]:
+def _cached(
+    uri: str, catalogue: str, model_id: str, kind: str, sha256: str
+) -> tuple[BinaryIndex, IndexManifest]:
     index, manifest = load_index(StorageRoot(uri), catalogue)  # the published one; the key pins its version
     if manifest.sha256 != sha256:
-        raise ValueError(f"index of {catalogue!r} changed while loading (sha256 {manifest.sha256} != {sha256})")
+        raise ValueError(
+            f"index of {catalogue!r} changed while loading (sha256 {manifest.sha256} != {sha256})"
+        )
     return index, manifest
 
 
@@ -991,7 +1094,6 @@ def timed_build(row_ids, codes, bits, kind="flat", params=None, item="index") ->
     return index, time.perf_counter() - start
 
 
-
 # --------------------------------------------------------------------------------------------- from codes
 
 
@@ -1005,8 +1107,13 @@ class BuildReport:
 
 
 def index_from_codes(
-    root: StorageRoot, catalogue: str, model_id: str, kind: str = "flat", params: dict | None = None,
-    keep_rows: np.ndarray | None = None, previous: tuple[BinaryIndex, IndexManifest] | None = None,
+    root: StorageRoot,
+    catalogue: str,
+    model_id: str,
+    kind: str = "flat",
+    params: dict | None = None,
+    keep_rows: np.ndarray | None = None,
+    previous: tuple[BinaryIndex, IndexManifest] | None = None,
     item: str | None = None,
 ) -> tuple[BinaryIndex, np.ndarray, np.ndarray, BuildReport]:
     """Build (or extend) an index from the stored codes of (catalogue, model), streamed from Parquet in batches.
@@ -1026,8 +1133,13 @@ def index_from_codes(
     t1 = time.perf_counter()
     if previous is not None:
         prev, manifest = previous
-        same = (manifest.model_id == model_id and manifest.kind == kind and manifest.bits == bits
-                and manifest.params == resolve_params(kind, {**manifest.params, **(params or {})}, len(row_ids), bits, item))  # fmt: skip
+        same = (
+            manifest.model_id == model_id
+            and manifest.kind == kind
+            and manifest.bits == bits
+            and manifest.params
+            == resolve_params(kind, {**manifest.params, **(params or {})}, len(row_ids), bits, item)
+        )
         old = np.sort(prev.ids()) if same else None
         if same and len(old) <= len(row_ids) and bool(np.isin(old, row_ids, assume_unique=True).all()):
             new = ~np.isin(row_ids, old, assume_unique=True)
@@ -1037,7 +1149,14 @@ def index_from_codes(
             same = False  # this kind re-sorts every row on add: build from the codes instead
         if same and len(old) <= len(row_ids) and bool(np.isin(old, row_ids, assume_unique=True).all()):
             prev.add(row_ids[new], codes[new])
-            report = BuildReport("incremental", len(row_ids), int(new.sum()), read_s, time.perf_counter() - t1)
+            report = BuildReport(
+                "incremental", len(row_ids), int(new.sum()), read_s, time.perf_counter() - t1
+            )
             return prev, row_ids, codes, report
     index = build_index(row_ids, codes, bits, kind, params, item)
-    return index, row_ids, codes, BuildReport("rebuild", len(row_ids), len(row_ids), read_s, time.perf_counter() - t1)
+    return (
+        index,
+        row_ids,
+        codes,
+        BuildReport("rebuild", len(row_ids), len(row_ids), read_s, time.perf_counter() - t1),
+    )

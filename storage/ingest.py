@@ -63,8 +63,14 @@ class IngestResult:
     unchanged: bool
 
 
-def _read_and_check(source: Source, items: list, limits: Limits, known: dict[str, tuple[bytes, ImageFacts]],
-                    chunk: int, log: Callable[[str], None]) -> tuple[list, list[Rejection]]:  # fmt: skip
+def _read_and_check(
+    source: Source,
+    items: list,
+    limits: Limits,
+    known: dict[str, tuple[bytes, ImageFacts]],
+    chunk: int,
+    log: Callable[[str], None],
+) -> tuple[list, list[Rejection]]:
     """(item, sha256, facts) of every readable, valid image; rejections of the others. Files whose id and
     sha256 match ``known`` are not decoded again."""
     from tqdm import tqdm
@@ -76,10 +82,14 @@ def _read_and_check(source: Source, items: list, limits: Limits, known: dict[str
         for item, blob in zip(batch, read_files(source.fs, [it.path for it in batch]), strict=True):
             if isinstance(blob, Exception):
                 reason = "missing" if isinstance(blob, FileNotFoundError) else "unreadable"
-                rejected.append(Rejection(item.image_id, reason, f"{item.uri}: {type(blob).__name__}: {blob}"))
+                rejected.append(
+                    Rejection(item.image_id, reason, f"{item.uri}: {type(blob).__name__}: {blob}")
+                )
                 continue
             if len(blob) > limits.max_file_bytes:
-                rejected.append(Rejection(item.image_id, "too-large", f"{len(blob)} bytes > {limits.max_file_bytes}"))
+                rejected.append(
+                    Rejection(item.image_id, "too-large", f"{len(blob)} bytes > {limits.max_file_bytes}")
+                )
                 continue
             sha = hashlib.sha256(blob).digest()
             if item.image_id in known and known[item.image_id][0] == sha:
@@ -116,9 +126,13 @@ def ingest(
         if item.reject:
             rejected.append(Rejection(item.image_id, *item.reject))
         elif item.image_id in seen:
-            rejected.append(Rejection(item.image_id, "duplicate-id", f"{item.uri}: image_id listed more than once"))
+            rejected.append(
+                Rejection(item.image_id, "duplicate-id", f"{item.uri}: image_id listed more than once")
+            )
         elif item.size is not None and item.size > limits.max_file_bytes:
-            rejected.append(Rejection(item.image_id, "too-large", f"{item.size} bytes > {limits.max_file_bytes}"))
+            rejected.append(
+                Rejection(item.image_id, "too-large", f"{item.size} bytes > {limits.max_file_bytes}")
+            )
         else:
             seen.add(item.image_id)
             candidates.append(item)
@@ -129,7 +143,9 @@ def ingest(
         prev_table, prev_info = previous
         for row in prev_table.select([c for c in SCHEMA.names if c != "image"]).to_pylist():
             prev_rows[row["image_id"]] = row
-    known = {k: (r["sha256"], ImageFacts(r["width"], r["height"], r["channels"])) for k, r in prev_rows.items()}
+    known = {
+        k: (r["sha256"], ImageFacts(r["width"], r["height"], r["channels"])) for k, r in prev_rows.items()
+    }
     accepted, bad = _read_and_check(source, candidates, limits, known, chunk, log)
     rejected += bad
 
@@ -172,7 +188,9 @@ def ingest(
     roles = assign(protocol, labels, [it.split for it, _, _ in unique], kept, kept_mask)
 
     now = datetime.now(UTC)
-    same_file = [it.image_id in prev_rows and prev_rows[it.image_id]["sha256"] == sha for it, sha, _ in unique]
+    same_file = [
+        it.image_id in prev_rows and prev_rows[it.image_id]["sha256"] == sha for it, sha, _ in unique
+    ]
     table = pa.table(
         {
             "row_id": pa.array(row_ids, pa.int64()),
@@ -190,21 +208,38 @@ def ingest(
             "height": pa.array([f.height for _, _, f in unique], pa.int32()),
             "channels": pa.array([channels or f.channels for _, _, f in unique], pa.int32()),
             "ingested_at": pa.array(
-                [prev_rows[it.image_id]["ingested_at"] if same else now for (it, _, _), same in zip(unique, same_file, strict=True)],
+                [
+                    prev_rows[it.image_id]["ingested_at"] if same else now
+                    for (it, _, _), same in zip(unique, same_file, strict=True)
+                ],
                 pa.timestamp("us", tz="UTC"),
             ),
         },
         schema=SCHEMA,
     ).sort_by("row_id")
-    info = CatalogueInfo(name=name, label_names=label_names, protocol=protocol.to_dict(), source=source.uri,
-                         next_row_id=next_id)  # fmt: skip
-    unchanged = previous is not None and _same(previous[0], table) and prev_info.label_names == label_names \
-        and same_protocol and prev_info.source == source.uri  # fmt: skip
+    info = CatalogueInfo(
+        name=name,
+        label_names=label_names,
+        protocol=protocol.to_dict(),
+        source=source.uri,
+        next_row_id=next_id,
+    )
+    unchanged = (
+        previous is not None
+        and _same(previous[0], table)
+        and prev_info.label_names == label_names
+        and same_protocol
+        and prev_info.source == source.uri
+    )
     return IngestResult(
-        table=table, info=info, rejected=rejected, listed=len(source.items),
+        table=table,
+        info=info,
+        rejected=rejected,
+        listed=len(source.items),
         added=sum(it.image_id not in prev_rows for it, _, _ in unique),
-        removed=len(set(prev_rows) - {it.image_id for it, _, _ in unique}), unchanged=unchanged,
-    )  # fmt: skip
+        removed=len(set(prev_rows) - {it.image_id for it, _, _ in unique}),
+        unchanged=unchanged,
+    )
 
 
 def _same(old: pa.Table, new: pa.Table) -> bool:
@@ -226,7 +261,9 @@ def reject_reasons(rejected: list[Rejection]) -> list[tuple[str, int, Rejection]
 def check_rejects(rejected: list[Rejection], listed: int, max_fraction: float) -> None:
     """Raise :class:`TooManyRejects` if more than ``max_fraction`` of ``listed`` items were rejected."""
     if listed and len(rejected) / listed > max_fraction:
-        worst = "; ".join(f"{reason} x{n} (e.g. {ex.item!r}: {ex.detail})" for reason, n, ex in reject_reasons(rejected)[:3])
+        worst = "; ".join(
+            f"{reason} x{n} (e.g. {ex.item!r}: {ex.detail})" for reason, n, ex in reject_reasons(rejected)[:3]
+        )
         raise TooManyRejects(
             f"{len(rejected)} of {listed} items rejected ({len(rejected) / listed:.1%} > max_reject_fraction "
             f"{max_fraction:.1%}); worst reasons: {worst}",
@@ -237,6 +274,7 @@ def check_rejects(rejected: list[Rejection], listed: int, max_fraction: float) -
 
 def rejected_markdown(rejected: list[Rejection], limit: int = 50) -> str:
     """Markdown table of the rejections (the first ``limit``), for asset metadata."""
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")[:200]
 

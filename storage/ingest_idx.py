@@ -16,8 +16,17 @@ from storage.idx import read_idx
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_LABELS = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _find(source_dir: str, stem: str) -> str:
@@ -70,13 +79,28 @@ def idx_catalogue(
     n_train_total = len(parts[0][1])
     train_pick = parts[0][3]
     if validation_size >= len(train_pick):
-        raise ValueError(f"validation_size {validation_size} leaves no training images out of {len(train_pick)}")
+        raise ValueError(
+            f"validation_size {validation_size} leaves no training images out of {len(train_pick)}"
+        )
     val_rows = set(rng.choice(train_pick, size=validation_size, replace=False).tolist())
     now = datetime.now(UTC)
-    cols: dict[str, list] = {k: [] for k in (
-        "row_id", "image_id", "image", "labels", "split", "in_train", "in_validation", "in_query", "in_database",
-        "sha256", "width", "height",
-    )}  # fmt: skip
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "row_id",
+            "image_id",
+            "image",
+            "labels",
+            "split",
+            "in_train",
+            "in_validation",
+            "in_query",
+            "in_database",
+            "sha256",
+            "width",
+            "height",
+        )
+    }
     for split, images, labels, pick in parts:
         for i in pick.tolist():
             is_query = split == "test"

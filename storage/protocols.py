@@ -85,7 +85,9 @@ def assign(
     if protocol.kind == "explicit":
         for i in np.flatnonzero(~fixed):
             if splits[i] is None:
-                raise ValueError("the explicit protocol needs a split for every image (split column or split folders)")
+                raise ValueError(
+                    "the explicit protocol needs a split for every image (split column or split folders)"
+                )
             role[i] = splits[i]
     else:
         n_labels = 1 + max((max(row) for row in labels if row), default=-1)
@@ -95,7 +97,9 @@ def assign(
         for name, quota in (("query", protocol.query_per_label), ("train", protocol.train_per_label)):
             for label in range(n_labels):
                 carriers = member[:, label]
-                need = quota - int(np.sum(carriers & np.isin(role, [name, "validation"] if name == "train" else [name])))
+                need = quota - int(
+                    np.sum(carriers & np.isin(role, [name, "validation"] if name == "train" else [name]))
+                )
                 free = np.flatnonzero(carriers & (role == "") & ~fixed)
                 if need > 0 and len(free):
                     role[rng.permutation(free)[:need]] = name

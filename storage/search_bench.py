@@ -33,8 +33,15 @@ ALL_KINDS = ("flat", "flat-dedup", "hnsw", "ivf", "multihash")
 # --------------------------------------------------------------------------------------------- data
 
 
-def clustered_chunks(n: int, bits: int = 64, centres: int = 100, flip_p: float = 0.03, seed: int = 0,
-                     offset: int = 0, chunk: int = 1 << 20):  # fmt: skip
+def clustered_chunks(
+    n: int,
+    bits: int = 64,
+    centres: int = 100,
+    flip_p: float = 0.03,
+    seed: int = 0,
+    offset: int = 0,
+    chunk: int = 1 << 20,
+):
     """Yield uint8 codes (m, bits/8) in chunks: each item is one of ``centres`` random centres (seeded, drawn
     with uneven Dirichlet weights) with each bit flipped independently with probability ``flip_p``. The same
     (seed, offset, chunk) give the same codes; a different ``offset`` gives fresh items of the same clusters."""
@@ -53,13 +60,18 @@ def clustered_chunks(n: int, bits: int = 64, centres: int = 100, flip_p: float =
         nflip = rng.binomial(bits, flip_p, m)
         item = np.repeat(np.arange(m), nflip)
         pos = rng.integers(0, bits, int(nflip.sum()))
-        np.bitwise_xor.at(w, (item, pos // 64), np.left_shift(np.uint64(1), (63 - pos % 64).astype(np.uint64)))
+        np.bitwise_xor.at(
+            w, (item, pos // 64), np.left_shift(np.uint64(1), (63 - pos % 64).astype(np.uint64))
+        )
         yield np.ascontiguousarray(w.astype(">u8").view(np.uint8)[:, :nbytes])
 
 
-def clustered_codes(n: int, bits: int = 64, centres: int = 100, flip_p: float = 0.03, seed: int = 0,
-                    offset: int = 0) -> np.ndarray:  # fmt: skip
-    return np.concatenate(list(clustered_chunks(n, bits, centres, flip_p, seed, offset)) or [np.zeros((0, bits // 8), np.uint8)])
+def clustered_codes(
+    n: int, bits: int = 64, centres: int = 100, flip_p: float = 0.03, seed: int = 0, offset: int = 0
+) -> np.ndarray:
+    return np.concatenate(
+        list(clustered_chunks(n, bits, centres, flip_p, seed, offset)) or [np.zeros((0, bits // 8), np.uint8)]
+    )
 
 
 # --------------------------------------------------------------------------------------------- reference search
@@ -102,7 +114,9 @@ def exact_topk_numpy(row_ids: np.ndarray, codes: np.ndarray, queries: np.ndarray
     return out_d, out_i
 
 
-def recall_at_k(exact_d: np.ndarray, exact_i: np.ndarray, got_d: np.ndarray, got_i: np.ndarray) -> tuple[float, float]:
+def recall_at_k(
+    exact_d: np.ndarray, exact_i: np.ndarray, got_d: np.ndarray, got_i: np.ndarray
+) -> tuple[float, float]:
     """(tie-aware recall, id recall) of an approximate top-k against the exact one (both (nq, k))."""
     nq, k = exact_i.shape
     if nq == 0 or k == 0:
@@ -118,7 +132,9 @@ def recall_at_k(exact_d: np.ndarray, exact_i: np.ndarray, got_d: np.ndarray, got
         ka = (q[valid].astype(np.int64) << 40) | got_i[valid]
         ids = float(np.isin(ka, ke).sum()) / (nq * k)
     else:
-        ids = float(np.mean([len(np.intersect1d(exact_i[j], got_i[j][got_i[j] >= 0])) / k for j in range(nq)]))
+        ids = float(
+            np.mean([len(np.intersect1d(exact_i[j], got_i[j][got_i[j] >= 0])) / k for j in range(nq)])
+        )
     return tie, ids
 
 
@@ -143,8 +159,13 @@ def time_batches(search, queries: np.ndarray, k: int, batch: int) -> dict:
         search(queries[lo : lo + batch], k)
         per_query.append((time.perf_counter() - t) * 1000 / len(queries[lo : lo + batch]))
     total = time.perf_counter() - start
-    return {"batch": batch, "p50_ms": float(np.percentile(per_query, 50)), "p99_ms": float(np.percentile(per_query, 99)),
-            "qps": len(queries) / total, "n_queries": len(queries)}  # fmt: skip
+    return {
+        "batch": batch,
+        "p50_ms": float(np.percentile(per_query, 50)),
+        "p99_ms": float(np.percentile(per_query, 99)),
+        "qps": len(queries) / total,
+        "n_queries": len(queries),
+    }
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -173,24 +194,39 @@ class DatasetSpec:
     workdir: str = ""
 
 
-def default_specs(quick: bool, datasets: list[str] | None, root: str, threads: int, k: int,
-                  kinds: list[str] | None = None) -> list[DatasetSpec]:  # fmt: skip
+def default_specs(
+    quick: bool, datasets: list[str] | None, root: str, threads: int, k: int, kinds: list[str] | None = None
+) -> list[DatasetSpec]:
     """The benchmark plan: ``--quick`` = small synthetic N (CI); otherwise Fashion-MNIST + 1M + 10M."""
     names = datasets or (["synthetic-20k"] if quick else list(FULL_DATASETS))
     specs = []
     for name in names:
         if name in ("fashion-mnist", "real") or name.startswith("real:"):
             cat = name.split(":", 1)[1] if name.startswith("real:") else "fashion-mnist"
-            spec = DatasetSpec(name=cat, root=root, catalogue=cat, queries=10_000, latency_queries=1000,
-                               numpy_queries=10_000, large_batch=10_000,
-                               params={"ivf": {"nlist": 256, "nprobe": 16}, "hnsw": {"m": 16, "ef_search": 256}})  # fmt: skip
+            spec = DatasetSpec(
+                name=cat,
+                root=root,
+                catalogue=cat,
+                queries=10_000,
+                latency_queries=1000,
+                numpy_queries=10_000,
+                large_batch=10_000,
+                params={"ivf": {"nlist": 256, "nprobe": 16}, "hnsw": {"m": 16, "ef_search": 256}},
+            )
             if quick:
                 spec.queries, spec.latency_queries, spec.numpy_queries = 1000, 100, 300
         elif name in SYNTHETIC:
             n = SYNTHETIC[name]
-            spec = DatasetSpec(name=name, n=n, centres=max(16, n // 10_000), queries=1000, latency_queries=200,
-                               numpy_queries=1000 if n <= 1_000_000 else 50, large_batch=1000,
-                               params={"ivf": {"nlist": 1024, "nprobe": 8}, "hnsw": {"m": 16, "ef_search": 200}})  # fmt: skip
+            spec = DatasetSpec(
+                name=name,
+                n=n,
+                centres=max(16, n // 10_000),
+                queries=1000,
+                latency_queries=200,
+                numpy_queries=1000 if n <= 1_000_000 else 50,
+                large_batch=1000,
+                params={"ivf": {"nlist": 1024, "nprobe": 8}, "hnsw": {"m": 16, "ef_search": 200}},
+            )
             if n >= 10_000_000:
                 spec.kinds = ("flat", "flat-dedup", "ivf")
                 spec.reindex_fraction = 0.01
@@ -198,18 +234,30 @@ def default_specs(quick: bool, datasets: list[str] | None, root: str, threads: i
                 spec.latency_queries = 100
         elif name.startswith("synthetic-") and name.endswith("k"):
             n = int(name[len("synthetic-") : -1]) * 1000
-            spec = DatasetSpec(name=name, n=n, centres=max(8, n // 1000), queries=500, latency_queries=100,
-                               numpy_queries=500, large_batch=500, reindex_fraction=0.01,
-                               reindex_kinds=("flat", "flat-dedup", "ivf"),
-                               params={"ivf": {"nlist": 64, "nprobe": 8}, "hnsw": {"m": 16, "ef_search": 200}})  # fmt: skip
+            spec = DatasetSpec(
+                name=name,
+                n=n,
+                centres=max(8, n // 1000),
+                queries=500,
+                latency_queries=100,
+                numpy_queries=500,
+                large_batch=500,
+                reindex_fraction=0.01,
+                reindex_kinds=("flat", "flat-dedup", "ivf"),
+                params={"ivf": {"nlist": 64, "nprobe": 8}, "hnsw": {"m": 16, "ef_search": 200}},
+            )
         else:
-            raise ValueError(f"bench search: unknown dataset {name!r} (fashion-mnist, real:<catalogue>, "
-                             f"{', '.join(SYNTHETIC)}, synthetic-<N>k)")  # fmt: skip
+            raise ValueError(
+                f"bench search: unknown dataset {name!r} (fashion-mnist, real:<catalogue>, "
+                f"{', '.join(SYNTHETIC)}, synthetic-<N>k)"
+            )
         spec.threads, spec.k = threads, k
         if kinds:
             bad = sorted(set(kinds) - set(ALL_KINDS))
             if bad:
-                raise ValueError(f"bench search: unknown index kinds {bad}; choose from {', '.join(ALL_KINDS)}")
+                raise ValueError(
+                    f"bench search: unknown index kinds {bad}; choose from {', '.join(ALL_KINDS)}"
+                )
             spec.kinds = tuple(kinds)
             spec.reindex_kinds = tuple(x for x in spec.reindex_kinds if x in kinds)
         specs.append(spec)
@@ -294,9 +342,23 @@ def run_dataset(spec: DatasetSpec) -> dict:
         np_s = time.perf_counter() - t
         same = bool(np.array_equal(np_i, exact_i[:nq_np]) and np.array_equal(np_d, exact_d[:nq_np]))
         checks.append(("numpy baseline equals flat (ids and distances, ties by row_id)", same))
-        rows.append({"index_kind": "numpy", "threads": 1, "batch": min(nq_np, 64), "p50_ms": 1000 * np_s / nq_np,
-                     "p99_ms": 1000 * np_s / nq_np, "qps": nq_np / np_s, "recall_at_k": 1.0, "recall_ids": 1.0,
-                     "k": k, "n_database": n, "n_queries": nq_np, "build_s": 0.0, "bytes_per_image": db_codes.shape[1]})  # fmt: skip
+        rows.append(
+            {
+                "index_kind": "numpy",
+                "threads": 1,
+                "batch": min(nq_np, 64),
+                "p50_ms": 1000 * np_s / nq_np,
+                "p99_ms": 1000 * np_s / nq_np,
+                "qps": nq_np / np_s,
+                "recall_at_k": 1.0,
+                "recall_ids": 1.0,
+                "k": k,
+                "n_database": n,
+                "n_queries": nq_np,
+                "build_s": 0.0,
+                "bytes_per_image": db_codes.shape[1],
+            }
+        )
         numpy_qps = nq_np / np_s
         facts["rss_peak_after/reference"] = round(_rss_mib())
         kinds = list(spec.kinds)
@@ -327,15 +389,37 @@ def run_dataset(spec: DatasetSpec) -> dict:
             got_d, got_i = search(queries, k)
             tie, ids = recall_at_k(exact_d, exact_i, got_d, got_i)
             if index.exact and kind != "flat-heap":
-                checks.append((f"{kind}: equals exact flat (ids and distances)", bool(np.array_equal(got_i, exact_i)
-                                                                                     and np.array_equal(got_d, exact_d))))  # fmt: skip
-            common = {"index_kind": kind, "threads": spec.threads, "recall_at_k": tie, "recall_ids": ids, "k": k,
-                      "n_database": n, "build_s": build_s, "bytes_per_image": manifest.file_bytes / max(n, 1),
-                      "params": manifest.params}  # fmt: skip
+                checks.append(
+                    (
+                        f"{kind}: equals exact flat (ids and distances)",
+                        bool(np.array_equal(got_i, exact_i) and np.array_equal(got_d, exact_d)),
+                    )
+                )
+            common = {
+                "index_kind": kind,
+                "threads": spec.threads,
+                "recall_at_k": tie,
+                "recall_ids": ids,
+                "k": k,
+                "n_database": n,
+                "build_s": build_s,
+                "bytes_per_image": manifest.file_bytes / max(n, 1),
+                "params": manifest.params,
+            }
             rows.append({**common, **b1})
-            rows.append({**common, **big, "x_numpy": big["qps"] / numpy_qps, "x_reference": big["qps"] / REFERENCE_QPS})
-            metrics += [(f"build_seconds/{kind}", None, build_s), (f"bytes_per_image/{kind}", None, common["bytes_per_image"]),
-                        (f"recall_ids/{kind}", k, ids)]  # fmt: skip
+            rows.append(
+                {
+                    **common,
+                    **big,
+                    "x_numpy": big["qps"] / numpy_qps,
+                    "x_reference": big["qps"] / REFERENCE_QPS,
+                }
+            )
+            metrics += [
+                (f"build_seconds/{kind}", None, build_s),
+                (f"bytes_per_image/{kind}", None, common["bytes_per_image"]),
+                (f"recall_ids/{kind}", k, ids),
+            ]
             del index, search
             gc.collect()
             facts[f"rss_peak_after/{kind}"] = round(_rss_mib())
@@ -369,15 +453,26 @@ def _reindex(spec: DatasetSpec, root, cat: str, model_id: str, n: int, checks: l
         if kind not in spec.kinds:
             continue
         gc.collect()
-        t = time.perf_counter()  # the index of the original rows, written by the main loop, is the previous one
+        t = (
+            time.perf_counter()
+        )  # the index of the original rows, written by the main loop, is the previous one
         prev = load_index(root, cat, model_id, kind, mmap=False)
-        index, ids, codes, rep = index_from_codes(root, cat, model_id, kind, spec.params.get(kind), previous=prev)
+        index, ids, codes, rep = index_from_codes(
+            root, cat, model_id, kind, spec.params.get(kind), previous=prev
+        )
         problems = verify_index(index, ids, codes)
-        manifest = write_index(root, index, cat, model_id, kind, spec.bits, len(ids), rep.build_seconds, mode=rep.mode)
+        manifest = write_index(
+            root, index, cat, model_id, kind, spec.bits, len(ids), rep.build_seconds, mode=rep.mode
+        )
         publish(root, manifest)
         seconds = time.perf_counter() - t
         if index.incremental_add:
-            checks.append((f"{kind}: re-index added only the {extra} new rows", rep.mode == "incremental" and rep.added_rows == extra))
+            checks.append(
+                (
+                    f"{kind}: re-index added only the {extra} new rows",
+                    rep.mode == "incremental" and rep.added_rows == extra,
+                )
+            )
         else:
             checks.append((f"{kind}: re-index rebuilt from stored codes", rep.mode == "rebuild"))
         checks.append((f"{kind}: re-indexed index verifies", not problems))
@@ -398,7 +493,10 @@ def _reindex(spec: DatasetSpec, root, cat: str, model_id: str, n: int, checks: l
         facts[f"reindex_seconds/{kind}"] = seconds
         facts[f"rss_peak_after/reindex-{kind}"] = round(_rss_mib())
         facts[f"reindex_add_seconds/{kind}"] = rep.build_seconds
-        out += [(f"reindex_seconds/{kind}", None, seconds), (f"reindex_add_seconds/{kind}", None, rep.build_seconds)]
+        out += [
+            (f"reindex_seconds/{kind}", None, seconds),
+            (f"reindex_add_seconds/{kind}", None, rep.build_seconds),
+        ]
         del index, prev
         gc.collect()
     facts.pop("_reindexed", None)
@@ -420,18 +518,29 @@ def _run_isolated(spec: DatasetSpec) -> dict:
 def machine_facts() -> dict:
     import faiss
 
-    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "faiss": faiss.__version__, "numpy": np.__version__,
-            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}  # fmt: skip
+    return {
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
 
 
-def run_bench(specs: list[DatasetSpec], db_path: str | None = None, isolate: bool = True, log=print) -> list[dict]:
+def run_bench(
+    specs: list[DatasetSpec], db_path: str | None = None, isolate: bool = True, log=print
+) -> list[dict]:
     """Run every dataset, record a ``bench-search`` run per dataset in DuckDB, return the results."""
     results = []
     for spec in specs:
         if not spec.n and not spec.root:
-            raise ValueError(f"bench search: dataset {spec.name!r} needs a storage root with a published index")
-        log(f"[bench search] {spec.name}: kinds {', '.join(spec.kinds)}, k={spec.k}, threads={spec.threads} ...")
+            raise ValueError(
+                f"bench search: dataset {spec.name!r} needs a storage root with a published index"
+            )
+        log(
+            f"[bench search] {spec.name}: kinds {', '.join(spec.kinds)}, k={spec.k}, threads={spec.threads} ..."
+        )
         t = time.perf_counter()
         res = _run_isolated(spec) if isolate else run_dataset(spec)
         res["facts"]["wall_seconds"] = time.perf_counter() - t
@@ -445,16 +554,37 @@ def run_bench(specs: list[DatasetSpec], db_path: str | None = None, isolate: boo
 def record(db_path: str, res: dict) -> str:
     from storage.diagnostics import DiagnosticsDB, insert_metrics, insert_search_latency
 
-    keys = ("index_kind", "threads", "batch", "p50_ms", "p99_ms", "qps", "recall_at_k", "k", "n_database", "n_queries")
+    keys = (
+        "index_kind",
+        "threads",
+        "batch",
+        "p50_ms",
+        "p99_ms",
+        "qps",
+        "recall_at_k",
+        "k",
+        "n_database",
+        "n_queries",
+    )
     rows = [{key: r.get(key) for key in keys} for r in res["rows"]]
 
     def write(run_id: str, con) -> None:
         insert_search_latency(con, run_id, rows)
         insert_metrics(con, run_id, [(name, k, float(v)) for name, k, v in res["metrics"] if v is not None])
 
-    config = {"spec": res["spec"], "facts": res["facts"], "checks": [[c, bool(ok)] for c, ok in res["checks"]]}
-    return DiagnosticsDB(db_path).record("bench-search", res["facts"]["dataset"], res["facts"].get("model_id"),
-                                         json.loads(json.dumps(config, default=str)), None, write)  # fmt: skip
+    config = {
+        "spec": res["spec"],
+        "facts": res["facts"],
+        "checks": [[c, bool(ok)] for c, ok in res["checks"]],
+    }
+    return DiagnosticsDB(db_path).record(
+        "bench-search",
+        res["facts"]["dataset"],
+        res["facts"].get("model_id"),
+        json.loads(json.dumps(config, default=str)),
+        None,
+        write,
+    )
 
 
 def format_table(results: list[dict]) -> str:
@@ -464,27 +594,57 @@ def format_table(results: list[dict]) -> str:
     for res in results:
         by_kind: dict[str, dict] = {}
         for r in res["rows"]:
-            by_kind.setdefault(r["index_kind"], {})[1 if r["batch"] == 1 and r["index_kind"] != "numpy" else 0] = r
+            by_kind.setdefault(r["index_kind"], {})[
+                1 if r["batch"] == 1 and r["index_kind"] != "numpy" else 0
+            ] = r
         for kind, rr in by_kind.items():
             big, one = rr.get(0), rr.get(1)
-            table.append([
-                res["facts"]["dataset"], kind, f"{big['n_database']:,}", f"{big['build_s']:.2f}", f"{big['bytes_per_image']:.1f}",
-                f"{one['p50_ms']:.3f}" if one else "", f"{one['p99_ms']:.3f}" if one else "",
-                f"{one['qps']:,.0f}" if one else "", f"{big['qps']:,.0f}", big["batch"],
-                f"{big['recall_at_k']:.4f}", f"{big.get('recall_ids', 1.0):.4f}",
-                f"{big['qps'] / by_kind['numpy'][0]['qps']:.1f}",
-            ])  # fmt: skip
-    headers = ["dataset", "kind", "N", "build s", "B/img", "p50 ms b1", "p99 ms b1", "QPS b1", "QPS large", "large batch",
-               "recall@k", "recall@k ids", "x numpy"]  # fmt: skip
+            table.append(
+                [
+                    res["facts"]["dataset"],
+                    kind,
+                    f"{big['n_database']:,}",
+                    f"{big['build_s']:.2f}",
+                    f"{big['bytes_per_image']:.1f}",
+                    f"{one['p50_ms']:.3f}" if one else "",
+                    f"{one['p99_ms']:.3f}" if one else "",
+                    f"{one['qps']:,.0f}" if one else "",
+                    f"{big['qps']:,.0f}",
+                    big["batch"],
+                    f"{big['recall_at_k']:.4f}",
+                    f"{big.get('recall_ids', 1.0):.4f}",
+                    f"{big['qps'] / by_kind['numpy'][0]['qps']:.1f}",
+                ]
+            )
+    headers = [
+        "dataset",
+        "kind",
+        "N",
+        "build s",
+        "B/img",
+        "p50 ms b1",
+        "p99 ms b1",
+        "QPS b1",
+        "QPS large",
+        "large batch",
+        "recall@k",
+        "recall@k ids",
+        "x numpy",
+    ]
     out = [tabulate(table, headers=headers, disable_numparse=True, stralign="right")]
     for res in results:
         f = res["facts"]
-        extra = [f"{key}={f[key]:.2f}" if isinstance(f[key], float) else f"{key}={f[key]}"
-                 for key in sorted(f) if key not in ("dataset",)]  # fmt: skip
+        extra = [
+            f"{key}={f[key]:.2f}" if isinstance(f[key], float) else f"{key}={f[key]}"
+            for key in sorted(f)
+            if key not in ("dataset",)
+        ]
         out.append(f"{f['dataset']}: " + ", ".join(extra))
         failed = [c for c, ok in res["checks"] if not ok]
-        out.append(f"{f['dataset']}: checks {len(res['checks']) - len(failed)}/{len(res['checks'])} passed"
-                   + (f"; FAILED: {'; '.join(failed)}" if failed else ""))  # fmt: skip
+        out.append(
+            f"{f['dataset']}: checks {len(res['checks']) - len(failed)}/{len(res['checks'])} passed"
+            + (f"; FAILED: {'; '.join(failed)}" if failed else "")
+        )
     return "\n".join(out)
 
 
@@ -496,5 +656,7 @@ def quick_assertions(results: list[dict], min_recall: float = 0.9) -> list[str]:
         problems += [f"{name}: {c}" for c, ok in res["checks"] if not ok]
         for r in res["rows"]:
             if r["recall_at_k"] is not None and r["recall_at_k"] < min_recall:
-                problems.append(f"{name}: {r['index_kind']} recall@{r['k']} = {r['recall_at_k']:.3f} < {min_recall}")
+                problems.append(
+                    f"{name}: {r['index_kind']} recall@{r['k']} = {r['recall_at_k']:.3f} < {min_recall}"
+                )
     return sorted(set(problems))

@@ -21,8 +21,15 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 # Split names a source may use, and the protocol role each maps to.
-SPLIT_NAMES = {"train": "train", "query": "query", "test": "query", "database": "database", "db": "database",
-               "validation": "validation", "val": "validation"}  # fmt: skip
+SPLIT_NAMES = {
+    "train": "train",
+    "query": "query",
+    "test": "query",
+    "database": "database",
+    "db": "database",
+    "validation": "validation",
+    "val": "validation",
+}
 LABEL_FORMATS = ("values", "one_hot")
 _TRUE, _FALSE = {"1", "true", "yes", "y", "t"}, {"0", "false", "no", "n", "f", ""}
 
@@ -162,9 +169,10 @@ def read_manifest_table(uri: str, columns: list[str]) -> tuple[pa.Table, list[tu
             table = pcsv.read_csv(
                 stream,
                 parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
-                convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                                    strings_can_be_null=True),
-            )  # fmt: skip
+                convert_options=pcsv.ConvertOptions(
+                    column_types={c: pa.string() for c in columns}, strings_can_be_null=True
+                ),
+            )
     except SourceError:
         raise
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
@@ -223,9 +231,14 @@ def _resolve(ref: str, manifest_fs, manifest_dir: str, root_fs, root: str) -> st
         path = os.path.normpath(ref)
     else:
         if type(manifest_fs) is not type(root_fs):
-            raise ValueError(f"relative {ref!r} next to the manifest is outside the source root {_uri(root_fs, root)}")
-        path = (os.path.normpath(os.path.join(manifest_dir, ref)) if _is_local(root_fs)
-                else posixpath.normpath(posixpath.join(manifest_dir, ref)))  # fmt: skip
+            raise ValueError(
+                f"relative {ref!r} next to the manifest is outside the source root {_uri(root_fs, root)}"
+            )
+        path = (
+            os.path.normpath(os.path.join(manifest_dir, ref))
+            if _is_local(root_fs)
+            else posixpath.normpath(posixpath.join(manifest_dir, ref))
+        )
     if not _under(root_fs, path, root):
         raise ValueError(f"{ref!r} resolves outside the source root {_uri(root_fs, root)}")
     return path
@@ -254,12 +267,16 @@ def list_manifest(
     if table.num_rows == 0 and not bad_rows:
         raise SourceError(f"manifest {uri!r} has no rows")
     manifest_fs, manifest_path = fsspec.core.url_to_fs(uri)
-    manifest_dir = os.path.dirname(manifest_path) if _is_local(manifest_fs) else posixpath.dirname(manifest_path)
+    manifest_dir = (
+        os.path.dirname(manifest_path) if _is_local(manifest_fs) else posixpath.dirname(manifest_path)
+    )
     root_fs, root = fsspec.core.url_to_fs(source_root) if source_root else (manifest_fs, manifest_dir)
     root = os.path.abspath(root) if _is_local(root_fs) else root.rstrip("/")
     name = posixpath.basename(manifest_path)
-    items = [Item(image_id=f"{name}:line {n}", uri="", path="", reject=("bad-row", text[:200]))
-             for n, text in bad_rows]  # fmt: skip
+    items = [
+        Item(image_id=f"{name}:line {n}", uri="", path="", reject=("bad-row", text[:200]))
+        for n, text in bad_rows
+    ]
     data = table.to_pydict()
     for i in range(table.num_rows):
         ref = data[uri_column][i]
@@ -277,7 +294,9 @@ def list_manifest(
             item.reject = ("escapes-root", str(err))
             continue
         try:
-            labels = [n for col in label_columns for n in parse_labels(data[col][i], col, label_format, label_sep)]
+            labels = [
+                n for col in label_columns for n in parse_labels(data[col][i], col, label_format, label_sep)
+            ]
         except ValueError as err:
             item.reject = ("bad-label", str(err))
             continue
@@ -288,7 +307,10 @@ def list_manifest(
         if split_column:
             split = (data[split_column][i] or "").strip().lower()
             if split not in SPLIT_NAMES:
-                item.reject = ("bad-split", f"split {data[split_column][i]!r} is not one of {sorted(SPLIT_NAMES)}")
+                item.reject = (
+                    "bad-split",
+                    f"split {data[split_column][i]!r} is not one of {sorted(SPLIT_NAMES)}",
+                )
                 continue
             item.split = SPLIT_NAMES[split]
         if id_column and data[id_column][i] is None:

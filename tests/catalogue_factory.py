@@ -27,8 +27,13 @@ def png(img: Image.Image, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def write_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 8,
-                 size: int = 12, start: int = 0) -> Path:  # fmt: skip
+def write_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "fox"),
+    per_class: int = 8,
+    size: int = 12,
+    start: int = 0,
+) -> Path:
     """``root/<class>/<i>.png`` for ``per_class`` images per class (indices from ``start``)."""
     for label, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -37,8 +42,13 @@ def write_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), p
     return root
 
 
-def write_multilabel(root: Path, n: int = 30, labels: tuple[str, ...] = ("sky", "tree", "water", "road"),
-                     size: int = 12, fmt: str = "csv") -> Path:  # fmt: skip
+def write_multilabel(
+    root: Path,
+    n: int = 30,
+    labels: tuple[str, ...] = ("sky", "tree", "water", "road"),
+    size: int = 12,
+    fmt: str = "csv",
+) -> Path:
     """``root/images/<i>.png`` and a manifest (``uri``, ``tags`` = '|'-joined label names) where image i
     carries label ``i % L`` and, for every other image, ``(i + 1) % L`` too."""
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -52,7 +62,9 @@ def write_multilabel(root: Path, n: int = 30, labels: tuple[str, ...] = ("sky", 
         import pyarrow.parquet as pq
 
         path = root / "manifest.parquet"
-        pq.write_table(pa.Table.from_pylist([{"uri": r["uri"], "tags": r["tags"].split("|")} for r in rows]), path)
+        pq.write_table(
+            pa.Table.from_pylist([{"uri": r["uri"], "tags": r["tags"].split("|")} for r in rows]), path
+        )
         return path
     path = root / "manifest.csv"
     with open(path, "w", newline="") as f:

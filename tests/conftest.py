@@ -24,11 +24,19 @@ def _seed_and_threads(monkeypatch):
 
 TINY = {
     "catalogue": {"config": {"train_limit": 700, "query_limit": 200, "validation_size": 150, "seed": 1}},
-    "hashing_model": {"config": {"epochs": 2, "batch_size": 64, "val_queries": 150, "val_database": 400,
-                                 "min_val_map": 0.3, "bits": 32}},
+    "hashing_model": {
+        "config": {
+            "epochs": 2,
+            "batch_size": 64,
+            "val_queries": 150,
+            "val_database": 400,
+            "min_val_map": 0.3,
+            "bits": 32,
+        }
+    },
     "model_evaluation": {"config": {"stability_sample": 200}},
     "retrieval_diagnostics": {"config": {"latency_queries": 50}},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="session")

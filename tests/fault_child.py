@@ -37,7 +37,9 @@ def main(spec: dict) -> int:
     from tests.tiny_graph import failure_messages, run_graph
 
     instance = dg.DagsterInstance.local_temp(spec["home"])
-    result = run_graph(instance, spec["name"], spec["catalogue"], spec["root"], spec["db"], spec.get("selection"))
+    result = run_graph(
+        instance, spec["name"], spec["catalogue"], spec["root"], spec["db"], spec.get("selection")
+    )
     print(json.dumps({"success": result.success, "failures": failure_messages(result)}))
     return 0 if result.success else 1
 

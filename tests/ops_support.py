@@ -50,7 +50,9 @@ def apt_install(*packages: str, binary: str) -> str:
 def process(args: list[str], log: str, **kwargs) -> Iterator[subprocess.Popen]:
     """Run ``args`` with output to ``log``; terminate it (then kill) on exit."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+        proc = subprocess.Popen(
+            list(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
     try:
         yield proc
     finally:
@@ -67,15 +69,26 @@ def process(args: list[str], log: str, **kwargs) -> Iterator[subprocess.Popen]:
 def moto_s3(log_dir: str, bucket: str = "vitrieve") -> Iterator[dict[str, str]]:
     """A moto S3 server with ``bucket``; yields the AWS environment that s3fs/boto3 pick up."""
     port = free_port()
-    with process([os.path.join(BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                 os.path.join(log_dir, "moto.log")) as proc:  # fmt: skip
+    with process(
+        [os.path.join(BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        os.path.join(log_dir, "moto.log"),
+    ) as proc:
         wait_for_port(port, proc)
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         import boto3
 
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)  # fmt: skip
+        boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket=bucket)
         yield env
 
 
@@ -84,8 +97,21 @@ def redis_server(log_dir: str) -> Iterator[str]:
     """A throw-away Redis on 127.0.0.1 (no persistence); yields its URL."""
     binary = apt_install("redis-server", binary="redis-server")
     port = free_port()
-    args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-            "--dir", log_dir, "--protected-mode", "yes"]  # fmt: skip
+    args = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        log_dir,
+        "--protected-mode",
+        "yes",
+    ]
     with process(args, os.path.join(log_dir, "redis.log")) as proc:
         wait_for_port(port, proc)
         yield f"redis://127.0.0.1:{port}/0"
@@ -109,15 +135,41 @@ def postgres_server(log_dir: str) -> Iterator[dict[str, str]]:
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
     try:
-        subprocess.run([*as_user, f"{pg}/initdb", "-D", data, "-U", "dagster", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True)  # fmt: skip
-        args = [*as_user, f"{pg}/postgres", "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", data,
-                "-c", "fsync=off", "-c", "shared_buffers=32MB"]  # fmt: skip
+        subprocess.run(
+            [*as_user, f"{pg}/initdb", "-D", data, "-U", "dagster", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+        )
+        args = [
+            *as_user,
+            f"{pg}/postgres",
+            "-D",
+            data,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            data,
+            "-c",
+            "fsync=off",
+            "-c",
+            "shared_buffers=32MB",
+        ]
         with process(args, os.path.join(log_dir, "postgres.log")) as proc:
             wait_for_port(port, proc)
-            subprocess.run([f"{pg}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"],
-                           check=True, capture_output=True)  # fmt: skip
-            yield {"hostname": "127.0.0.1", "port": str(port), "username": "dagster", "password": "", "db_name": "dagster"}
+            subprocess.run(
+                [f"{pg}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"],
+                check=True,
+                capture_output=True,
+            )
+            yield {
+                "hostname": "127.0.0.1",
+                "port": str(port),
+                "username": "dagster",
+                "password": "",
+                "db_name": "dagster",
+            }
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
@@ -125,12 +177,23 @@ def postgres_server(log_dir: str) -> Iterator[dict[str, str]]:
 # train_and_publish in seconds of CPU: 200 train + 50 query real Fashion-MNIST images, a 1-block ViT, 1 epoch.
 TINY_OPS = {
     "catalogue": {"config": {"train_limit": 200, "query_limit": 50, "validation_size": 50, "seed": 1}},
-    "hashing_model": {"config": {"model": "vts-cls", "loss": "csq", "bits": 16, "epochs": 1, "batch_size": 64,
-                                 "overrides": {"depth": 1, "embed_dim": 24, "num_heads": 1}, "warmup_steps": 0,
-                                 "val_queries": 50, "val_database": 200, "min_val_map": 0.0}},
+    "hashing_model": {
+        "config": {
+            "model": "vts-cls",
+            "loss": "csq",
+            "bits": 16,
+            "epochs": 1,
+            "batch_size": 64,
+            "overrides": {"depth": 1, "embed_dim": 24, "num_heads": 1},
+            "warmup_steps": 0,
+            "val_queries": 50,
+            "val_database": 200,
+            "min_val_map": 0.0,
+        }
+    },
     "model_evaluation": {"config": {"stability_sample": 50}},
     "retrieval_diagnostics": {"config": {"latency_queries": 20}},
-}  # fmt: skip
+}
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,11 +247,24 @@ class Chromium:
 
         binary = apt_install("chromium", binary="chromium")
         port = free_port()
-        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={self.profile}",
-                f"--window-size={self.size[0]},{self.size[1]}", "--remote-debugging-address=127.0.0.1",
-                f"--remote-debugging-port={port}", "about:blank"]  # fmt: skip
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={self.size[0]},{self.size[1]}",
+            "--remote-debugging-address=127.0.0.1",
+            f"--remote-debugging-port={port}",
+            "about:blank",
+        ]
         self._proc = process(args, self.log)
         proc = self._proc.__enter__()
         wait_for_port(port, proc)
@@ -202,7 +278,13 @@ class Chromium:
         self._ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
         self._id = 0
         width, height = self.size
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         self.send("Page.enable")
         return self
 

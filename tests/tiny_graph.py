@@ -6,28 +6,56 @@ import dagster as dg
 
 # vts-cls, depth 1, width 24, 1 epoch: seconds on a CPU. min_val_map 0: tiny data proves plumbing, not quality.
 TINY_OPS = {
-    "hashing_model": {"config": {"model": "vts-cls", "overrides": {"depth": 1, "embed_dim": 24, "num_heads": 1},
-                                 "epochs": 1, "batch_size": 32, "warmup_steps": 1, "bits": 16, "val_queries": 8,
-                                 "val_database": 32, "min_val_map": 0.0, "augment": False}},
+    "hashing_model": {
+        "config": {
+            "model": "vts-cls",
+            "overrides": {"depth": 1, "embed_dim": 24, "num_heads": 1},
+            "epochs": 1,
+            "batch_size": 32,
+            "warmup_steps": 1,
+            "bits": 16,
+            "val_queries": 8,
+            "val_database": 32,
+            "min_val_map": 0.0,
+            "augment": False,
+        }
+    },
     "model_evaluation": {"config": {"stability_sample": 8}},
     "retrieval_diagnostics": {"config": {"latency_queries": 4, "large_batch": 8, "threads": 1}},
-}  # fmt: skip
+}
 
 
 def tiny_catalogue_config(source: str, **extra) -> dict:
     """Catalogue config for a few dozen images: 4 train and 2 query images per label, 2 validation images."""
-    return {"source": source, "train_per_label": 4, "query_per_label": 2, "validation_size": 2, "seed": 0, **extra}
+    return {
+        "source": source,
+        "train_per_label": 4,
+        "query_per_label": 2,
+        "validation_size": 2,
+        "seed": 0,
+        **extra,
+    }
 
 
 def resources(root: str, db: str) -> dict:
     from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
 
-    return {"storage": StorageResource(root=root), "diagnostics": DiagnosticsResource(path=db),
-            "compute": ComputeResource(device="cpu", threads=1)}  # fmt: skip
+    return {
+        "storage": StorageResource(root=root),
+        "diagnostics": DiagnosticsResource(path=db),
+        "compute": ComputeResource(device="cpu", threads=1),
+    }
 
 
-def run_graph(instance: dg.DagsterInstance, name: str, catalogue: dict, root: str, db: str,
-              selection: list[str] | None = None, ops: dict | None = None) -> dg.ExecuteInProcessResult:  # fmt: skip
+def run_graph(
+    instance: dg.DagsterInstance,
+    name: str,
+    catalogue: dict,
+    root: str,
+    db: str,
+    selection: list[str] | None = None,
+    ops: dict | None = None,
+) -> dg.ExecuteInProcessResult:
     """``train_and_publish`` (or ``selection`` of it) for catalogue partition ``name``."""
     from pipelines.definitions import build_definitions
 
@@ -36,10 +64,17 @@ def run_graph(instance: dg.DagsterInstance, name: str, catalogue: dict, root: st
     run_config = {"catalogue": {"config": catalogue}, **TINY_OPS, **(ops or {})}
     if selection:
         run_config = {k: v for k, v in run_config.items() if k in selection}
-    return build_definitions(resources(root, db)).resolve_job_def("train_and_publish").execute_in_process(
-        run_config={"ops": run_config}, instance=instance, partition_key=name,
-        asset_selection=[dg.AssetKey(a) for a in selection] if selection else None, raise_on_error=False,
-    )  # fmt: skip
+    return (
+        build_definitions(resources(root, db))
+        .resolve_job_def("train_and_publish")
+        .execute_in_process(
+            run_config={"ops": run_config},
+            instance=instance,
+            partition_key=name,
+            asset_selection=[dg.AssetKey(a) for a in selection] if selection else None,
+            raise_on_error=False,
+        )
+    )
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:

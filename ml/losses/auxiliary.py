@@ -14,10 +14,14 @@ class AuxiliaryClassifier(nn.Module):
     rows). A training-only head, as X-HashNet's and GreedyHash's classifiers: it shapes the codes so that classes
     are linearly separable in Hamming space and is dropped after training (codes stay ``u >= 0``)."""
 
-    def __init__(self, bits: int, num_classes: int, weight: float, label_smoothing: float = 0.0, seed: int = 0):
+    def __init__(
+        self, bits: int, num_classes: int, weight: float, label_smoothing: float = 0.0, seed: int = 0
+    ):
         super().__init__()
         if weight < 0 or not 0 <= label_smoothing < 1:
-            raise ValueError(f"classifier weight must be >= 0 and label_smoothing in [0, 1), got {weight}, {label_smoothing}")
+            raise ValueError(
+                f"classifier weight must be >= 0 and label_smoothing in [0, 1), got {weight}, {label_smoothing}"
+            )
         self.weight, self.label_smoothing = weight, label_smoothing
         self.linear = seeded_classifier(bits, num_classes, seed)
 

@@ -34,7 +34,9 @@ def hadamard_rows(bits: int, balanced: bool = True) -> np.ndarray:
     return np.stack([sign * h[i] for i in order for sign in (1, -1)])
 
 
-def hash_centres(num_classes: int, bits: int, seed: int = 0, tries: int = 10_000, balanced: bool = True) -> np.ndarray:
+def hash_centres(
+    num_classes: int, bits: int, seed: int = 0, tries: int = 10_000, balanced: bool = True
+) -> np.ndarray:
     """CSQ hash centres in {-1, +1}, shape (num_classes, bits), every pair at least bits/4 apart (G.3).
 
     Rows of [H; -H] (pairwise distance bits/2 or bits; order from ``hadamard_rows``) when ``bits`` is a power of
@@ -110,9 +112,18 @@ class CSQLoss(CentreTargetLoss):
         "epochs": 150,
     }
 
-    def __init__(self, num_classes: int, bits: int, num_train: int = 0, seed: int = 0, lam: float = 1e-4,
-                 balanced: bool = True):  # fmt: skip
-        super().__init__(num_classes, bits, num_train, seed, hash_centres(num_classes, bits, seed, balanced=balanced))
+    def __init__(
+        self,
+        num_classes: int,
+        bits: int,
+        num_train: int = 0,
+        seed: int = 0,
+        lam: float = 1e-4,
+        balanced: bool = True,
+    ):
+        super().__init__(
+            num_classes, bits, num_train, seed, hash_centres(num_classes, bits, seed, balanced=balanced)
+        )
         self.lam = lam
         self.balanced = balanced
 

@@ -19,13 +19,26 @@ from ml.models.vts import VTSHash
 from ml.models.xhashnet import XHashNet
 
 _CLASSES: dict[str, type[nn.Module]] = {
-    "vts": VTSHash, "vts-cls": VTSHash, "xhashnet": XHashNet, "transhash": TransHash, "hybridhash": HybridHash,
-}  # fmt: skip
+    "vts": VTSHash,
+    "vts-cls": VTSHash,
+    "xhashnet": XHashNet,
+    "transhash": TransHash,
+    "hybridhash": HybridHash,
+}
 
 __all__ = [
-    "MODELS", "PAPER_PRESETS", "PRESETS", "HybridHash", "ModelSpec", "TransHash", "VTSHash", "XHashNet",
-    "build_model", "count_parameters", "default_preset",
-]  # fmt: skip
+    "MODELS",
+    "PAPER_PRESETS",
+    "PRESETS",
+    "HybridHash",
+    "ModelSpec",
+    "TransHash",
+    "VTSHash",
+    "XHashNet",
+    "build_model",
+    "count_parameters",
+    "default_preset",
+]
 
 
 def build_model(spec: ModelSpec, load_pretrained: bool = True) -> nn.Module:

@@ -25,7 +25,9 @@ class Runner:
     steps run under bf16 autocast when ``amp`` (with ``training_attention``, as ``ml.train``); ``channels_last=False`` keeps PyTorch's default (contiguous) layout
     instead of ``build_model``'s channels-last one (docs/experiments/cpu_format_probe.py compares them)."""
 
-    def __init__(self, spec: ModelSpec, batch: int, clock: Callable[[], float], amp: bool, channels_last: bool = True):
+    def __init__(
+        self, spec: ModelSpec, batch: int, clock: Callable[[], float], amp: bool, channels_last: bool = True
+    ):
         torch.manual_seed(0)
         self.spec, self.batch, self.clock, self.amp = spec, batch, clock, amp
         self.model = build_model(spec)
@@ -59,12 +61,19 @@ class Runner:
 
 
 def throughput(
-    specs: list[ModelSpec], batch: int = 128, steps: int = 4, rounds: int = 3, clock: str = "wall", amp: bool = True
+    specs: list[ModelSpec],
+    batch: int = 128,
+    steps: int = 4,
+    rounds: int = 3,
+    clock: str = "wall",
+    amp: bool = True,
 ) -> list[dict]:
     """Best train and inference images/s of each spec (CPU, current torch threads), interleaved by round; training
     under bf16 autocast when ``amp`` and the CPU has native bf16 (as ``ml.train`` does)."""
     amp = amp and bf16_autocast(torch.device("cpu"))
-    runners = [Runner(s, batch, time.perf_counter if clock == "wall" else time.process_time, amp) for s in specs]
+    runners = [
+        Runner(s, batch, time.perf_counter if clock == "wall" else time.process_time, amp) for s in specs
+    ]
     for r in runners:  # warm-up
         r.step(True)
         r.step(False)
@@ -73,10 +82,16 @@ def throughput(
             r.rate(True, steps)
             r.rate(False, steps)
     return [
-        dict(model=r.spec.model, preset=r.spec.preset, overrides=r.spec.overrides, params=count_parameters(r.model),
-             train=r.best[True], infer=r.best[False])
+        dict(
+            model=r.spec.model,
+            preset=r.spec.preset,
+            overrides=r.spec.overrides,
+            params=count_parameters(r.model),
+            train=r.best[True],
+            infer=r.best[False],
+        )
         for r in runners
-    ]  # fmt: skip
+    ]
 
 
 def main() -> None:
@@ -89,9 +104,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clock", choices=("wall", "process"), default="wall")
-    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast as in training")
-    ap.add_argument("--overrides", nargs="*", type=json.loads, default=[{}], metavar="JSON",
-                    help='preset overrides, one model per JSON object, e.g. \'{"stem_channels": [32, 64]}\'')  # fmt: skip
+    ap.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast as in training"
+    )
+    ap.add_argument(
+        "--overrides",
+        nargs="*",
+        type=json.loads,
+        default=[{}],
+        metavar="JSON",
+        help="preset overrides, one model per JSON object, e.g. '{\"stem_channels\": [32, 64]}'",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     specs = [

@@ -21,7 +21,11 @@ def conv_stem(in_chans: int, channels: tuple[int, ...]) -> nn.Sequential:
     c = in_chans
     for out in channels:
         for conv_in in (c, out):
-            layers += [nn.Conv2d(conv_in, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(conv_in, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
         layers.append(nn.MaxPool2d(2))
         c = out
     return nn.Sequential(*layers)

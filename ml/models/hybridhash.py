@@ -144,10 +144,18 @@ class HybridHash(nn.Module):
         timm = import_timm()
         self.spec = spec
         self.backbone = timm.models.nest.Nest(
-            img_size=img, in_chans=spec.in_chans, patch_size=patch, num_levels=levels, embed_dims=dims,
-            num_heads=heads, depths=depths, mlp_ratio=float(args["mlp_ratio"]), qkv_bias=True, num_classes=0,
+            img_size=img,
+            in_chans=spec.in_chans,
+            patch_size=patch,
+            num_levels=levels,
+            embed_dims=dims,
+            num_heads=heads,
+            depths=depths,
+            mlp_ratio=float(args["mlp_ratio"]),
+            qkv_bias=True,
+            num_classes=0,
             drop_path_rate=spec.drop_path_rate,
-        )  # fmt: skip
+        )
         for level in self.backbone.levels:
             for layer in level.transformer_encoder:
                 layer.attn = BlockAttention(layer.attn)

@@ -15,8 +15,9 @@ _VIT_B32 = dict(img_size=224, patch_size=32, embed_dim=768, depth=12, num_heads=
 _VTS_SMALL = dict(img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0)
 # The hybrid CPU preset (the quick profile's): a two-stage VGG conv stem (28 -> 7 px, 24/48 channels) whose 49
 # cells are the tokens of one ViT block (width 96); see ``ml.models.common.conv_stem`` and docs/BENCHMARKS.md.
-_VTS_SMALL_CONV = dict(img_size=28, patch_size=1, embed_dim=96, depth=1, num_heads=3, mlp_ratio=2.0,
-                       stem_channels=(24, 48))  # fmt: skip
+_VTS_SMALL_CONV = dict(
+    img_size=28, patch_size=1, embed_dim=96, depth=1, num_heads=3, mlp_ratio=2.0, stem_channels=(24, 48)
+)
 # The same with a wider stem (32/64 channels; the full profile's): ~7 % slower to train, codes a little better.
 _VTS_SMALL_CONV_WIDE = {**_VTS_SMALL_CONV, "stem_channels": (32, 64)}
 
@@ -27,10 +28,20 @@ _VTS_SMALL_CONV_WIDE = {**_VTS_SMALL_CONV, "stem_channels": (32, 64)}
 # "small" presets are sized for 28-32 px on a 2-core CPU (see
 # each module's docstring for the measured img/s); the others are the papers' 224 px GPU backbones.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "vts": {"small": _VTS_SMALL, "small-conv": _VTS_SMALL_CONV, "small-conv-wide": _VTS_SMALL_CONV_WIDE,
-            "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
-    "vts-cls": {"small": _VTS_SMALL, "small-conv": _VTS_SMALL_CONV, "small-conv-wide": _VTS_SMALL_CONV_WIDE,
-                "vit-b16": _VIT_B16, "vit-b32": _VIT_B32},
+    "vts": {
+        "small": _VTS_SMALL,
+        "small-conv": _VTS_SMALL_CONV,
+        "small-conv-wide": _VTS_SMALL_CONV_WIDE,
+        "vit-b16": _VIT_B16,
+        "vit-b32": _VIT_B32,
+    },
+    "vts-cls": {
+        "small": _VTS_SMALL,
+        "small-conv": _VTS_SMALL_CONV,
+        "small-conv-wide": _VTS_SMALL_CONV_WIDE,
+        "vit-b16": _VIT_B16,
+        "vit-b32": _VIT_B32,
+    },
     "xhashnet": {
         "small": dict(
             img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, bottleneck=256
@@ -66,11 +77,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             mlp_ratio=4.0,
             interaction_heads=8,
         ),
-    },  # fmt: skip
+    },
 }
 # The paper preset each model is published with (``default_preset(model, gpu=True)``).
-PAPER_PRESETS = {"vts": "vit-b32", "vts-cls": "vit-b32", "xhashnet": "deit-s", "transhash": "vit-b16",
-                 "hybridhash": "nest-b"}  # fmt: skip
+PAPER_PRESETS = {
+    "vts": "vit-b32",
+    "vts-cls": "vit-b32",
+    "xhashnet": "deit-s",
+    "transhash": "vit-b16",
+    "hybridhash": "nest-b",
+}
 
 
 def check_model(model: str) -> None:
