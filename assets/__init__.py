@@ -1,1 +1,1 @@
-"""Software-defined assets and asset checks: thin glue over ``ml/`` and ``storage/``."""
+"""Software-defined assets, asset checks and their resources: thin glue over ``ml/`` and ``storage/``."""

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from assets.common import file_facts, lineage
 from assets.partitions import catalogues
-from pipelines.resources import DiagnosticsResource, StorageResource
+from assets.resources import DiagnosticsResource, StorageResource
 from storage.catalogue import CatalogueInfo, catalogue_parts, fingerprint, read_catalogue, write_catalogue
 from storage.ingest import (
     Limits,

@@ -10,7 +10,7 @@ from assets.common import current_model_id
 from assets.index import binary_index, database_codes
 from assets.model import hashing_model
 from assets.partitions import catalogues
-from pipelines.resources import StorageResource
+from assets.resources import StorageResource
 from storage.catalogue import read_catalogue
 from storage.codes import read_codes
 from storage.index import current, load_index, verify_index

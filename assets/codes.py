@@ -17,7 +17,7 @@ from pydantic import Field
 
 from assets.common import current_model_id, lineage, load_model, tag_run
 from assets.partitions import catalogues
-from pipelines.resources import ComputeResource, StorageResource
+from assets.resources import ComputeResource, StorageResource
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
 from storage.codes import (
     PartWriter,

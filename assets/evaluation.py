@@ -7,7 +7,7 @@ from pydantic import Field
 from assets.common import current_model_id, lineage, load_model, model_inputs, png_markdown
 from assets.partitions import catalogues
 from assets.plots import attention_png, bit_balance_png, pr_curve_png, retrieval_grid_png
-from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
+from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import labels_matrix, read_catalogue
 from storage.codes import read_codes
 from storage.diagnostics import insert_bit_stats, insert_metrics, insert_per_class, insert_pr_curve

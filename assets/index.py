@@ -15,7 +15,7 @@ from pydantic import Field
 
 from assets.common import current_model_id, lineage
 from assets.partitions import catalogues
-from pipelines.resources import StorageResource
+from assets.resources import StorageResource
 from storage.catalogue import read_catalogue
 from storage.codes import read_codes
 from storage.fs import StorageRoot

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from assets.common import file_facts, lineage, model_inputs, rows_where, tag_run
 from assets.partitions import catalogues
-from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
+from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import fingerprint, read_catalogue
 from storage.model_store import has_model, read_card, write_model
 

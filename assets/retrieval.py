@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field
 
 from assets.partitions import catalogues
-from pipelines.resources import DiagnosticsResource, StorageResource
+from assets.resources import DiagnosticsResource, StorageResource
 from storage.catalogue import labels_matrix, read_catalogue
 from storage.codes import read_codes
 from storage.diagnostics import insert_metrics, insert_search_latency

@@ -1,1 +1,1 @@
-"""Dagster definitions, jobs, schedules, resources and the ``vitrieve`` CLI."""
+"""Dagster definitions, jobs, schedules, sensors and the ``vitrieve`` CLI."""

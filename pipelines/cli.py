@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from pipelines.resources import default_db, default_root
+from assets.resources import default_db, default_root
 from storage.ingest_idx import FASHION_MNIST_DIR
 
 ASSET_OF_VERB = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import catalogue, checks, codes, evaluation, index, model, retrieval
+from assets.resources import default_resources
 from pipelines.executors import executor_from_env
 from pipelines.jobs import ingest_and_reindex, nightly_reindex, nightly_reindex_schedule, train_and_publish
-from pipelines.resources import default_resources
 from pipelines.sensors import catalogue_source_sensor
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.partitions import catalogues
-from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
+from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 
 # Pools `gpu` (training) and `duckdb_writer` take one step at a time; run monitoring frees the slots of
 # cancelled or crashed runs (DAGSTER.md, "Concurrency").

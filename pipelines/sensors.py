@@ -8,8 +8,8 @@ import dagster as dg
 
 from assets.common import MODEL_TAG
 from assets.partitions import catalogues
+from assets.resources import SourceWatchResource
 from pipelines.jobs import ingest_and_reindex, run_tags, train_and_publish
-from pipelines.resources import SourceWatchResource
 from storage.watch import source_fingerprints
 
 

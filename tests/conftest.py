@@ -45,8 +45,8 @@ def tiny_run(tmp_path_factory):
     import dagster as dg
 
     from assets.partitions import catalogues
+    from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
     from pipelines.definitions import defs as build_defs
-    from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
     from storage.diagnostics import DiagnosticsDB
     from storage.fs import StorageRoot
 

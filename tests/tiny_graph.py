@@ -38,7 +38,7 @@ def tiny_catalogue_config(source: str, **extra) -> dict:
 
 
 def resources(root: str, db: str) -> dict:
-    from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
+    from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 
     return {
         "storage": StorageResource(root=root),

@@ -15,8 +15,8 @@ from tests.ops_support import TINY_OPS
 
 @needs_fashion_mnist
 def test_failed_model_check_keeps_the_last_good_index(tmp_path):
+    from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
     from pipelines.definitions import defs as build_defs
-    from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
 
     resources = {
         "storage": StorageResource(root=str(tmp_path / "data")),

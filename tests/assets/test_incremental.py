@@ -55,7 +55,7 @@ def setup(tmp_path, monkeypatch):
 def _materialise(root: StorageRoot, instance, kind: str = "") -> dict:
     from assets.codes import packed_codes
     from assets.index import binary_index
-    from pipelines.resources import ComputeResource, StorageResource
+    from assets.resources import ComputeResource, StorageResource
 
     cfg = {"model_id": MODEL}
     result = dg.materialize(
@@ -163,7 +163,7 @@ def test_deleted_rows_disappear_and_changed_images_are_reencoded(setup):
 def test_full_reencode_when_not_incremental(setup):
     root, full, info, encoded = setup
     from assets.codes import packed_codes
-    from pipelines.resources import ComputeResource, StorageResource
+    from assets.resources import ComputeResource, StorageResource
 
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("catalogues", ["inc"])
@@ -200,7 +200,7 @@ def test_current_stays_when_the_new_index_fails_verification(setup, monkeypatch)
             index_asset, "verify_index", lambda *a, **kw: ["row 1 does not find itself at distance 0"]
         )
         from assets.index import binary_index
-        from pipelines.resources import StorageResource
+        from assets.resources import StorageResource
 
         result = dg.materialize(
             [binary_index],

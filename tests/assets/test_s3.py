@@ -117,7 +117,7 @@ def test_endpoint_from_resource_config(s3, tmp_path, monkeypatch):
     import s3fs
 
     from assets.catalogue import catalogue
-    from pipelines.resources import DiagnosticsResource, StorageResource
+    from assets.resources import DiagnosticsResource, StorageResource
 
     fs, url = s3
     fs.mkdir("byconfig")

@@ -8,7 +8,7 @@ import os
 import dagster as dg
 import pytest
 
-from pipelines.resources import SourceWatchResource
+from assets.resources import SourceWatchResource
 from pipelines.sensors import catalogue_source_sensor
 from tests.ops_support import moto_s3
 
