@@ -149,7 +149,7 @@ def _encode_rows(
     extra: dict,
 ) -> str:
     """Encode the catalogue rows ``row_ids`` (streamed in batches) into one new part; returns its name."""
-    from ml.data import decode_images
+    from imaging.decode import decode_images
     from ml.encode import encode_images
 
     device = compute.torch_device()

@@ -26,7 +26,7 @@ def model_inputs(
     table: pa.Table, img_size: int, channels: int, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_ids, uint8 images (n, c, s, s), bool labels (n, C)) of the rows of ``table``."""
-    from ml.data import decode_images
+    from imaging.decode import decode_images
 
     images = decode_images(encoded_images(table), img_size, channels)
     return table["row_id"].to_numpy(), images, labels_matrix(table, num_classes)

@@ -79,7 +79,7 @@ def load_protocol(
     val_database: int = 5000,
 ) -> Protocol:
     """The catalogue the ``catalogue`` asset would build from ``source`` (same seeded splits), decoded."""
-    from ml.data import decode_images
+    from imaging.decode import decode_images
     from ml.train import validation_pick
     from storage.catalogue import labels_matrix
     from storage.ingest_idx import idx_catalogue

@@ -35,8 +35,8 @@ def query_codes(
 
 
 def _encode_files(root: StorageRoot, model_id: str, paths: list[str], device: str) -> np.ndarray:
+    from imaging.decode import decode_images
     from ml.checkpoint import model_from_checkpoint
-    from ml.data import decode_images
     from ml.device import resolve_device
     from ml.encode import encode_images
     from storage.model_store import read_card, read_weights

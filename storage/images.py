@@ -11,6 +11,8 @@ import fsspec
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imaging.decode import model_channels, to_model_array
+
 # Formats Pillow may decode at ingest; everything else is "not-an-image" (smaller attack surface).
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 
@@ -34,8 +36,6 @@ def inspect_image(blob: bytes, max_pixels: int) -> ImageFacts:
     """Fully decode ``blob`` and run it through the model conversion; raise :class:`RejectedImage` if it is
     empty, not an image, too many pixels (decompression bomb), corrupt or truncated, or of an unusable mode.
     Width and height are after EXIF orientation."""
-    from ml.data import model_channels, to_model_array
-
     if not blob:
         raise RejectedImage("empty-file", "zero bytes")
     with warnings.catch_warnings():

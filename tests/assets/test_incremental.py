@@ -86,7 +86,7 @@ def _replace(table: pa.Table, column: str, values: list, typ) -> pa.Table:
 
 def _check_against_scratch(root: StorageRoot, table: pa.Table) -> None:
     """Stored codes = a fresh encode of every catalogue row; index = a fresh flat index of the database rows."""
-    from ml.data import decode_images
+    from imaging.decode import decode_images
 
     row_ids, codes, meta = read_codes(root, "inc", MODEL)
     order = np.argsort(table["row_id"].to_numpy())

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ml.data import decode_images
+from imaging.decode import decode_images
 from storage.catalogue import labels_matrix
 from storage.images import encoded_images
 from storage.ingest import Limits, ingest
@@ -151,7 +151,7 @@ def _exif_rotated(img: Image.Image) -> bytes:
 
 def test_image_modes_and_exif_orientation(tmp_path):
     """Grey, RGB, RGBA, palette, 16-bit and EXIF-rotated images ingest, and all become model arrays of one
-    shape in ml.data.to_model_array (the one conversion)."""
+    shape in imaging.decode.to_model_array (the one conversion)."""
     d = tmp_path / "src" / "things"
     d.mkdir(parents=True)
     base = class_image(0, 1, size=16)
