@@ -11,7 +11,7 @@ import json
 
 import dagster as dg
 import numpy as np
-from pydantic import Field
+from pydantic import Field, create_model
 
 from assets.common import current_model_id, lineage
 from assets.partitions import catalogues
@@ -20,55 +20,48 @@ from storage.catalogue import read_catalogue
 from storage.codes import read_codes
 from storage.fs import StorageRoot
 from storage.index import (
-    KINDS,
+    DEFAULT_KIND,
     current,
+    get_kind,
     index_dir,
     index_from_codes,
+    kind_names,
     load_index,
+    param_fields,
     publish,
     set_search_threads,
     verify_index,
     write_index,
 )
 
-PARAM_FIELDS = (
-    "m",
-    "ef_construction",
-    "ef_search",
-    "nlist",
-    "nprobe",
-    "train_size",
-    "nhash",
-    "hash_bits",
-    "nflip",
-)
 
-
-class IndexConfig(dg.Config):
+class _IndexChoice(dg.Config):
     model_id: str = Field(
         default="", description="Model whose codes to index; empty = the latest hashing_model"
     )
     kind: str = Field(
         default="",
-        description=f"one of {', '.join(KINDS)}; empty = the kind published for this catalogue, else flat",
+        description=f"one of {', '.join(kind_names())}; empty = the kind published for this catalogue, "
+        f"else {DEFAULT_KIND}",
     )
-    m: int | None = Field(default=None, description="hnsw: links per node")
-    ef_construction: int | None = Field(default=None, description="hnsw: candidate list size while building")
-    ef_search: int | None = Field(default=None, description="hnsw: candidate list size while searching")
-    nlist: int | None = Field(default=None, description="ivf: inverted lists (default ~4 sqrt(n))")
-    nprobe: int | None = Field(default=None, description="ivf: lists visited per query")
-    train_size: int | None = Field(
-        default=None, description="ivf: codes sampled to train the coarse quantizer"
-    )
-    nhash: int | None = Field(default=None, description="multihash: hash tables")
-    hash_bits: int | None = Field(default=None, description="multihash: bits per hash table")
-    nflip: int | None = Field(default=None, description="multihash: bit flips probed per table")
-    incremental: bool = Field(
-        default=True,
-        description="add only new rows to the previous index of the same model/kind/parameters when possible",
-    )
-    threads: int = Field(default=0, description="faiss threads for building (0 = all cores)")
-    probes: int = 256
+
+
+#: ``binary_index`` config: the kind, one optional field per kind parameter (from the registry), then the run
+IndexConfig = create_model(
+    "IndexConfig",
+    __base__=_IndexChoice,
+    __module__=__name__,
+    **{name: (int | None, Field(default=None, description=text)) for name, text in param_fields().items()},
+    incremental=(
+        bool,
+        Field(
+            default=True,
+            description="add only new rows to the previous index of the same model/kind/parameters when possible",
+        ),
+    ),
+    threads=(int, Field(default=0, description="faiss threads for building (0 = all cores)")),
+    probes=(int, 256),
+)
 
 
 def database_rows(root, name: str) -> np.ndarray:
@@ -86,13 +79,13 @@ def database_codes(root, name: str, model_id: str) -> tuple[np.ndarray, np.ndarr
 
 def chosen_kind(root: StorageRoot, name: str, config: IndexConfig) -> tuple[str, dict]:
     """(kind, explicit params): the config's, else the published ones of the catalogue, else flat."""
-    given = {f: getattr(config, f) for f in PARAM_FIELDS if getattr(config, f) is not None}
+    given = {f: getattr(config, f) for f in param_fields() if getattr(config, f) is not None}
     if config.kind:
         return config.kind, given
     try:
         pointer = current(root, name)
     except FileNotFoundError:
-        return "flat", given
+        return DEFAULT_KIND, given
     return pointer["kind"], {**(pointer.get("params") or {}), **given}
 
 
@@ -113,8 +106,7 @@ def binary_index(
     model_id = current_model_id(context, config.model_id)
     kind, params = chosen_kind(root, name, config)
     item = f"binary_index of {name!r}"
-    if kind not in KINDS:
-        raise ValueError(f"{item}: unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    get_kind(kind, item)  # an unknown kind fails here, naming the item and the kinds to choose from
     threads = set_search_threads(config.threads or None)
     previous = None
     if config.incremental and root.exists(*index_dir(name, model_id), f"{kind}.manifest.json"):

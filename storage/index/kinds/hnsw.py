@@ -1,0 +1,101 @@
+"""``hnsw``: approximate, ``IndexBinaryHNSW`` over the distinct codes (duplicate codes form distance-0
+plateaus that strand the greedy search); faiss ids = the smallest row_id of each code, and a companion array
+(``<file>.rows.npy``) lists every row per code. Results are ordered by (distance, row_id) among what it
+returns."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.index.base import BinaryIndex, add_chunked, id_mapped, u8
+from storage.index.build import build_index
+from storage.index.distinct import DistinctRows, distinct_layout
+from storage.index.registry import Param, register_kind
+
+
+@register_kind
+class HNSWIndex(DistinctRows, BinaryIndex):
+    """HNSW graph over the distinct codes, with every row per code in the companion array."""
+
+    kind = "hnsw"
+    incremental_add = False
+    param_specs = (
+        Param("m", 32, "links per node"),
+        Param("ef_construction", 80, "candidate list size while building"),
+        Param("ef_search", 128, "candidate list size while searching"),
+    )
+    companion_name = "rows"
+
+    def __init__(self, faiss_index, bits: int, params: dict, companion: np.ndarray | None = None):
+        self._companion = companion
+        super().__init__(faiss_index, bits, params)
+
+    @classmethod
+    def derive_params(cls, p: dict, ntotal: int, bits: int, item: str) -> dict:
+        if p["m"] < 2:
+            raise ValueError(f"{item}: hnsw m={p['m']} must be at least 2")
+        return p
+
+    @classmethod
+    def from_codes(cls, row_ids, codes, bits, params, increasing, seed) -> HNSWIndex:
+        import faiss
+
+        inner = faiss.IndexBinaryHNSW(bits, params["m"])
+        inner.hnsw.efConstruction = params["ef_construction"]
+        fidx = id_mapped(inner)
+        rows, offsets, distinct = distinct_layout(row_ids, codes)  # each distinct code once
+        add_chunked(fidx, rows[offsets[:-1]], distinct)
+        companion = np.concatenate(([len(distinct), len(rows)], offsets, rows)).astype(np.int64)
+        return cls(fidx, bits, params, companion)
+
+    @classmethod
+    def open(cls, faiss_index, bits: int, params: dict, companion: np.ndarray | None) -> HNSWIndex:
+        return cls(faiss_index, bits, params, companion)
+
+    def configure(self) -> None:
+        import faiss
+
+        self.inner = faiss.downcast_IndexBinary(self.index.index)
+        self.inner.hnsw.efSearch = int(self.params.get("ef_search", 128))
+        c = self._companion
+        if c is None:
+            raise ValueError("an hnsw index needs its rows companion file")
+        n_u, n = int(c[0]), int(c[1])
+        self._set_rows(np.asarray(c[3 + n_u : 3 + n_u + n]), np.asarray(c[2 : 3 + n_u]))
+
+    def companion(self) -> np.ndarray:
+        return np.concatenate(([self.n_unique, len(self.rows)], self.offsets, self.rows)).astype(np.int64)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.rows)
+
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.rows)
+
+    def _distinct_search(self, uq, kk):
+        return self.inner.search(uq, kk)  # labels = positions of the distinct codes
+
+    def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
+        """Rebuild over old + new rows (the graph holds distinct codes only)."""
+        distinct = np.zeros((0, self.nbytes), np.uint8)
+        if self.n_unique:
+            distinct = np.asarray(self.inner.storage.reconstruct_n(0, self.n_unique), np.uint8).reshape(
+                -1, self.nbytes
+            )
+        old = np.repeat(distinct, self.counts, axis=0)
+        rebuilt = build_index(
+            np.concatenate((self.rows, np.asarray(row_ids, np.int64))),
+            np.concatenate((old, u8(codes))),
+            self.bits,
+            self.kind,
+            self.params,
+        )
+        self.index, self._companion = rebuilt.index, rebuilt.companion()
+        self.configure()
+
+    def range_search(self, queries, radius):
+        raise NotImplementedError("hnsw indexes do not support range search")
+
+    def memory_bytes(self) -> int:
+        return self.n_unique * (self.nbytes + 8 + 4 * 2 * int(self.params.get("m", 32))) + 16 * len(self.rows)
