@@ -14,6 +14,7 @@ from assets.common import file_facts, lineage, model_inputs, rows_where, tag_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import fingerprint, read_catalogue
+from storage.diagnostics import insert_training_log
 from storage.model_store import has_model, read_card, write_model
 
 
@@ -175,7 +176,7 @@ def hashing_model(
             device,
             log=context.log.info,
             progress=sys.stderr.isatty(),
-            on_epoch=lambda row: store.write_training_log(run_id, [row]),
+            on_epoch=lambda row: store.append(run_id, lambda rid, con: insert_training_log(con, rid, [row])),
             checkpoint=lambda state: root.write_bytes(state, *last),
             resume=resume,
         )

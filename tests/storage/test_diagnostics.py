@@ -22,7 +22,10 @@ from storage.diagnostics import (
     SchemaVersionError,
     insert_bit_stats,
     insert_metrics,
+    insert_per_class,
     insert_pr_curve,
+    insert_search_latency,
+    insert_training_log,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,46 +121,42 @@ def test_record_round_trip(db: DiagnosticsDB) -> None:
 def test_step_by_step_writers(db: DiagnosticsDB) -> None:
     run_id = db.start_run("benchmark", "fmnist", "m1", {"what": "search"})
     assert db.query("SELECT status, finished_at FROM runs")[1] == [("running", None)]
-    db.write_metrics(run_id, [("qps", None, 7100.0)])
-    db.write_pr_curve(run_id, [(0, 1.0, 0.5)])
-    db.write_bit_stats(run_id, [0.5, 0.5, 0.5], [1.0, 1.0, 1.0])
-    db.write_per_class(run_id, [(0, 0.8, 1000), (1, 0.6, 1000)])
-    db.write_search_latency(
-        run_id,
-        [
-            dict(
-                index_kind="flat",
-                threads=1,
-                batch=10000,
-                p50_ms=0.1,
-                p99_ms=0.3,
-                qps=7100.0,
-                recall_at_k=None,
-                k=None,
-                n_database=70000,
-                n_queries=10000,
-            ),
-            dict(
-                index_kind="hnsw",
-                threads=2,
-                batch=1,
-                p50_ms=0.05,
-                p99_ms=0.2,
-                qps=14000.0,
-                recall_at_k=0.93,
-                k=100,
-                n_database=70000,
-                n_queries=10000,
-            ),
-        ],
-    )
-    db.write_training_log(
-        run_id,
-        [
-            dict(epoch=0, step=10, loss=1.5, lr=1e-3, images_per_s=62.0, seconds=3.0),
-            dict(epoch=0, loss=1.2, lr=1e-3, images_per_s=63.0, seconds=6.0, val_map=0.4),
-        ],
-    )
+    db.append(run_id, lambda rid, con: insert_metrics(con, rid, [("qps", None, 7100.0)]))
+    db.append(run_id, lambda rid, con: insert_pr_curve(con, rid, [(0, 1.0, 0.5)]))
+    db.append(run_id, lambda rid, con: insert_bit_stats(con, rid, [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]))
+    db.append(run_id, lambda rid, con: insert_per_class(con, rid, [(0, 0.8, 1000), (1, 0.6, 1000)]))
+    latency = [
+        dict(
+            index_kind="flat",
+            threads=1,
+            batch=10000,
+            p50_ms=0.1,
+            p99_ms=0.3,
+            qps=7100.0,
+            recall_at_k=None,
+            k=None,
+            n_database=70000,
+            n_queries=10000,
+        ),
+        dict(
+            index_kind="hnsw",
+            threads=2,
+            batch=1,
+            p50_ms=0.05,
+            p99_ms=0.2,
+            qps=14000.0,
+            recall_at_k=0.93,
+            k=100,
+            n_database=70000,
+            n_queries=10000,
+        ),
+    ]
+    db.append(run_id, lambda rid, con: insert_search_latency(con, rid, latency))
+    log = [
+        dict(epoch=0, step=10, loss=1.5, lr=1e-3, images_per_s=62.0, seconds=3.0),
+        dict(epoch=0, loss=1.2, lr=1e-3, images_per_s=63.0, seconds=6.0, val_map=0.4),
+    ]
+    db.append(run_id, lambda rid, con: insert_training_log(con, rid, log))
     db.finish_run(run_id, "failed")
     assert db.query("SELECT status FROM runs")[1] == [("failed",)]
     assert db.query("SELECT count(*) FROM bit_stats")[1] == [(3,)]
@@ -169,16 +168,47 @@ def test_step_by_step_writers(db: DiagnosticsDB) -> None:
     assert db.query("SELECT step, val_map FROM training_log ORDER BY seconds")[1] == [(10, None), (None, 0.4)]
 
     with pytest.raises(KeyError):
-        db.write_metrics("no-such-run", [("map", 100, 0.1)])
+        db.append("no-such-run", lambda rid, con: insert_metrics(con, rid, [("map", 100, 0.1)]))
     with pytest.raises(KeyError):
         db.finish_run("no-such-run")
     with pytest.raises(ValueError, match="bit_stats"):
-        db.write_bit_stats(run_id, [0.5], [1.0, 1.0])
+        db.append(run_id, lambda rid, con: insert_bit_stats(con, rid, [0.5], [1.0, 1.0]))
+    bad_log = [dict(epoch=1, loss=1.0, lr=0.1, images_per_s=1.0, seconds=1.0, valmap=0.1)]
     with pytest.raises(ValueError, match="unknown keys"):
-        db.write_training_log(
-            run_id, [dict(epoch=1, loss=1.0, lr=0.1, images_per_s=1.0, seconds=1.0, valmap=0.1)]
-        )
+        db.append(run_id, lambda rid, con: insert_training_log(con, rid, bad_log))
     assert db.query("SELECT count(*) FROM metrics")[1] == [(1,)]
+
+
+def test_append_rolls_back_on_exception(db: DiagnosticsDB) -> None:
+    run_id = db.start_run("training", "fmnist", "m1")
+
+    def write(rid: str, con: duckdb.DuckDBPyConnection) -> None:
+        insert_metrics(con, rid, [("map", 100, 0.5)])
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        db.append(run_id, write)
+    assert db.query("SELECT count(*) FROM metrics")[1] == [(0,)]
+    assert db.query("SELECT run_id, status FROM runs")[1] == [(run_id, "running")]  # the run itself stays
+
+
+def test_record_ingest(db: DiagnosticsDB) -> None:
+    rejected = [("a.png", "corrupt", "truncated"), ("b.png", "too-small", None)]
+    run_id = db.record_ingest("zoo", {"seed": 0}, rejected, {"accepted": 7, "rejected": 2}, "dag-9")
+    _, rows = db.query("SELECT kind, catalogue, model_id, dagster_run_id, status FROM runs")
+    assert rows == [("ingest", "zoo", None, "dag-9", "success")]
+    assert (
+        db.query("SELECT item, reason, detail FROM rejected WHERE run_id = ? ORDER BY item", [run_id])[1]
+        == rejected
+    )
+    assert db.query("SELECT name, k, value FROM metrics ORDER BY name")[1] == [
+        ("ingest_accepted", None, 7.0),
+        ("ingest_rejected", None, 2.0),
+    ]
+    # A later ingest of the same catalogue replaces what latest_rejected shows.
+    time.sleep(0.002)
+    db.record_ingest("zoo", None, [("c.png", "duplicate", "of a.png")], {"accepted": 8}, status="failed")
+    assert db.query("SELECT item FROM latest_rejected WHERE catalogue = 'zoo'")[1] == [("c.png",)]
 
 
 def test_record_rolls_back_on_exception(db: DiagnosticsDB) -> None:
@@ -195,7 +225,14 @@ def test_record_rolls_back_on_exception(db: DiagnosticsDB) -> None:
     assert db.query("SELECT count(*) FROM runs")[1] == [(0,)]
     # The database is still writable afterwards, and nested writes are refused rather than deadlocking.
     with pytest.raises(RuntimeError, match="nested write"):
-        db.record("evaluation", "fmnist", "m1", None, None, lambda rid, con: db.write_metrics(rid, []))
+        db.record(
+            "evaluation",
+            "fmnist",
+            "m1",
+            None,
+            None,
+            lambda rid, con: db.append(rid, lambda r, c: insert_metrics(c, r, [])),
+        )
     db.record(
         "evaluation", "fmnist", "m1", None, None, lambda rid, con: insert_metrics(con, rid, [("map", 1, 1.0)])
     )
@@ -369,21 +406,17 @@ def test_upgrade_from_v1_keeps_data(tmp_path: Path) -> None:
     assert db.query("SELECT max(version) FROM schema_version")[1] == [(1,)]
     # Any writer upgrades implicitly; the new columns exist and the old rows are intact.
     run_id = db.start_run("benchmark", "fmnist", "old-model")
-    db.write_search_latency(
-        run_id,
-        [
-            dict(
-                index_kind="flat",
-                threads=2,
-                batch=100,
-                p50_ms=0.05,
-                p99_ms=0.1,
-                qps=14000.0,
-                n_database=70000,
-                n_queries=10000,
-            )
-        ],
+    latency = dict(
+        index_kind="flat",
+        threads=2,
+        batch=100,
+        p50_ms=0.05,
+        p99_ms=0.1,
+        qps=14000.0,
+        n_database=70000,
+        n_queries=10000,
     )
+    db.append(run_id, lambda rid, con: insert_search_latency(con, rid, [latency]))
     assert db.migrate() == CURRENT_SCHEMA_VERSION
     assert db.query("SELECT max(version) FROM schema_version")[1] == [(CURRENT_SCHEMA_VERSION,)]
     assert db.query("SELECT run_id, config FROM runs WHERE run_id = 'r1'")[1] == [("r1", '{"bits": 16}')]
