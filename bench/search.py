@@ -28,7 +28,7 @@ import numpy as np
 
 from storage.search_eval import exact_topk_numpy, recall_at_k, time_batches
 
-REFERENCE_QPS = 5754.0  # the published reference system (DESIGN.md "Performance notes")
+REFERENCE_QPS = 5754.0  # exact search QPS of the published reference system (docs/BENCHMARKS.md)
 SYNTHETIC = {"synthetic-1m": 1_000_000, "synthetic-10m": 10_000_000}
 FULL_DATASETS = ("fashion-mnist", "synthetic-1m", "synthetic-10m")
 ALL_KINDS = ("flat", "flat-dedup", "hnsw", "ivf", "multihash")
