@@ -11,7 +11,7 @@ from storage.catalogue import labels_matrix, read_catalogue
 from storage.codes import read_codes
 from storage.diagnostics import insert_metrics, insert_search_latency
 from storage.index import build_index, current, load_index, set_search_threads
-from storage.search_bench import recall_at_k, time_batches
+from storage.search_eval import recall_at_k, time_batches
 
 
 class RetrievalConfig(dg.Config):

@@ -1,8 +1,8 @@
 """Training-step rate of the full-profile model on this CPU with timm's fused attention (torch SDPA) against its
 unfused path (``ml.device.training_attention``), under bf16 autocast and in fp32; plus bf16 inference rates.
 
-    .venv/bin/python docs/experiments/attention_probe.py          # ~1 min on 2 cores
-    .venv/bin/python docs/experiments/attention_probe.py profile  # torch.profiler's top ops of 10 fused bf16 steps
+    .venv/bin/python -m experiments.attention_probe          # ~1 min on 2 cores
+    .venv/bin/python -m experiments.attention_probe profile  # torch.profiler's top ops of 10 fused bf16 steps
 
 Each line: median step time of 20 steps (batch 128: forward, CSQ + auxiliary classifier loss, backward, AdamW).
 """
@@ -12,7 +12,6 @@ import time
 
 import torch
 
-sys.path.insert(0, ".")
 from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
 from ml.models import build_model

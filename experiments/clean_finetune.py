@@ -2,9 +2,9 @@
 training images as stored (or, as a control, with the shift + flip augmentation), CSQ loss only, AdamW with a
 cosine decay from LR; print mAP@100, P@1 and the codes read as a classifier (``retrieval_decomposition.py``).
 
-    .venv/bin/python docs/experiments/full_run.py s3264e24 full 'epochs=24,clean_epochs=0' 30
-    .venv/bin/python docs/experiments/clean_finetune.py /tmp/full_run_s3264e24.pt 3 1e-3 clean
-    .venv/bin/python docs/experiments/clean_finetune.py /tmp/full_run_s3264e24.pt 3 1e-3 augmented
+    .venv/bin/python -m experiments.full_run s3264e24 full 'epochs=24,clean_epochs=0' 30
+    .venv/bin/python -m experiments.clean_finetune /tmp/full_run_s3264e24.pt 3 1e-3 clean
+    .venv/bin/python -m experiments.clean_finetune /tmp/full_run_s3264e24.pt 3 1e-3 augmented
 
 Seeded (torch seed 0); ~1 min per epoch on 2 cores plus ~1 min of encoding and evaluation.
 """
@@ -15,10 +15,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, ".")
-sys.path.insert(0, "docs/experiments")
-from retrieval_decomposition import code_accuracy, code_classes
-
+from bench.quality import load_protocol
+from experiments.retrieval_decomposition import code_accuracy, code_classes
 from ml.data import augment, iterate_batches, normalise
 from ml.device import bf16_autocast
 from ml.encode import encode_images
@@ -26,7 +24,6 @@ from ml.losses import build_loss
 from ml.metrics import evaluate_retrieval
 from ml.models import build_model
 from ml.recipes import build_run
-from pipelines.quality_bench import load_protocol
 
 torch.set_num_threads(2)
 torch.manual_seed(0)

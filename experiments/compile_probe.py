@@ -1,11 +1,12 @@
 """Train img/s of the quick model (vts small-conv, head 512), eager vs torch.compile (inductor), 2 threads, batch 128,
 channels-last (as ``build_model`` makes it) under bf16 autocast where training uses it (``ml.device.bf16_autocast``):
-    .venv/bin/python docs/experiments/compile_probe.py
+    .venv/bin/python -m experiments.compile_probe
 """
 
-import sys, time, torch
+import time
 
-sys.path.insert(0, ".")
+import torch
+
 from ml.device import bf16_autocast
 from ml.models import ModelSpec, build_model
 

@@ -1,9 +1,9 @@
 """Training rate of the profiles' model (``vts`` small-conv, 512-wide head; ``{"stem_channels": [32, 64]}`` is the
 full profile's stem) on this CPU by memory format and
-precision: contiguous (NCHW) vs channels-last weights, fp32 vs bf16 autocast (``ml.models.bench.Runner``'s
+precision: contiguous (NCHW) vs channels-last weights, fp32 vs bf16 autocast (``bench.models.Runner``'s
 training step). Interleaved rounds of 6 steps, best of 4.
 
-    .venv/bin/python docs/experiments/cpu_format_probe.py ['{"stem_channels": [32, 64]}' ...]
+    .venv/bin/python -m experiments.cpu_format_probe ['{"stem_channels": [32, 64]}' ...]
 """
 
 import json
@@ -12,9 +12,8 @@ import time
 
 import torch
 
-sys.path.insert(0, ".")
+from bench.models import Runner
 from ml.models import ModelSpec
-from ml.models.bench import Runner
 
 torch.set_num_threads(2)
 variants = [json.loads(a) for a in sys.argv[1:]] or [{}]

@@ -2,7 +2,7 @@
 (``ml.encode.encode_images`` uses bf16 where ``ml.device.bf16_autocast`` says the CPU has it natively): rate,
 retrieval figures and the share of bits that differ.
 
-    .venv/bin/python docs/experiments/encode_precision.py /tmp/full_run_NAME.pt   # a full_run.py state dict, ~2 min
+    .venv/bin/python -m experiments.encode_precision /tmp/full_run_NAME.pt   # a full_run.py state dict, ~2 min
 
 The state dict must be of the full profile's architecture (``small-conv-wide``, 64 bits).
 """
@@ -13,12 +13,11 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, ".")
 import ml.encode as encode
+from bench.quality import load_protocol
 from ml.metrics import evaluate_retrieval
 from ml.models import build_model
 from ml.recipes import build_run
-from pipelines.quality_bench import load_protocol
 
 torch.set_num_threads(2)
 p = load_protocol("/usr/share/datasets/fashion-mnist", 28, 1)

@@ -1,9 +1,9 @@
 """One training run on the full Fashion-MNIST protocol, as ``vitrieve bench quality`` trains it
-(``pipelines.quality_bench.train_and_encode``), plus where its mAP@100 goes: the accuracy of the codes as a
+(``bench.quality.train_and_encode``), plus where its mAP@100 goes: the accuracy of the codes as a
 classifier (nearest CSQ centre) on the queries and on the database (``retrieval_decomposition.py``).
 
-    .venv/bin/python docs/experiments/full_run.py NAME PROFILE 'CONFIG' BUDGET_MINUTES
-    .venv/bin/python docs/experiments/full_run.py s3264 full 'epochs=16,overrides={"stem_channels":[32,64]}' 30
+    .venv/bin/python -m experiments.full_run NAME PROFILE 'CONFIG' BUDGET_MINUTES
+    .venv/bin/python -m experiments.full_run s3264 full 'epochs=16,overrides={"stem_channels":[32,64]}' 30
 
 CONFIG is a ``--config`` string of the bench; BUDGET_MINUTES 0 = no budget. Prints each epoch and one JSON line
 (also appended to $RUNS_LOG, default tmp/full_runs.jsonl); the model's state dict and codes go to
@@ -19,12 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, ".")
-sys.path.insert(0, "docs/experiments")
-from retrieval_decomposition import code_accuracy, code_classes
-
+from bench.quality import load_protocol, parse_config, train_and_encode
+from experiments.retrieval_decomposition import code_accuracy, code_classes
 from ml.metrics import evaluate_retrieval
-from pipelines.quality_bench import load_protocol, parse_config, train_and_encode
 
 name, profile, config, budget = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 env = os.environ.get

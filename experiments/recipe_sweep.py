@@ -1,22 +1,28 @@
 """Prototype recipe sweep behind docs/BENCHMARKS.md "Quality" (exploration code, not product code).
 
-PYTHONPATH=. python docs/experiments/recipe_sweep.py NAME key=val ...  (DEVICE=cuda for the GPU proxy; see gpu_sweep.sh)
+python -m experiments.recipe_sweep NAME key=val ...  (DEVICE=cuda for the GPU proxy; see gpu_sweep.sh)
 CViT (timm ConvStem + ViT, cls/mean pool) and HViT (VGG stem + ViT, flat head) live in recipe_arch.py; HViT became
 the `small-conv` preset of `vts`. Results are appended as JSON lines to $LOG.
 """
 
-import sys, os, time, json, math, copy
+import copy
+import json
+import math
+import os
+import sys
+import time
 
-sys.path.insert(0, "docs/experiments")
-import numpy as np, torch, torch.nn.functional as F
+import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
-from storage.idx import read_idx
+
+from experiments.recipe_arch import CViT, HViT
 from ml.data import augment, iterate_batches, normalise
 from ml.encode import encode_images
-from ml.metrics import evaluate_retrieval
 from ml.losses import build_loss
-from recipe_arch import CViT, HViT
-import os
+from ml.metrics import evaluate_retrieval
+from storage.idx import read_idx
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 D = os.environ.get("FMNIST", "/usr/share/datasets/fashion-mnist/")
@@ -163,15 +169,16 @@ for ep in range(1, epochs + 1):
         ls_.append(loss.item())
         if ema_model is not None:
             with torch.no_grad():
-                for pe, pm in zip(ema_model.parameters(), model.parameters()):
+                for pe, pm in zip(ema_model.parameters(), model.parameters(), strict=True):
                     pe.lerp_(pm, 1 - ema)
-                for be, bm in zip(ema_model.buffers(), model.buffers()):
+                for be, bm in zip(ema_model.buffers(), model.buffers(), strict=True):
                     be.copy_(bm)
     sec = time.perf_counter() - t0
     m_eval = ema_model if ema_model is not None else model
     v = val_map(m_eval)
     hist.append((ep, np.mean(ls_), v, sec))
-    open(LOG, "a").write(json.dumps(dict(name=name, ep=ep, loss=float(np.mean(ls_)), val=v, sec=sec)) + "\n")
+    with open(LOG, "a") as f:
+        f.write(json.dumps(dict(name=name, ep=ep, loss=float(np.mean(ls_)), val=v, sec=sec)) + "\n")
     print(
         f"{name} ep{ep} loss {np.mean(ls_):.4f} val {v:.4f} {len(tr) / sec:.0f} img/s {sec:.0f}s", flush=True
     )
@@ -200,4 +207,5 @@ out = dict(
     params=sum(p.numel() for p in model.parameters()),
 )
 print(json.dumps(out), flush=True)
-open(LOG, "a").write(json.dumps(out) + "\n")
+with open(LOG, "a") as f:
+    f.write(json.dumps(out) + "\n")

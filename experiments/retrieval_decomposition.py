@@ -1,8 +1,8 @@
 """Where a CSQ model's mAP@100 goes: accuracy of its codes as a classifier (nearest hash centre) on the queries
 and on the database, and mAP with oracle codes on one side.
 
-    .venv/bin/python docs/experiments/retrieval_decomposition.py <root> <model_id>
-    .venv/bin/python docs/experiments/retrieval_decomposition.py --codes /tmp/full_run_NAME.npz  # full_run.py's codes
+    .venv/bin/python -m experiments.retrieval_decomposition <root> <model_id>
+    .venv/bin/python -m experiments.retrieval_decomposition --codes /tmp/full_run_NAME.npz  # full_run.py's codes
 
 Prints: query accuracy (nearest centre = label), database purity (the same on the 60,000 database codes),
 mAP@100 over the correctly and the wrongly coded queries (and what each group costs the whole mAP@100),
@@ -16,10 +16,9 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, ".")
+from bench.quality import Protocol
 from ml.losses.centres import hash_centres, nearest_centre
 from ml.metrics import evaluate_retrieval
-from pipelines.quality_bench import Protocol
 
 
 def code_classes(q: np.ndarray, db: np.ndarray, protocol: Protocol, bits: int) -> dict[str, np.ndarray]:
@@ -56,7 +55,7 @@ def map_by_correctness(
 
 
 def main() -> None:
-    from pipelines.quality_bench import load_protocol
+    from bench.quality import load_protocol
 
     if sys.argv[1] == "--codes":
         codes = np.load(sys.argv[2])

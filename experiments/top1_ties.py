@@ -1,16 +1,15 @@
 """Where P@1 goes when the codes sit on class centres: each query's first result (least Hamming distance, ties
-by database row id as DESIGN.md fixes), how many distinct database images are first results, and how many of
-the P@1 misses share their first result with 100 or more other queries.
+by database row id, as the index orders them), how many distinct database images are first results, and how
+many of the P@1 misses share their first result with 100 or more other queries.
 
-    .venv/bin/python docs/experiments/top1_ties.py /tmp/full_run_NAME.npz   # codes saved by full_run.py, ~1 min
+    .venv/bin/python -m experiments.top1_ties /tmp/full_run_NAME.npz   # codes saved by full_run.py, ~1 min
 """
 
 import sys
 
 import numpy as np
 
-sys.path.insert(0, ".")
-from pipelines.quality_bench import load_protocol
+from bench.quality import load_protocol
 
 codes = np.load(sys.argv[1])
 p = load_protocol("/usr/share/datasets/fashion-mnist", 28, 1)

@@ -1,7 +1,7 @@
 """mAP@100 / P@1 of a stored model under test-time view sets: codes = sign(sum of u over the views), queries and
 database encoded alike. Views: identity, mirror, 1-px shifts (edge-replicated) and mirrored shifts.
 
-    .venv/bin/python docs/experiments/tta_views.py <root> <model_id>   # e.g. data vts-csq-64b-small-conv-9aa1226c
+    .venv/bin/python -m experiments.tta_views <root> <model_id>   # e.g. data vts-csq-64b-small-conv-9aa1226c
 
 Full Fashion-MNIST protocol (10,000 queries x 60,000 database) from /usr/share/datasets/fashion-mnist; ~7 min on
 2 cores (10 forward passes over 70,000 images).
@@ -12,12 +12,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, ".")
+from bench.quality import load_protocol
 from ml.checkpoint import model_from_checkpoint
 from ml.data import iterate_batches, normalise
 from ml.encode import pack_outputs
 from ml.metrics import evaluate_retrieval
-from pipelines.quality_bench import load_protocol
 from storage.fs import StorageRoot
 from storage.model_store import read_card, read_weights
 

@@ -43,7 +43,7 @@ def training_attention(model: nn.Module, device: torch.device, amp: bool) -> Ite
     """Within the block, timm attention modules of ``model`` take their unfused path (``fused_attn = False``:
     softmax(q kᵀ) v as plain matmuls) when training under bf16 autocast on a CPU; restored on exit. There the
     backward of torch's fused SDPA kernel takes a quarter of a full-profile step at 49 tokens (train img/s 1,044 →
-    1,358: ``python docs/experiments/attention_probe.py``); in fp32, and for inference, the two paths are within 5 %,
+    1,358: ``python -m experiments.attention_probe``); in fp32, and for inference, the two paths are within 5 %,
     so only this case switches."""
     switched = (
         [m for m in model.modules() if getattr(m, "fused_attn", None) is True]

@@ -31,7 +31,7 @@ def encode_images(
     normalised float batch (used for stability diagnostics). A model whose spec sets ``flip_tta`` is also run
     on the mirrored batch and the two outputs are summed before the sign. Runs under bf16 autocast where training
     does (``ml.device.bf16_autocast``: CUDA, CPUs with native bf16): on 2 such CPU cores 2x the fp32 rate, with
-    0.02 % of a trained model's bits changed (``python docs/experiments/encode_precision.py``)."""
+    0.02 % of a trained model's bits changed (``python -m experiments.encode_precision``)."""
     was_training = model.training
     model.eval()
     flip = bool(getattr(getattr(model, "spec", None), "flip_tta", False))

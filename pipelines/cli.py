@@ -254,100 +254,41 @@ def cmd_search(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from storage.search_bench import default_specs, format_table, quick_assertions, run_bench
+    from bench.search import run_search_bench
 
     root, db = _locations(args)
-    try:
-        specs = default_specs(
-            args.quick,
-            args.dataset,
-            root,
-            args.threads,
-            args.k,
-            args.kinds.split(",") if args.kinds else None,
-        )
-    except ValueError as err:
-        print(f"vitrieve {err}", file=sys.stderr)
-        return 2
-    results = run_bench(specs, db, isolate=not args.in_process, log=lambda m: print(m, file=sys.stderr))
-    print(format_table(results))
-    if args.json:
-        import json
-
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, default=str)
-    problems = quick_assertions(results, args.min_recall) if args.quick else []
-    for problem in problems:
-        print(f"vitrieve bench search: FAILED {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return run_search_bench(
+        root,
+        db,
+        quick=args.quick,
+        datasets=args.dataset,
+        kinds=args.kinds.split(",") if args.kinds else None,
+        k=args.k,
+        threads=args.threads,
+        min_recall=args.min_recall,
+        in_process=args.in_process,
+        json_path=args.json,
+    )
 
 
 def cmd_bench_quality(args) -> int:
-    from ml.device import configure_threads, resolve_device
-    from ml.models import ModelSpec
-    from ml.recipes import resolve_profile
-    from pipelines.quality_bench import (
-        RUN_ONLY_FIELDS,
-        format_leaderboard,
-        load_protocol,
-        parse_config,
-        quick_problems,
-        run_config,
+    from bench.quality import run_quality_bench
+
+    _, db = _locations(args)
+    return run_quality_bench(
+        db,
+        profile=args.profile,
+        configs=args.config,
+        bits=args.bits.split(",") if args.bits else None,
+        quick=args.quick,
+        source=args.source,
+        device=args.device,
+        seed=args.seed,
+        train_limit=args.train_limit,
+        query_limit=args.query_limit,
+        budget_minutes=args.budget_minutes,
+        json_path=args.json,
     )
-    from storage.diagnostics import DiagnosticsDB
-
-    _, db_path = _locations(args)
-    try:
-        configs = [parse_config(c) for c in (args.config or [""])]
-        if args.bits:
-            configs = [c | {"bits": int(b)} for c in configs for b in args.bits.split(",")]
-        if args.quick:
-            configs = [c | {"epochs": 1} for c in configs]
-        specs = [
-            resolve_profile(args.profile, **{k: v for k, v in c.items() if k not in RUN_ONLY_FIELDS})
-            for c in configs
-        ]
-    except ValueError as err:
-        print(f"vitrieve bench quality: {err}", file=sys.stderr)
-        return 2
-    configure_threads()
-    device = resolve_device(args.device)
-    train_limit, query_limit = (2000, 500) if args.quick else (args.train_limit, args.query_limit)
-    protocols: dict = {}
-    rows = []
-    db = DiagnosticsDB(db_path)
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    for given, r in zip(configs, specs, strict=True):
-        size = ModelSpec(model=r["model"], preset=r["preset"]).img_size
-        if size not in protocols:
-            sizes = dict(validation_size=500, val_queries=500, val_database=1000) if args.quick else {}
-            protocols[size] = load_protocol(
-                args.source, size, 1, args.seed, train_limit, query_limit, **sizes
-            )
-        rows.append(
-            run_config(
-                args.profile,
-                dict(given),
-                protocols[size],
-                device,
-                db,
-                args.seed,
-                args.budget_minutes * 60,
-                log,
-            )
-        )
-        print(format_leaderboard(rows[-1:]), file=sys.stderr)
-    print(format_leaderboard(rows))
-    print(f"\nrows in {db_path}: SELECT * FROM quality_leaderboard")
-    if args.json:
-        import json
-
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2, default=str)
-    problems = quick_problems(rows) if args.quick else []
-    for problem in problems:
-        print(f"vitrieve bench quality: FAILED {problem}", file=sys.stderr)
-    return 1 if problems else 0
 
 
 def cmd_sql(args) -> int:

@@ -64,7 +64,7 @@ def hash_centres(
 
 def nearest_centre(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index of the centre (±1 rows) nearest in Hamming distance to each packed code (``ml.encode`` bit order):
-    a centre loss's code read as a class prediction (docs/experiments/retrieval_decomposition.py)."""
+    a centre loss's code read as a class prediction (experiments/retrieval_decomposition.py)."""
     return hamming_distance_matrix(codes, np.packbits(centres > 0, axis=1)).argmin(axis=1)
 
 

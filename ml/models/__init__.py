@@ -4,7 +4,7 @@ Every model maps images (n, in_chans, img_size, img_size) to real-valued ``u`` o
 losses squash; codes are ``u >= 0``) and keeps its ``ModelSpec`` as ``model.spec``; timm weights go in
 ``model.backbone`` (see ``ml.pretrained.load_pretrained``). Models (METHODS.md): ``vts``/``vts-cls`` (D),
 ``xhashnet`` (E), ``transhash`` (B), ``hybridhash`` (C). Presets: ``PRESETS[model]``; throughput of the small
-presets: ``python -m ml.models.bench``.
+presets: ``python -m bench.models``.
 """
 
 from __future__ import annotations

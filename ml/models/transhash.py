@@ -13,8 +13,8 @@ Presets: ``vit-b16`` (224 px, K = 4: four groups of 49 patches, batched through 
 
 Measured, small preset (460,288 parameters at 64 bits), 28x28x1, batch 128, on the shared 2-core CPU machine under
 background load (load average ~5, so absolute numbers are low; compare with ``vts`` small in the same run):
-``python -m ml.models.bench --threads 2``: train 169 img/s, infer 475 img/s (vts small: 156 / 550);
-``python -m ml.models.bench --threads 1 --clock process``: train 328, infer 976 img/s per CPU-second (vts small:
+``python -m bench.models --threads 2``: train 169 img/s, infer 475 img/s (vts small: 156 / 550);
+``python -m bench.models --threads 1 --clock process``: train 328, infer 976 img/s per CPU-second (vts small:
 309 / 1,122). Scaled to the idle reference (vts small 470 train / 1,500 infer img/s): ~500 / ~1,300 img/s.
 """
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from bench.search import clustered_codes
 from storage.fs import StorageRoot
 from storage.index import (
     KINDS,
@@ -21,7 +22,7 @@ from storage.index import (
     verify_index,
     write_index,
 )
-from storage.search_bench import clustered_codes, exact_topk_numpy, recall_at_k
+from storage.search_eval import exact_topk_numpy, recall_at_k
 
 
 def brute_force(db_ids, db_codes, queries, k):

@@ -89,7 +89,7 @@ def test_param_fields_are_the_union_of_the_kinds_parameters():
 
 def test_config_and_bench_kinds_come_from_the_registry():
     from assets.index import IndexConfig
-    from storage.search_bench import ALL_KINDS
+    from bench.search import ALL_KINDS
 
     assert kind_names() == ALL_KINDS
     config_fields = IndexConfig.model_fields

@@ -1,4 +1,4 @@
-"""Throughput of hashing models: ``python -m ml.models.bench [--models ...] [--overrides JSON ...] [--threads 2]``.
+"""Throughput of hashing models: ``python -m bench.models [--models ...] [--overrides JSON ...] [--threads 2]``.
 
 Train img/s = forward + backward + AdamW step on random batches at the preset's size (a tanh-MSE loss to random
 +-1 targets), under bf16 autocast where training uses it (``ml.device.bf16_autocast``; ``--no-amp``: fp32); infer img/s = ``torch.inference_mode`` forward in eval mode. Both after warm-up steps, best of the
@@ -23,7 +23,7 @@ from ml.models import MODELS, ModelSpec, build_model, count_parameters
 class Runner:
     """One model with its batch and optimiser; ``rate(train)`` times ``steps`` steps and keeps the best. Training
     steps run under bf16 autocast when ``amp`` (with ``training_attention``, as ``ml.train``); ``channels_last=False`` keeps PyTorch's default (contiguous) layout
-    instead of ``build_model``'s channels-last one (docs/experiments/cpu_format_probe.py compares them)."""
+    instead of ``build_model``'s channels-last one (experiments/cpu_format_probe.py compares them)."""
 
     def __init__(
         self, spec: ModelSpec, batch: int, clock: Callable[[], float], amp: bool, channels_last: bool = True

@@ -12,8 +12,9 @@ seeded slice and checks the rows landed.
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -264,3 +265,69 @@ def quick_problems(rows: list[dict]) -> list[str]:
         if r["epochs_run"] < 1:
             problems.append(f"{r['config']}: no epoch ran")
     return problems
+
+
+def run_quality_bench(
+    db_path: str,
+    profile: str = "quick",
+    configs: Sequence[str] | None = None,
+    bits: Sequence[str | int] | None = None,
+    quick: bool = False,
+    source: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    train_limit: int | None = None,
+    query_limit: int | None = None,
+    budget_minutes: float = 30.0,
+    json_path: str | None = None,
+) -> int:
+    """``vitrieve bench quality``: each ``--config`` string (times each of ``bits``) trained and evaluated on the
+    protocol (``source``: the IDX folder, default the installed Fashion-MNIST) decoded once per image size, recorded in ``db_path``; prints the leaderboard (each row as it lands
+    on stderr, all of them at the end on stdout); the exit code (2: a bad configuration, 1: a ``quick`` check
+    failed)."""
+    from ml.device import configure_threads, resolve_device
+    from ml.models import ModelSpec
+    from ml.recipes import resolve_profile
+    from storage.ingest_idx import FASHION_MNIST_DIR
+
+    source = source or FASHION_MNIST_DIR
+    try:
+        given = [parse_config(c) for c in (configs or [""])]
+        if bits:
+            given = [c | {"bits": int(b)} for c in given for b in bits]
+        if quick:
+            given = [c | {"epochs": 1} for c in given]
+        resolved = [
+            resolve_profile(profile, **{k: v for k, v in c.items() if k not in RUN_ONLY_FIELDS})
+            for c in given
+        ]
+    except ValueError as err:
+        print(f"vitrieve bench quality: {err}", file=sys.stderr)
+        return 2
+    configure_threads()
+    torch_device = resolve_device(device)
+    train_limit, query_limit = (2000, 500) if quick else (train_limit, query_limit)
+    protocols: dict[int, Protocol] = {}
+    rows = []
+    db = DiagnosticsDB(db_path)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    for fields, r in zip(given, resolved, strict=True):
+        size = ModelSpec(model=r["model"], preset=r["preset"]).img_size
+        if size not in protocols:
+            sizes = dict(validation_size=500, val_queries=500, val_database=1000) if quick else {}
+            protocols[size] = load_protocol(source, size, 1, seed, train_limit, query_limit, **sizes)
+        rows.append(
+            run_config(
+                profile, dict(fields), protocols[size], torch_device, db, seed, budget_minutes * 60, log
+            )
+        )
+        print(format_leaderboard(rows[-1:]), file=sys.stderr)
+    print(format_leaderboard(rows))
+    print(f"\nrows in {db_path}: SELECT * FROM quality_leaderboard")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=2, default=str)
+    problems = quick_problems(rows) if quick else []
+    for problem in problems:
+        print(f"vitrieve bench quality: FAILED {problem}", file=sys.stderr)
+    return 1 if problems else 0

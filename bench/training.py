@@ -1,4 +1,4 @@
-"""A short real training run per model on a device: ``python -m ml.train_bench --device cuda --preset paper``.
+"""A short real training run per model on a device: ``python -m bench.training --device cuda --preset paper``.
 
 Runs the production loop (``train_hashing_model``: AdamW, warm-up + cosine, bf16 autocast on CUDA, gradient
 clipping, per-epoch validation) on a slice of Fashion-MNIST upscaled to the preset's size, and prints per model

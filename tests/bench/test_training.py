@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from ml.train_bench import load_slice, run_model, upscale
+from bench.training import load_slice, run_model, upscale
 from tests.conftest import needs_fashion_mnist
 
 

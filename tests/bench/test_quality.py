@@ -2,8 +2,8 @@
 
 import pytest
 
+from bench.quality import config_label, format_leaderboard, parse_config, quick_problems
 from pipelines.cli import main
-from pipelines.quality_bench import config_label, format_leaderboard, parse_config, quick_problems
 from storage.diagnostics import DiagnosticsDB
 from tests.conftest import needs_fashion_mnist
 

@@ -6,7 +6,8 @@ index builders exactly as the ``binary_index`` asset does. No Dagster in here.
 
 Recall@k is reported two ways: ``recall`` counts a returned row as correct when its distance level still has
 room in the exact top-k (i.e. ties at the k-th distance are interchangeable: any of them is a correct k-th
-neighbour), ``recall_ids`` is the plain overlap of row ids with the exact top-k (ties broken by row_id).
+neighbour), ``recall_ids`` is the plain overlap of row ids with the exact top-k (ties broken by row_id); both
+come from ``storage.search_eval``, which the ``retrieval_diagnostics`` asset shares.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from storage.index import kind_names
+from storage.search_eval import exact_topk_numpy, recall_at_k, time_batches
 
-REFERENCE_QPS = 5754.0  # the published reference system (DESIGN.md "Performance notes")
+REFERENCE_QPS = 5754.0  # exact search QPS of the published reference system (docs/BENCHMARKS.md)
 SYNTHETIC = {"synthetic-1m": 1_000_000, "synthetic-10m": 10_000_000}
 FULL_DATASETS = ("fashion-mnist", "synthetic-1m", "synthetic-10m")
 ALL_KINDS = kind_names()
@@ -86,71 +89,7 @@ def clustered_codes(
     )
 
 
-# --------------------------------------------------------------------------------------------- reference search
-
-
-def exact_topk_numpy(row_ids: np.ndarray, codes: np.ndarray, queries: np.ndarray, k: int, block: int = 0):
-    """Plain NumPy exact top-k: XOR + popcount (``np.bitwise_count``) + ``argpartition`` on a
-    (distance, position) key; ``row_ids`` sorted ascending so ties come out by row_id."""
-    n = len(row_ids)
-    k = min(k, n)
-    db = np.ascontiguousarray(codes).view(np.uint64) if codes.shape[1] % 8 == 0 else None
-    if db is None:
-        pad = np.zeros((n, -(-codes.shape[1] // 8) * 8), np.uint8)
-        pad[:, : codes.shape[1]] = codes
-        db = pad.view(np.uint64)
-        qpad = np.zeros((len(queries), pad.shape[1]), np.uint8)
-        qpad[:, : codes.shape[1]] = queries
-        queries = qpad
-    qw = np.ascontiguousarray(queries).view(np.uint64)
-    span = min(n, 1 << 20)  # database slice scanned at a time (bounded memory at 10M codes)
-    block = block or max(1, min(64, (1 << 22) // max(span, 1)))
-    out_d = np.empty((len(queries), k), np.int32)
-    out_i = np.empty((len(queries), k), np.int64)
-    for lo in range(0, len(queries), block):
-        q = qw[lo : lo + block]
-        best = []
-        for s0 in range(0, n, span):
-            part_db = db[s0 : s0 + span]
-            dist = np.zeros((len(q), len(part_db)), np.int64)
-            for w in range(db.shape[1]):
-                dist += np.bitwise_count(q[:, None, w] ^ part_db[None, :, w])
-            key = (dist << 40) | np.arange(s0, s0 + len(part_db), dtype=np.int64)
-            kk = min(k, key.shape[1])
-            part = np.argpartition(key, kk - 1, axis=1)[:, :kk] if kk < key.shape[1] else None
-            best.append(key if part is None else np.take_along_axis(key, part, 1))
-        cand = np.concatenate(best, axis=1)
-        top = np.sort(cand, axis=1)[:, :k] if cand.shape[1] > k else np.sort(cand, axis=1)
-        out_d[lo : lo + len(q)] = top >> 40
-        out_i[lo : lo + len(q)] = row_ids[top & ((1 << 40) - 1)]
-    return out_d, out_i
-
-
-def recall_at_k(
-    exact_d: np.ndarray, exact_i: np.ndarray, got_d: np.ndarray, got_i: np.ndarray
-) -> tuple[float, float]:
-    """(tie-aware recall, id recall) of an approximate top-k against the exact one (both (nq, k))."""
-    nq, k = exact_i.shape
-    if nq == 0 or k == 0:
-        return 1.0, 1.0
-    valid = got_i >= 0
-    top = int(max(exact_d.max(), got_d[valid].max() if valid.any() else 0)) + 1
-    q = np.repeat(np.arange(nq), k).reshape(nq, k)
-    ce = np.bincount((q * top + exact_d).ravel(), minlength=nq * top)
-    ca = np.bincount((q[valid] * top + got_d[valid]).ravel(), minlength=nq * top)
-    tie = float(np.minimum(ce, ca).sum()) / (nq * k)
-    if max(int(exact_i.max()), int(got_i.max())) < (1 << 40):
-        ke = (q.astype(np.int64) << 40) | exact_i
-        ka = (q[valid].astype(np.int64) << 40) | got_i[valid]
-        ids = float(np.isin(ka, ke).sum()) / (nq * k)
-    else:
-        ids = float(
-            np.mean([len(np.intersect1d(exact_i[j], got_i[j][got_i[j] >= 0])) / k for j in range(nq)])
-        )
-    return tie, ids
-
-
-# --------------------------------------------------------------------------------------------- timing
+# --------------------------------------------------------------------------------------------- memory
 
 
 def _rss_mib() -> float:
@@ -161,23 +100,6 @@ def _current_rss_mib() -> float:
     with contextlib.suppress(OSError), open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     return _rss_mib()
-
-
-def time_batches(search, queries: np.ndarray, k: int, batch: int) -> dict:
-    """p50/p99 per-query latency (ms) and QPS when searching ``batch`` queries per call."""
-    per_query, start = [], time.perf_counter()
-    for lo in range(0, len(queries), batch):
-        t = time.perf_counter()
-        search(queries[lo : lo + batch], k)
-        per_query.append((time.perf_counter() - t) * 1000 / len(queries[lo : lo + batch]))
-    total = time.perf_counter() - start
-    return {
-        "batch": batch,
-        "p50_ms": float(np.percentile(per_query, 50)),
-        "p99_ms": float(np.percentile(per_query, 99)),
-        "qps": len(queries) / total,
-        "n_queries": len(queries),
-    }
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -670,3 +592,33 @@ def quick_assertions(results: list[dict], min_recall: float = 0.9) -> list[str]:
                     f"{name}: {r['index_kind']} recall@{r['k']} = {r['recall_at_k']:.3f} < {min_recall}"
                 )
     return sorted(set(problems))
+
+
+def run_search_bench(
+    root: str,
+    db_path: str,
+    quick: bool = False,
+    datasets: list[str] | None = None,
+    kinds: list[str] | None = None,
+    k: int = 100,
+    threads: int = 2,
+    min_recall: float = 0.9,
+    in_process: bool = False,
+    json_path: str | None = None,
+) -> int:
+    """``vitrieve bench search``: run the plan, print the table (progress and failures on stderr), record the
+    rows in ``db_path``; the exit code (2: bad dataset or kind, 1: a ``quick`` check failed)."""
+    try:
+        specs = default_specs(quick, datasets, root, threads, k, kinds)
+    except ValueError as err:
+        print(f"vitrieve {err}", file=sys.stderr)
+        return 2
+    results = run_bench(specs, db_path, isolate=not in_process, log=lambda m: print(m, file=sys.stderr))
+    print(format_table(results))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+    problems = quick_assertions(results, min_recall) if quick else []
+    for problem in problems:
+        print(f"vitrieve bench search: FAILED {problem}", file=sys.stderr)
+    return 1 if problems else 0

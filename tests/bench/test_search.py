@@ -9,9 +9,9 @@ from contextlib import redirect_stderr, redirect_stdout
 import numpy as np
 import pytest
 
+from bench.search import DatasetSpec, clustered_chunks, clustered_codes, default_specs, run_dataset
 from pipelines.cli import main
 from storage.diagnostics import DiagnosticsDB
-from storage.search_bench import DatasetSpec, clustered_chunks, clustered_codes, default_specs, run_dataset
 
 
 def test_clustered_codes_are_seeded_chunk_invariant_and_clustered():
