@@ -34,10 +34,8 @@ CONFIGURES = {
     "index": ("binary_index",),
 }
 RUNS_TORCH = ("run", "train", "encode", "evaluate")  # the verbs that take --device
-SEEDED = (
-    ("catalogue", "the sampled subsets and splits"),
-    ("hashing_model", "the training"),
-)  # what --seed seeds
+# What --seed seeds, per configured asset.
+SEEDED = (("catalogue", "the sampled subsets and splits"), ("hashing_model", "the training"))
 
 
 class LazyChoices:
@@ -58,6 +56,8 @@ class LazyChoices:
         return iter(self.names)
 
 
+# The choices of options restricted to a registry. Give such an option a metavar, else argparse lists the choices
+# in the usage line, which imports the registry whenever a parser is built; name them in its help (%(choices)s).
 CHOICES = {
     "profile": LazyChoices("ml.recipes", "PROFILES"),
     "model": LazyChoices("ml.models.spec", "MODELS"),
@@ -82,38 +82,45 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _chosen(p, choice: str, help_: str, *flags: str, **kwargs) -> None:
-    """An option restricted to ``CHOICES[choice]``. Its metavar keeps argparse from listing the choices in the
-    usage line (which would import the registry whenever a parser is built); ``help_`` names them instead."""
-    kwargs.setdefault("metavar", choice.upper())
-    p.add_argument(*flags, choices=CHOICES[choice], help=help_, **kwargs)
-
-
 def _train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "training", "model, loss and recipe; every option left unset comes from --profile"
     )
-    _chosen(
-        g,
-        "profile",
-        "%(choices)s: model and recipe behind every option left unset (README, 'Profiles')",
+    g.add_argument(
         "--profile",
         default="quick",
+        choices=CHOICES["profile"],
+        metavar="PROFILE",
+        help="%(choices)s: model and recipe behind every option left unset (README, 'Profiles')",
     )
-    _chosen(g, "model", "%(choices)s (profile: vts)", "--model", default=None)
-    _chosen(g, "loss", "hashing loss: %(choices)s (profile: csq)", "--loss", default=None)
+    g.add_argument(
+        "--model", default=None, choices=CHOICES["model"], metavar="MODEL", help="%(choices)s (profile: vts)"
+    )
+    g.add_argument(
+        "--loss",
+        default=None,
+        choices=CHOICES["loss"],
+        metavar="LOSS",
+        help="hashing loss: %(choices)s (profile: csq)",
+    )
     g.add_argument("--bits", type=int, default=None, help="code length (profile: 64)")
-    _chosen(
-        g,
-        "preset",
-        "%(choices)s: small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)",
+    g.add_argument(
         "--preset",
         default=None,
+        choices=CHOICES["preset"],
+        metavar="PRESET",
+        help="%(choices)s: small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)",
     )
     g.add_argument(
         "--pretrained", default="", help="local path or URI of timm backbone weights (never downloaded)"
     )
-    _chosen(g, "optimizer", "%(choices)s (profile: adamw)", "--optimizer", default=None)
+    g.add_argument(
+        "--optimizer",
+        default=None,
+        choices=CHOICES["optimizer"],
+        metavar="OPTIMIZER",
+        help="%(choices)s (profile: adamw)",
+    )
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--force", action="store_true", help="retrain even if this exact model exists")
@@ -181,14 +188,13 @@ def _index_param(text: str) -> tuple[str, int]:
 
 def _index_args(p: argparse.ArgumentParser, *kind_flags: str) -> None:
     g = p.add_argument_group("index", "the FAISS binary index published for search")
-    _chosen(
-        g,
-        "index_kind",
-        "%(choices)s (default: the kind published for the catalogue, else flat)",
+    g.add_argument(
         *kind_flags,
         dest="index_kind",
-        metavar="KIND",
         default=None,
+        choices=CHOICES["index_kind"],
+        metavar="KIND",
+        help="%(choices)s (default: the kind published for the catalogue, else flat)",
     )
     g.add_argument(
         "--index-param",
@@ -212,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
         _common(p)
         if verb in RUNS_TORCH:
             p.add_argument("--device", default=_device_default(), help="auto | cpu | cuda[:N]")
-        else:
+        else:  # the compute resource of the run, which these assets never use
             p.set_defaults(device=_device_default())
         seeded = [what for asset, what in SEEDED if asset in configures]
         if seeded:
@@ -221,9 +227,8 @@ def parser() -> argparse.ArgumentParser:
             _catalogue_args(p)
         if "hashing_model" in configures:
             _train_args(p)
-        if (
-            "binary_index" in configures
-        ):  # `index` also takes the plain --kind: no other kind to confuse it with
+        if "binary_index" in configures:
+            # `run` also has --source-kind, hence --index-kind; `index` takes the plain --kind as well
             _index_args(p, *(("--kind", "--index-kind") if verb == "index" else ("--index-kind",)))
     p = sub.add_parser("search", help="top-k neighbours of row ids or image files in the published index")
     _common(p)
