@@ -18,13 +18,19 @@ def default_root() -> str:
     return os.environ.get("VITRIEVE_ROOT", DEFAULT_ROOT)
 
 
+def diagnostics_path(root: str | None = None, db: str | None = None) -> str:
+    """Where the diagnostics DuckDB lives: ``db`` if given, else ``$VITRIEVE_DB``, else ``diagnostics.duckdb``
+    under a local ``root`` (None = ``default_root()``), else ``./diagnostics.duckdb`` (a remote root)."""
+    if db:
+        return db
+    if "VITRIEVE_DB" in os.environ:
+        return os.environ["VITRIEVE_DB"]
+    root = root or default_root()
+    return os.path.join(root, "diagnostics.duckdb") if "://" not in root else "./diagnostics.duckdb"
+
+
 def default_db() -> str:
-    return os.environ.get(
-        "VITRIEVE_DB",
-        os.path.join(default_root(), "diagnostics.duckdb")
-        if "://" not in default_root()
-        else "./diagnostics.duckdb",
-    )
+    return diagnostics_path()
 
 
 class StorageResource(dg.ConfigurableResource):

@@ -1,13 +1,20 @@
-"""The ``vitrieve`` command line: every verb that changes data runs as a Dagster materialisation."""
+"""The ``vitrieve`` command line: every verb that changes data runs as a Dagster materialisation.
+
+Each verb lists only the options it uses. The choices of ``--model``, ``--loss``, ``--preset``, ``--optimizer``,
+``--profile`` and ``--index-kind`` are the code's own registries, imported when argparse first needs them (a value
+to check or ``--help`` to print), so ``vitrieve --help`` and the verbs that never train stay free of torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 
-from assets.resources import default_db, default_root
 from storage.ingest_idx import FASHION_MNIST_DIR
 
 ASSET_OF_VERB = {
@@ -17,6 +24,52 @@ ASSET_OF_VERB = {
     "evaluate": "model_evaluation",
     "index": "binary_index",
 }
+# The assets whose config each materialising verb sets from its flags (``run`` materialises everything).
+CONFIGURES = {
+    "run": ("catalogue", "hashing_model", "binary_index"),
+    "ingest": ("catalogue",),
+    "train": ("hashing_model",),
+    "encode": (),
+    "evaluate": (),
+    "index": ("binary_index",),
+}
+RUNS_TORCH = ("run", "train", "encode", "evaluate")  # the verbs that take --device
+# What --seed seeds, per configured asset.
+SEEDED = (("catalogue", "the sampled subsets and splits"), ("hashing_model", "the training"))
+
+
+class LazyChoices:
+    """The names of a registry ``module.attribute``, imported on first use (a check, an error or ``--help``)
+    rather than when the parser is built."""
+
+    def __init__(self, module: str, attribute: str) -> None:
+        self.module, self.attribute = module, attribute
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.attribute))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+
+# The choices of options restricted to a registry. Give such an option a metavar, else argparse lists the choices
+# in the usage line, which imports the registry whenever a parser is built; name them in its help (%(choices)s).
+CHOICES = {
+    "profile": LazyChoices("ml.recipes", "PROFILES"),
+    "model": LazyChoices("ml.models.spec", "MODELS"),
+    "loss": LazyChoices("ml.losses", "LOSSES"),
+    "preset": LazyChoices("ml.models.spec", "PRESET_NAMES"),
+    "optimizer": LazyChoices("ml.train", "OPTIMIZERS"),
+    "index_kind": LazyChoices("storage.index", "KINDS"),
+}
+
+
+def _device_default() -> str:
+    return os.environ.get("VITRIEVE_DEVICE", "auto")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -30,44 +83,47 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    g = p.add_argument_group(
+        "training", "model, loss and recipe; every option left unset comes from --profile"
+    )
+    g.add_argument(
         "--profile",
         default="quick",
-        choices=["quick", "full"],
-        help="model and recipe behind every option left unset (README, 'Profiles')",
+        choices=CHOICES["profile"],
+        metavar="PROFILE",
+        help="%(choices)s: model and recipe behind every option left unset (README, 'Profiles')",
     )
-    p.add_argument(
-        "--model", default=None, help="vts | vts-cls | xhashnet | transhash | hybridhash (profile: vts)"
+    g.add_argument(
+        "--model", default=None, choices=CHOICES["model"], metavar="MODEL", help="%(choices)s (profile: vts)"
     )
-    p.add_argument("--loss", default=None, help="hashing loss (profile: csq)")
-    p.add_argument("--bits", type=int, default=None, help="code length (profile: 64)")
-    p.add_argument(
+    g.add_argument(
+        "--loss",
+        default=None,
+        choices=CHOICES["loss"],
+        metavar="LOSS",
+        help="hashing loss: %(choices)s (profile: csq)",
+    )
+    g.add_argument("--bits", type=int, default=None, help="code length (profile: 64)")
+    g.add_argument(
         "--preset",
         default=None,
-        help="small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)",
+        choices=CHOICES["preset"],
+        metavar="PRESET",
+        help="%(choices)s: small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)",
     )
-    p.add_argument(
+    g.add_argument(
         "--pretrained", default="", help="local path or URI of timm backbone weights (never downloaded)"
     )
-    p.add_argument("--optimizer", default=None, choices=["adamw", "adam", "rmsprop", "sgd"])
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument(
-        "--device", default=os.environ.get("VITRIEVE_DEVICE", "auto"), help="auto | cpu | cuda[:N]"
+    g.add_argument(
+        "--optimizer",
+        default=None,
+        choices=CHOICES["optimizer"],
+        metavar="OPTIMIZER",
+        help="%(choices)s (profile: adamw)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--source",
-        default="",
-        help="IDX folder, image folder (one sub-folder per class) or CSV/Parquet "
-        "manifest; local path or s3:// URI (default: the built-in source of the catalogue)",
-    )
-    p.add_argument(
-        "--train-limit", type=int, default=None, help="IDX: seeded subset of training images (quick looks)"
-    )
-    p.add_argument("--query-limit", type=int, default=None, help="IDX: seeded subset of query images")
-    p.add_argument("--force", action="store_true", help="retrain even if this exact model exists")
-    _catalogue_args(p)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--force", action="store_true", help="retrain even if this exact model exists")
 
 
 # Catalogue config fields settable from the command line; left out, the CatalogueConfig default holds.
@@ -97,8 +153,19 @@ CATALOGUE_FLAGS = {
 
 
 def _catalogue_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("catalogue", "the source of the images and the split protocol")
+    g.add_argument(
+        "--source",
+        default="",
+        help="IDX folder, image folder (one sub-folder per class) or CSV/Parquet "
+        "manifest; local path or s3:// URI (default: the built-in source of the catalogue)",
+    )
+    g.add_argument(
+        "--train-limit", type=int, default=None, help="IDX: seeded subset of training images (quick looks)"
+    )
+    g.add_argument("--query-limit", type=int, default=None, help="IDX: seeded subset of query images")
     for dest, (_, kind, help_) in CATALOGUE_FLAGS.items():
-        p.add_argument(
+        g.add_argument(
             f"--{dest.replace('_', '-')}",
             dest=dest,
             type=kind,
@@ -108,16 +175,61 @@ def _catalogue_args(p: argparse.ArgumentParser) -> None:
         )
 
 
+def _index_param(text: str) -> tuple[str, int]:
+    """``NAME=VALUE`` of ``--index-param`` (every index parameter is an integer)."""
+    name, _, value = text.partition("=")
+    try:
+        return name, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=INTEGER (e.g. ef_search=256), got {text!r}"
+        ) from None
+
+
+def _index_args(p: argparse.ArgumentParser, *kind_flags: str) -> None:
+    g = p.add_argument_group("index", "the FAISS binary index published for search")
+    g.add_argument(
+        *kind_flags,
+        dest="index_kind",
+        default=None,
+        choices=CHOICES["index_kind"],
+        metavar="KIND",
+        help="%(choices)s (default: the kind published for the catalogue, else flat)",
+    )
+    g.add_argument(
+        "--index-param",
+        type=_index_param,
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a parameter of the index kind, e.g. m=32 or ef_search=256 for hnsw, nprobe=16 for ivf "
+        "(repeatable; unset ones keep their defaults)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vitrieve", description=__doc__)
+    ap = argparse.ArgumentParser(prog="vitrieve", description=__doc__.split("\n", 1)[0])
     sub = ap.add_subparsers(dest="verb", required=True)
-    p = sub.add_parser("run", help="materialise the whole asset graph for a catalogue and print a summary")
-    _common(p)
-    _train_args(p)
-    for verb, asset in ASSET_OF_VERB.items():
-        p = sub.add_parser(verb, help=f"materialise {asset} for a catalogue")
+    helps = {"run": "materialise the whole asset graph for a catalogue and print a summary"} | {
+        verb: f"materialise {asset} for a catalogue" for verb, asset in ASSET_OF_VERB.items()
+    }
+    for verb, configures in CONFIGURES.items():
+        p = sub.add_parser(verb, help=helps[verb], description=helps[verb])
         _common(p)
-        _train_args(p)
+        if verb in RUNS_TORCH:
+            p.add_argument("--device", default=_device_default(), help="auto | cpu | cuda[:N]")
+        else:  # the compute resource of the run, which these assets never use
+            p.set_defaults(device=_device_default())
+        seeded = [what for asset, what in SEEDED if asset in configures]
+        if seeded:
+            p.add_argument("--seed", type=int, default=0, help=f"seed of {' and of '.join(seeded)}")
+        if "catalogue" in configures:
+            _catalogue_args(p)
+        if "hashing_model" in configures:
+            _train_args(p)
+        if "binary_index" in configures:
+            # `run` also has --source-kind, hence --index-kind; `index` takes the plain --kind as well
+            _index_args(p, *(("--kind", "--index-kind") if verb == "index" else ("--index-kind",)))
     p = sub.add_parser("search", help="top-k neighbours of row ids or image files in the published index")
     _common(p)
     p.add_argument("queries", nargs="+", help="row ids (integers) or image file paths")
@@ -186,25 +298,29 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _locations(args) -> tuple[str, str]:
-    root = args.root or default_root()
-    return root, args.db or (
-        os.path.join(root, "diagnostics.duckdb") if args.root and "://" not in root else default_db()
-    )
+    """(storage root, diagnostics DB) of a command line."""
+    from assets.resources import default_root, diagnostics_path
+
+    root = getattr(args, "root", None)
+    return root or default_root(), diagnostics_path(root, args.db)
 
 
-def _run_config(args) -> dict:
-    cat = {
+def _catalogue_config(args) -> dict:
+    config = {
         "source": args.source,
         "seed": args.seed,
         "train_limit": args.train_limit,
         "query_limit": args.query_limit,
     }
-    cat |= {
+    return config | {
         field: getattr(args, dest)
         for dest, (field, _, _) in CATALOGUE_FLAGS.items()
         if getattr(args, dest) is not None
     }
-    model = {"profile": args.profile, "seed": args.seed, "force": args.force, "pretrained": args.pretrained}
+
+
+def _model_config(args) -> dict:
+    config = {"profile": args.profile, "seed": args.seed, "force": args.force, "pretrained": args.pretrained}
     given = {
         "model": args.model,
         "loss": args.loss,
@@ -214,18 +330,48 @@ def _run_config(args) -> dict:
         "lr": args.lr,
         "epochs": args.epochs,
     }
-    model.update({k: v for k, v in given.items() if v is not None})
-    return {"catalogue": {"config": cat}, "hashing_model": {"config": model}}
+    return config | {k: v for k, v in given.items() if v is not None}
+
+
+def _index_config(args) -> dict:
+    """The kind and its parameters, checked against the kind (against every kind's when none is given: the
+    asset then keeps the catalogue's published kind and checks them there)."""
+    from storage.index import DEFAULT_PARAMS
+
+    kind, params = args.index_kind, dict(args.index_param or [])
+    takes = DEFAULT_PARAMS[kind] if kind else {name for p in DEFAULT_PARAMS.values() for name in p}
+    unknown = sorted(set(params) - set(takes))
+    if unknown:
+        raise ValueError(
+            f"--index-param {', '.join(unknown)}: not a parameter of {kind or 'any index kind'} "
+            f"(it takes {', '.join(sorted(takes)) or 'none'})"
+        )
+    return ({"kind": kind} if kind else {}) | params
+
+
+CONFIG_OF_ASSET = {
+    "catalogue": _catalogue_config,
+    "hashing_model": _model_config,
+    "binary_index": _index_config,
+}
+
+
+def _run_config(args) -> dict:
+    """The Dagster run config (``ops`` part) of a materialising command line; ``ValueError`` if inconsistent."""
+    configs = {asset: CONFIG_OF_ASSET[asset](args) for asset in CONFIGURES[args.verb]}
+    return {asset: {"config": config} for asset, config in configs.items() if config}
 
 
 def cmd_materialise(args, selection: list[str] | None) -> int:
     from pipelines.execution import materialise
     from pipelines.summary import print_summary
 
+    try:
+        run_config = _run_config(args)
+    except ValueError as err:
+        print(f"vitrieve {args.verb}: {err}", file=sys.stderr)
+        return 2
     root, db = _locations(args)
-    run_config = _run_config(args)
-    if selection:
-        run_config = {k: v for k, v in run_config.items() if k in selection}
     start = time.perf_counter()
     result, instance = materialise(
         args.catalogue, "train_and_publish", run_config, root, db, args.device, selection
@@ -296,7 +442,7 @@ def cmd_sql(args) -> int:
 
     from storage.diagnostics import DiagnosticsDB, ReadOnlyQueryError
 
-    db = args.db or default_db()
+    _, db = _locations(args)
     try:
         columns, rows = DiagnosticsDB(db).query(args.query)
     except ReadOnlyQueryError as err:

@@ -79,6 +79,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     },
 }
+# Every preset name of any model, CPU presets first (``--preset`` choices; ``ModelSpec`` checks the pair).
+PRESET_NAMES = tuple(dict.fromkeys(name for presets in PRESETS.values() for name in presets))
 # The paper preset each model is published with (``default_preset(model, gpu=True)``).
 PAPER_PRESETS = {
     "vts": "vit-b32",

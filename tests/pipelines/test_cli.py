@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 from contextlib import redirect_stdout
 
+import pytest
 from PIL import Image
 
-from pipelines.cli import main
+from assets.resources import diagnostics_path
+from pipelines.cli import _locations, _run_config, main, parser
 from storage.catalogue import read_catalogue
+from storage.fs import StorageRoot
+from storage.index import current
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -72,3 +78,267 @@ def test_unknown_row_id_is_a_clear_error(tiny_run):
         assert "99999999" in str(exit_.code) and "not in catalogue" in str(exit_.code)
     else:
         raise AssertionError("expected SystemExit")
+
+
+# Command lines and the run config that reached Dagster before each verb had its own options.
+RUN_CONFIGS = [
+    (
+        ["run"],
+        {
+            "catalogue": {"config": {"source": "", "seed": 0, "train_limit": None, "query_limit": None}},
+            "hashing_model": {"config": {"profile": "quick", "seed": 0, "force": False, "pretrained": ""}},
+        },
+    ),
+    (
+        ["train", "--model", "transhash", "--loss", "transhash", "--bits", "32"],
+        {
+            "hashing_model": {
+                "config": {
+                    "profile": "quick",
+                    "seed": 0,
+                    "force": False,
+                    "pretrained": "",
+                    "model": "transhash",
+                    "loss": "transhash",
+                    "bits": 32,
+                }
+            }
+        },
+    ),
+    (
+        ["ingest", "--source", "X", "--validation-size", "10"],
+        {
+            "catalogue": {
+                "config": {
+                    "source": "X",
+                    "seed": 0,
+                    "train_limit": None,
+                    "query_limit": None,
+                    "validation_size": 10,
+                }
+            }
+        },
+    ),
+    (
+        ["run", "--profile", "full", "--seed", "3", "--epochs", "2", "--lr", "0.001", "--optimizer", "sgd"]
+        + ["--preset", "small-conv", "--pretrained", "w.safetensors", "--force", "--train-limit", "100"]
+        + ["--query-limit", "20", "--label-column", "a", "--label-column", "b", "--max-reject-fraction"]
+        + ["0.1", "--source-kind", "manifest", "--model", "vts-cls"],
+        {
+            "catalogue": {
+                "config": {
+                    "source": "",
+                    "seed": 3,
+                    "train_limit": 100,
+                    "query_limit": 20,
+                    "kind": "manifest",
+                    "label_columns": ["a", "b"],
+                    "max_reject_fraction": 0.1,
+                }
+            },
+            "hashing_model": {
+                "config": {
+                    "profile": "full",
+                    "seed": 3,
+                    "force": True,
+                    "pretrained": "w.safetensors",
+                    "model": "vts-cls",
+                    "preset": "small-conv",
+                    "optimizer": "sgd",
+                    "lr": 0.001,
+                    "epochs": 2,
+                }
+            },
+        },
+    ),
+    (
+        ["ingest", "--source", "s3://b/x", "--seed", "2", "--train-per-label", "4", "--channels", "3"]
+        + ["--protocol", "per_label"],
+        {
+            "catalogue": {
+                "config": {
+                    "source": "s3://b/x",
+                    "seed": 2,
+                    "train_limit": None,
+                    "query_limit": None,
+                    "protocol": "per_label",
+                    "train_per_label": 4,
+                    "channels": 3,
+                }
+            }
+        },
+    ),
+    (
+        ["train", "--seed", "5", "--device", "cpu", "--profile", "full"],
+        {"hashing_model": {"config": {"profile": "full", "seed": 5, "force": False, "pretrained": ""}}},
+    ),
+    (["encode", "--device", "cpu"], {}),
+    (["evaluate"], {}),
+    (["index"], {}),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), RUN_CONFIGS, ids=[" ".join(a[:3]) for a, _ in RUN_CONFIGS])
+def test_run_config_of_command_lines_unchanged(argv, expected):
+    assert _run_config(parser().parse_args(argv)) == expected
+
+
+def test_index_flags_set_the_binary_index_config(capsys):
+    def config(argv):
+        return _run_config(parser().parse_args(argv))
+
+    assert config(["index", "--kind", "hnsw", "--index-param", "ef_search=64", "--index-param", "m=8"]) == {
+        "binary_index": {"config": {"kind": "hnsw", "ef_search": 64, "m": 8}}
+    }
+    assert config(["index", "--index-kind", "flat"]) == {"binary_index": {"config": {"kind": "flat"}}}
+    assert config(["index", "--index-param", "nprobe=4"]) == {"binary_index": {"config": {"nprobe": 4}}}
+    assert config(["run", "--index-kind", "ivf", "--index-param", "nprobe=4"])["binary_index"] == {
+        "config": {"kind": "ivf", "nprobe": 4}
+    }
+    with pytest.raises(ValueError, match="not a parameter of flat"):
+        config(["index", "--kind", "flat", "--index-param", "m=8"])
+    with pytest.raises(ValueError, match="not a parameter of any index kind"):
+        config(["index", "--index-param", "depth=8"])
+    assert main(["index", "--kind", "ivf", "--index-param", "ef_search=8"]) == 2
+    assert "it takes nlist, nprobe, train_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        parser().parse_args(["index", "--index-param", "nprobe"])
+    assert exit_.value.code == 2 and "NAME=INTEGER" in capsys.readouterr().err
+
+
+def test_index_params_are_index_config_fields():
+    from assets.index import PARAM_FIELDS
+    from storage.index import DEFAULT_PARAMS
+
+    assert {name for params in DEFAULT_PARAMS.values() for name in params} == set(PARAM_FIELDS)
+
+
+def _help(argv: list[str], capsys, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option: no name broken at a hyphen
+    with pytest.raises(SystemExit) as exit_:
+        parser().parse_args([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def _options(text: str) -> set[str]:
+    return {word.strip("[],") for word in text.split() if word.startswith(("--", "[--"))}
+
+
+CATALOGUE = {"--source", "--train-limit", "--source-kind", "--label-column", "--validation-size"}
+TRAINING = {"--profile", "--model", "--loss", "--bits", "--preset", "--optimizer", "--epochs", "--force"}
+INDEX = {"--index-kind", "--index-param"}
+
+
+@pytest.mark.parametrize(
+    ("verb", "has", "lacks"),
+    [
+        ("ingest", CATALOGUE | {"--seed"}, TRAINING | INDEX | {"--device"}),
+        ("train", TRAINING | {"--seed", "--device"}, CATALOGUE | INDEX),
+        ("encode", {"--device"}, CATALOGUE | TRAINING | INDEX | {"--seed"}),
+        ("evaluate", {"--device"}, CATALOGUE | TRAINING | INDEX | {"--seed"}),
+        ("index", INDEX | {"--kind"}, CATALOGUE | TRAINING | {"--device", "--seed"}),
+        ("run", CATALOGUE | TRAINING | INDEX | {"--seed", "--device"}, {"--kind"}),
+    ],
+)
+def test_each_verb_lists_only_its_options(verb, has, lacks, capsys, monkeypatch):
+    options = _options(_help([verb], capsys, monkeypatch))
+    assert has <= options and not lacks & options
+    assert {"--catalogue", "--root", "--db"} <= options
+
+
+def test_help_lists_the_registries_choices(capsys, monkeypatch):
+    from ml.losses import LOSSES
+    from ml.models.spec import MODELS, PRESET_NAMES
+    from ml.recipes import PROFILES
+    from ml.train import OPTIMIZERS
+    from storage.index import KINDS
+
+    text = _help(["train"], capsys, monkeypatch)
+    for names in (MODELS, LOSSES, PRESET_NAMES, OPTIMIZERS, PROFILES):
+        assert ", ".join(names) in text
+    assert "--source" not in text and "--epochs" in text
+    assert ", ".join(KINDS) in _help(["index"], capsys, monkeypatch)
+    ingest = _help(["ingest"], capsys, monkeypatch)
+    assert "--source" in ingest and "--epochs" not in ingest
+
+
+@pytest.mark.parametrize(
+    ("argv", "value"),
+    [
+        (["train", "--model", "nope"], "nope"),
+        (["run", "--loss", "l2"], "l2"),
+        (["train", "--preset", "tiny"], "tiny"),
+        (["train", "--optimizer", "lamb"], "lamb"),
+        (["train", "--profile", "slow"], "slow"),
+        (["index", "--kind", "lsh"], "lsh"),
+        (["ingest", "--epochs", "3"], "--epochs"),
+    ],
+)
+def test_bad_choice_or_foreign_option_is_an_argparse_error(argv, value, capsys):
+    """A value outside the registry, or an option of another verb (``ingest --epochs``)."""
+    with pytest.raises(SystemExit) as exit_:
+        parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "error:" in err and value in err
+
+
+def test_invalid_model_lists_the_models(capsys):
+    from ml.models.spec import MODELS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "nope"])
+    assert f"invalid choice: 'nope' (choose from {', '.join(map(repr, MODELS))})" in capsys.readouterr().err
+
+
+# (--root, --db, $VITRIEVE_ROOT, $VITRIEVE_DB) -> diagnostics DB; None = not given / unset.
+DB_LOCATIONS = [
+    (None, None, None, None, "./data/diagnostics.duckdb"),
+    (None, None, "/srv/v", None, "/srv/v/diagnostics.duckdb"),
+    (None, None, "s3://b/v", None, "./diagnostics.duckdb"),
+    (None, None, "/srv/v", "/x/env.duckdb", "/x/env.duckdb"),
+    (None, None, "s3://b/v", "/x/env.duckdb", "/x/env.duckdb"),
+    ("/r", None, None, None, "/r/diagnostics.duckdb"),
+    ("/r", None, "s3://b/v", None, "/r/diagnostics.duckdb"),
+    ("/r", None, None, "/x/env.duckdb", "/x/env.duckdb"),
+    ("s3://b/p", None, None, None, "./diagnostics.duckdb"),
+    ("s3://b/p", None, "/srv/v", None, "./diagnostics.duckdb"),
+    ("s3://b/p", None, None, "/x/env.duckdb", "/x/env.duckdb"),
+    (None, "/given.duckdb", "/srv/v", "/x/env.duckdb", "/given.duckdb"),
+    ("/r", "/given.duckdb", None, "/x/env.duckdb", "/given.duckdb"),
+    ("s3://b/p", "/given.duckdb", None, None, "/given.duckdb"),
+]
+
+
+@pytest.mark.parametrize(("root", "db", "env_root", "env_db", "expected"), DB_LOCATIONS)
+def test_where_the_diagnostics_db_lives(root, db, env_root, env_db, expected, monkeypatch):
+    for name, value in (("VITRIEVE_ROOT", env_root), ("VITRIEVE_DB", env_db)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert diagnostics_path(root, db) == expected
+    flags = (["--root", root] if root else []) + (["--db", db] if db else [])
+    for verb in ("run", "ingest", "index", "search"):
+        args = parser().parse_args([verb, *flags] + (["1"] if verb == "search" else []))
+        assert _locations(args) == (root or env_root or "./data", expected)
+    if root is None:  # `sql` has no --root: the default root's DB
+        assert (
+            _locations(parser().parse_args(["sql", *(["--db", db] if db else []), "SELECT 1"]))[1] == expected
+        )
+
+
+def test_index_kind_publishes_that_kind(tiny_run, tmp_path, monkeypatch):
+    """``vitrieve index --kind hnsw`` on a copy of the tiny run's storage (its Dagster instance, the session's
+    $DAGSTER_HOME, names the model); the shared run's own index stays as it was."""
+    _, root, _ = tiny_run
+    monkeypatch.delenv("VITRIEVE_DB", raising=False)
+    copy = tmp_path / "data"
+    shutil.copytree(root.uri, copy)
+    monkeypatch.setenv("DAGSTER_HOME", os.environ["DAGSTER_HOME"])  # the CLI sets it for the process
+    code, out = _run(["index", "--kind", "hnsw", "--index-param", "ef_search=64", "--root", str(copy)])
+    assert code == 0, out
+    pointer = current(StorageRoot(copy), "fashion-mnist")
+    assert pointer["kind"] == "hnsw" and pointer["params"]["ef_search"] == 64
+    assert pointer["model_id"] == current(root, "fashion-mnist")["model_id"]
+    assert current(root, "fashion-mnist")["kind"] == "flat"
