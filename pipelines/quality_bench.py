@@ -22,7 +22,7 @@ import numpy as np
 from storage.diagnostics import DiagnosticsDB, insert_bit_stats, insert_metrics, insert_training_log
 
 if TYPE_CHECKING:
-    from ml.models.spec import ModelSpec
+    from ml.model_spec import ModelSpec
     from ml.train import TrainConfig, TrainResult
 
 CATALOGUE = "fashion-mnist"

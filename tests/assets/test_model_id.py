@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from assets.model import HashingModelConfig, make_model_id
+from assets.model import HashingModelConfig, make_model_id, resolve_run
 
 FINGERPRINT = "0123456789abcdef" * 4  # a fixed, fake catalogue fingerprint
 
 
 def model_id_of(catalogue: str, num_classes: int, in_chans: int, **config) -> str:
     """The id ``hashing_model`` derives for ``config`` (resolved exactly as the asset resolves it)."""
-    from ml.recipes import PROFILE_FIELDS, build_run
-
-    c = HashingModelConfig(**config)
-    spec, train_cfg = build_run(
-        c.profile,
-        num_classes,
-        in_chans,
-        seed=c.seed,
-        augment=c.augment,
-        amp=c.amp,
-        overrides=c.overrides,
-        pretrained=c.pretrained,
-        loss_params=c.loss_params,
-        **{k: getattr(c, k) for k in PROFILE_FIELDS},
-    )
+    spec, train_cfg = resolve_run(HashingModelConfig(**config), num_classes, in_chans)
     return make_model_id(spec.to_dict(), train_cfg.to_dict(), catalogue, FINGERPRINT)
 
 
