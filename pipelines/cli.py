@@ -287,7 +287,6 @@ def cmd_bench_quality(args) -> int:
     from ml.models import ModelSpec
     from ml.recipes import resolve_profile
     from pipelines.quality_bench import (
-        RUN_ONLY_FIELDS,
         format_leaderboard,
         load_protocol,
         parse_config,
@@ -303,10 +302,7 @@ def cmd_bench_quality(args) -> int:
             configs = [c | {"bits": int(b)} for c in configs for b in args.bits.split(",")]
         if args.quick:
             configs = [c | {"epochs": 1} for c in configs]
-        specs = [
-            resolve_profile(args.profile, **{k: v for k, v in c.items() if k not in RUN_ONLY_FIELDS})
-            for c in configs
-        ]
+        specs = [resolve_profile(args.profile, **c) for c in configs]
     except ValueError as err:
         print(f"vitrieve bench quality: {err}", file=sys.stderr)
         return 2

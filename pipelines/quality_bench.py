@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ml.train import TrainConfig, TrainResult
 
 CATALOGUE = "fashion-mnist"
-RUN_ONLY_FIELDS = ("overrides", "loss_params")  # --config fields passed to build_run, not to the profile
 
 
 def _top_level_items(text: str) -> list[str]:
@@ -139,16 +138,7 @@ def train_and_encode(
     from ml.recipes import build_run
     from ml.train import TrainData, train_hashing_model
 
-    fields = {k: v for k, v in given.items() if k not in RUN_ONLY_FIELDS}
-    spec, cfg = build_run(
-        profile,
-        len(protocol.label_names),
-        protocol.train[0].shape[1],
-        seed=seed,
-        overrides=given.get("overrides"),
-        loss_params=given.get("loss_params"),
-        **fields,
-    )
+    spec, cfg = build_run(profile, len(protocol.label_names), protocol.train[0].shape[1], seed=seed, **given)
     cfg.time_budget_s = budget_s
     data = TrainData(*protocol.train, *protocol.val_query, *protocol.val_db)
     t0 = time.perf_counter()
