@@ -19,7 +19,7 @@ from ml.recipes import PROFILE_FIELDS, RUN_FIELDS, build_run
 from ml.train_config import TrainConfig
 from pipelines.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import fingerprint, read_catalogue
-from storage.model_store import has_model, read_card, write_model
+from storage.model_store import card_bits, has_model, read_card, write_model
 
 
 class RunOptions(dg.Config):
@@ -228,7 +228,7 @@ def _card_metadata(context: dg.AssetExecutionContext, root, card: dict, reused: 
     return {
         "model_id": card["model_id"],
         "dagster/uri": root.url("models", card["model_id"], "model.safetensors"),
-        "bits": card["bits"],
+        "bits": card_bits(card),
         "parameters": card["parameters"],
         "best_epoch": card["best_epoch"],
         "val_map_at_100": float(card["best_val_map_at_100"]),
