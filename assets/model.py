@@ -66,15 +66,10 @@ def _run_config_fields() -> dict[str, tuple[Any, Any]]:
     }
 
 
-HashingModelConfig = create_model(
-    "HashingModelConfig",
-    __base__=RunOptions,
-    __module__=__name__,
-    __doc__="""Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it.
+class HashingModelConfig(create_model("RunFields", __base__=RunOptions, **_run_config_fields())):
+    """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it.
     Fields left unset come from the profile (``ml.recipes.PROFILES``); each field is declared once, in
-    ``RunOptions``, ``ModelSpec`` or ``TrainConfig``.""",
-    **_run_config_fields(),
-)
+    ``RunOptions``, ``ModelSpec`` or ``TrainConfig``."""
 
 
 def resolve_run(config: HashingModelConfig, num_classes: int, in_chans: int) -> tuple[ModelSpec, TrainConfig]:
