@@ -5,6 +5,7 @@ parts and carries the dataset-level facts (``catalogue_fingerprint``, rows); rea
 through a pyarrow dataset, so adding a part for new catalogue rows, or compacting parts when rows are deleted,
 is one atomic switch. A directory written before ``parts.json`` existed (a lone ``part-00000.parquet``) is
 still read. Files that no longer appear in ``parts.json`` are removed after the switch.
+Both sets of metadata read back as one ``CodesMeta`` (:func:`read_codes_meta`).
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def codes_dataset(root: StorageRoot, catalogue: str, model_id: str) -> tuple[pds
     return pds.dataset(paths, format="parquet", filesystem=fs), manifest
 
 
-# The keys every part's Parquet metadata and ``parts.json`` hold; any other key is a writer's ``extra``.
+# The keys the writers always set (Parquet metadata, ``parts.json``); any other key came from an ``extra``.
 _FACTS = ("model_id", "bits", "catalogue", "bit_order", "created_at", "rows", "updated_at")
 
 
@@ -273,12 +274,8 @@ class CodesMeta:
     @property
     def writer_extra(self) -> dict[str, str]:
         """The writer's ``extra`` keys (fingerprint included), for parts that replace these."""
-        fp = (
-            {}
-            if self.catalogue_fingerprint is None
-            else {"catalogue_fingerprint": self.catalogue_fingerprint}
-        )
-        return fp | self.extra
+        fp = self.catalogue_fingerprint
+        return ({} if fp is None else {"catalogue_fingerprint": fp}) | self.extra
 
 
 def _stored_meta(root: StorageRoot, catalogue: str, model_id: str) -> tuple[dict[str, str], list[str]]:
