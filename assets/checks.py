@@ -50,7 +50,7 @@ def codes_complete(context: dg.AssetCheckExecutionContext, storage: StorageResou
     model_id = current_model_id(context)
     table, _ = read_catalogue(root, context.partition_key, columns=["row_id"])
     row_ids, codes, meta = read_codes(root, context.partition_key, model_id)
-    expected_width = int(meta["bits"]) // 8
+    expected_width = meta.nbytes
     problems = []
     if codes.shape[1] != expected_width:
         problems.append(f"code width {codes.shape[1]} bytes, expected {expected_width}")
@@ -58,8 +58,8 @@ def codes_complete(context: dg.AssetCheckExecutionContext, storage: StorageResou
         problems.append("duplicate row_ids in codes")
     if not np.array_equal(np.sort(row_ids), np.sort(table["row_id"].to_numpy())):
         problems.append(f"codes cover {len(row_ids)} rows, catalogue has {table.num_rows}")
-    if meta.get("model_id") != model_id:
-        problems.append(f"codes were written by {meta.get('model_id')}, current model is {model_id}")
+    if meta.model_id != model_id:
+        problems.append(f"codes were written by {meta.model_id}, current model is {model_id}")
     return dg.AssetCheckResult(
         passed=not problems, metadata={"rows": len(row_ids), "problems": "; ".join(problems) or "none"}
     )

@@ -22,15 +22,15 @@ from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
 from storage.codes import (
     PartWriter,
     codes_dir,
-    codes_meta,
     commit_parts,
     image_hash_of,
     parts_manifest,
+    read_codes_meta,
     read_row_index,
     rewrite_without,
 )
 from storage.images import encoded_images
-from storage.model_store import read_card
+from storage.model_store import card_bits, read_card
 
 
 class CodesConfig(dg.Config):
@@ -85,14 +85,13 @@ def packed_codes(
     fp = fingerprint(table)
     cat_ids = table["row_id"].to_numpy()
     cat_hash = image_hash_of(table["sha256"])
-    bits = int(read_card(root, model_id)["bits"])
+    bits = card_bits(read_card(root, model_id))
     manifest = parts_manifest(root, name, model_id)
+    stored = read_codes_meta(root, name, model_id) if manifest is not None else None
     old_ids = old_hash = None
-    if manifest is not None and config.incremental and int(manifest.get("bits", bits)) == bits:
+    if stored is not None and config.incremental and stored.bits == bits:
         old_ids, old_hash = read_row_index(root, name, model_id)
-    stored_fp = (
-        codes_meta(root, name, model_id).get("catalogue_fingerprint") if manifest is not None else None
-    )
+    stored_fp = stored.catalogue_fingerprint if stored is not None else None
     if stored_fp == fp and old_ids is not None and np.array_equal(old_ids, cat_ids):
         encode, drop, mode = np.zeros(0, np.int64), np.zeros(0, np.int64), "up-to-date"
     else:

@@ -55,7 +55,7 @@ def model_evaluation(
         root, name, columns=["row_id", "image", "uri", "sha256", "labels", "in_query", "in_database"]
     )
     row_ids, codes, meta = read_codes(root, name, model_id)
-    bits = int(meta["bits"])
+    bits = meta.bits
     if not np.array_equal(row_ids, table["row_id"].to_numpy()):
         raise ValueError(
             f"codes of {model_id} do not cover catalogue {name!r} row for row; re-run packed_codes"

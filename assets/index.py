@@ -74,7 +74,7 @@ def database_codes(root, name: str, model_id: str) -> tuple[np.ndarray, np.ndarr
     """(row_ids, codes, bits) of the catalogue's database rows under ``model_id``."""
     row_ids, codes, meta = read_codes(root, name, model_id)
     db = np.isin(row_ids, database_rows(root, name))
-    return row_ids[db], codes[db], int(meta["bits"])
+    return row_ids[db], codes[db], meta.bits
 
 
 def chosen_kind(root: StorageRoot, name: str, config: IndexConfig) -> tuple[str, dict]:

@@ -1,79 +1,84 @@
 """``hashing_model``: train a hashing model on a catalogue's training split."""
 
+import dataclasses
 import hashlib
 import json
 import math
 import sys
 from datetime import UTC, datetime
+from typing import Any, get_type_hints
 
 import dagster as dg
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, create_model
 
 from assets.common import file_facts, lineage, model_inputs, rows_where, tag_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
+from ml.model_spec import ModelSpec
+from ml.recipes import PROFILE_FIELDS, RUN_FIELDS, build_run
+from ml.train_config import TrainConfig
 from storage.catalogue import fingerprint, read_catalogue
 from storage.diagnostics import insert_training_log
-from storage.model_store import has_model, read_card, write_model
+from storage.model_store import card_bits, has_model, read_card, write_model
 
 
-class HashingModelConfig(dg.Config):
-    """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it.
-    Fields left unset come from the profile (``ml.recipes.PROFILES``)."""
+class RunOptions(dg.Config):
+    """The fields of a ``hashing_model`` run that neither the model (``ModelSpec``) nor its recipe
+    (``TrainConfig``) holds."""
 
     profile: str = Field(
         default="quick", description="quick | full: the model and recipe behind unset fields"
     )
-    model: str | None = Field(default=None, description="vts | vts-cls | xhashnet | transhash | hybridhash")
-    loss: str | None = Field(
-        default=None,
-        description="dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet",
+    val_queries: int = Field(
+        default=2000, description="validation queries for model selection, drawn from the held-out slice"
     )
-    bits: int | None = None
-    preset: str | None = Field(
-        default=None, description="small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)"
+    val_database: int = Field(
+        default=5000, description="validation database for model selection, drawn from the training split"
     )
-    overrides: dict = Field(default_factory=dict, description="preset fields to replace, e.g. {depth: 6}")
-    head_hidden: int | None = Field(default=None, description="hidden width of the VTS hash head")
-    head_dropout: float | None = Field(default=None, description="dropout of the VTS / X-HashNet hash head")
-    pretrained: str = Field(default="", description="local path or fsspec URI of timm backbone weights")
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    warmup_steps: int | None = None
-    classifier: float | None = Field(
-        default=None, description="weight of the auxiliary label classifier (0 = off)"
+    min_val_map: float = Field(
+        default=0.5, description="validation mAP@100 floor of the blocking model_quality check"
     )
-    label_smoothing: float | None = None
-    erase: float | None = Field(default=None, description="random-erasing probability per training image")
-    flip_tta: bool | None = Field(
-        default=None, description="codes from an image and its mirror image together"
+    force: bool = Field(
+        default=False, description="train again even if this model_id exists (and ignore a saved last.pt)"
     )
-    ema: float | None = Field(
-        default=None, description="decay of the weight EMA that is validated and kept (0 = off)"
+
+
+def _config_field(f: dataclasses.Field, hint: Any, from_profile: bool) -> tuple[Any, Any]:
+    """(type, pydantic field) of the dataclass field ``f``: optional and unset (``None``) where a profile fills
+    it, else with the dataclass default."""
+    about = f.metadata["description"]
+    if from_profile:
+        return hint | None, Field(default=None, description=f"{about} (unset: the profile's)")
+    if f.default is dataclasses.MISSING:
+        return hint, Field(default_factory=f.default_factory, description=about)
+    return hint, Field(default=f.default, description=about)
+
+
+def _run_config_fields() -> dict[str, tuple[Any, Any]]:
+    """Every field a run may set (``PROFILE_FIELDS`` then ``RUN_FIELDS``), as declared in the dataclasses."""
+    declared = {}
+    for cls in (ModelSpec, TrainConfig):
+        hints = get_type_hints(cls)
+        declared |= {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+    return {
+        name: _config_field(*declared[name], from_profile=name in PROFILE_FIELDS)
+        for name in PROFILE_FIELDS + RUN_FIELDS
+    }
+
+
+class HashingModelConfig(create_model("RunFields", __base__=RunOptions, **_run_config_fields())):
+    """Model, loss, code length and recipe of one training run; ``model_id`` is derived from all of it.
+    Fields left unset come from the profile (``ml.recipes.PROFILES``); each field is declared once, in
+    ``RunOptions``, ``ModelSpec`` or ``TrainConfig``."""
+
+
+def resolve_run(config: HashingModelConfig, num_classes: int, in_chans: int) -> tuple[ModelSpec, TrainConfig]:
+    """The ``ModelSpec`` and ``TrainConfig`` that ``config`` stands for on a catalogue of these classes and
+    channels."""
+    return build_run(
+        config.profile, num_classes, in_chans, **{k: getattr(config, k) for k in PROFILE_FIELDS + RUN_FIELDS}
     )
-    clean_epochs: int | None = Field(
-        default=None,
-        description="epochs after the schedule on the images as stored (no shift, flip or erasing)",
-    )
-    clean_lr: float | None = Field(
-        default=None, description="peak LR of the clean epochs (cosine decay to 0)"
-    )
-    loss_params: dict = Field(default_factory=dict, description="loss hyper-parameters, e.g. {alpha: 0.2}")
-    seed: int = 0
-    augment: bool = True
-    amp: bool = Field(
-        default=True,
-        description="bf16 autocast where it is native (CUDA; CPUs with AVX512-BF16 or AMX); false = fp32",
-    )
-    val_queries: int = 2000
-    val_database: int = 5000
-    min_val_map: float = 0.5
-    force: bool = False
 
 
 # bump when training code changes results: a new model_id, not a stale reuse (v4: channels-last, bf16 on CPUs)
@@ -113,25 +118,13 @@ def hashing_model(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     from ml.encode import encode_images
-    from ml.recipes import PROFILE_FIELDS, build_run
     from ml.train import TrainData, train_hashing_model, validation_pick
 
     name = context.partition_key
     root = storage.get()
     table, info = read_catalogue(root, name)
     num_classes = len(info.label_names)
-    spec, train_cfg = build_run(
-        config.profile,
-        num_classes,
-        int(pc.max(table["channels"]).as_py()),
-        seed=config.seed,
-        augment=config.augment,
-        amp=config.amp,
-        overrides=config.overrides,
-        pretrained=config.pretrained,
-        loss_params=config.loss_params,
-        **{k: getattr(config, k) for k in PROFILE_FIELDS},
-    )
+    spec, train_cfg = resolve_run(config, num_classes, int(pc.max(table["channels"]).as_py()))
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
     tag_run(context, model_id)
@@ -231,7 +224,7 @@ def _card_metadata(context: dg.AssetExecutionContext, root, card: dict, reused: 
     return {
         "model_id": card["model_id"],
         "dagster/uri": root.url("models", card["model_id"], "model.safetensors"),
-        "bits": card["bits"],
+        "bits": card_bits(card),
         "parameters": card["parameters"],
         "best_epoch": card["best_epoch"],
         "val_map_at_100": float(card["best_val_map_at_100"]),

@@ -23,11 +23,10 @@ import numpy as np
 from storage.diagnostics import DiagnosticsDB, insert_bit_stats, insert_metrics, insert_training_log
 
 if TYPE_CHECKING:
-    from ml.models.spec import ModelSpec
+    from ml.model_spec import ModelSpec
     from ml.train import TrainConfig, TrainResult
 
 CATALOGUE = "fashion-mnist"
-RUN_ONLY_FIELDS = ("overrides", "loss_params")  # --config fields passed to build_run, not to the profile
 
 
 def _top_level_items(text: str) -> list[str]:
@@ -140,16 +139,7 @@ def train_and_encode(
     from ml.recipes import build_run
     from ml.train import TrainData, train_hashing_model
 
-    fields = {k: v for k, v in given.items() if k not in RUN_ONLY_FIELDS}
-    spec, cfg = build_run(
-        profile,
-        len(protocol.label_names),
-        protocol.train[0].shape[1],
-        seed=seed,
-        overrides=given.get("overrides"),
-        loss_params=given.get("loss_params"),
-        **fields,
-    )
+    spec, cfg = build_run(profile, len(protocol.label_names), protocol.train[0].shape[1], seed=seed, **given)
     cfg.time_budget_s = budget_s
     data = TrainData(*protocol.train, *protocol.val_query, *protocol.val_db)
     t0 = time.perf_counter()
@@ -297,10 +287,7 @@ def run_quality_bench(
             given = [c | {"bits": int(b)} for c in given for b in bits]
         if quick:
             given = [c | {"epochs": 1} for c in given]
-        resolved = [
-            resolve_profile(profile, **{k: v for k, v in c.items() if k not in RUN_ONLY_FIELDS})
-            for c in given
-        ]
+        resolved = [resolve_profile(profile, **c) for c in given]
     except ValueError as err:
         print(f"vitrieve bench quality: {err}", file=sys.stderr)
         return 2

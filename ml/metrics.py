@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml.bits import check_bits
+
 __all__ = [
     "RetrievalMetrics",
     "bit_diagnostics",
@@ -42,8 +44,7 @@ def _check_codes(codes: np.ndarray, bits: int | None = None, name: str = "codes"
     if codes.dtype != np.uint8 or codes.ndim != 2:
         raise ValueError(f"{name} must be a 2-D uint8 packbits array, got {codes.dtype} {codes.shape}")
     if bits is not None:
-        if bits <= 0 or bits % 8:
-            raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        check_bits(bits)
         if codes.shape[1] * 8 != bits:
             raise ValueError(f"{name} has {codes.shape[1]} bytes per row; {bits} bits need {bits // 8}")
     return codes

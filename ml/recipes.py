@@ -4,6 +4,10 @@ A profile fills every field a run leaves unset (``None``). Its architecture part
 applies to any model that has the profile's preset (the ViT models all have ``small-conv`` and
 ``small-conv-wide``); another model (HybridHash) gets its ``small`` preset and its own head defaults, with the
 profile's optimisation recipe. Figures behind each choice: docs/BENCHMARKS.md, "Quality".
+
+The fields themselves (type, default, description) are declared once, in ``ModelSpec`` and ``TrainConfig``;
+``PROFILE_FIELDS`` and ``RUN_FIELDS`` name the ones a run may set (the Dagster config of ``hashing_model`` is
+built from them). Torch-free, so that the Dagster definitions can import it.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ml.models.spec import PRESETS, ModelSpec
-from ml.train import TrainConfig
+from ml.model_spec import PRESETS, ModelSpec
+from ml.train_config import TrainConfig
 
 ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
 
@@ -48,6 +52,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 PROFILE_FIELDS = tuple(PROFILES["quick"])  # the run fields a profile fills (every profile sets the same ones)
+# The other fields a run sets (no profile does); the remaining ones come from the catalogue or keep their default.
+RUN_FIELDS = ("overrides", "pretrained", "loss_params", "seed", "augment", "amp")
 
 
 def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
@@ -63,38 +69,17 @@ def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
     return {**base, **chosen}
 
 
-def build_run(
-    profile: str,
-    num_classes: int,
-    in_chans: int,
-    *,
-    seed: int = 0,
-    augment: bool = True,
-    amp: bool = True,
-    overrides: dict | None = None,
-    pretrained: str = "",
-    loss_params: dict | None = None,
-    **given: Any,
-) -> tuple[ModelSpec, TrainConfig]:
+def build_run(profile: str, num_classes: int, in_chans: int, **given: Any) -> tuple[ModelSpec, TrainConfig]:
     """The validated ``ModelSpec`` and ``TrainConfig`` of one training run: ``resolve_profile(profile, **given)``
-    plus the fields no profile sets (the catalogue's classes and channels, seed, augmentation, bf16 autocast, preset
-    overrides, weights)."""
+    (a field left ``None`` takes the profile's value, else the dataclass default) plus the catalogue's classes and
+    channels."""
     r = resolve_profile(profile, **given)
-    spec_fields = {f.name for f in fields(ModelSpec)}
-    spec = ModelSpec(
-        **{k: v for k, v in r.items() if k in spec_fields},
-        num_classes=num_classes,
-        in_chans=in_chans,
-        overrides=dict(overrides or {}),
-        pretrained=pretrained,
-    )
+    spec = ModelSpec(**_fields_of(ModelSpec, r), num_classes=num_classes, in_chans=in_chans)
     spec.validate()
-    train_fields = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(
-        **{k: v for k, v in r.items() if k in train_fields},
-        seed=seed,
-        augment=augment,
-        amp=amp,
-        loss_params=dict(loss_params or {}),
-    )
-    return spec, cfg
+    return spec, TrainConfig(**_fields_of(TrainConfig, r))
+
+
+def _fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are fields of the dataclass ``cls`` (dicts copied)."""
+    names = {f.name for f in fields(cls)}
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in values.items() if k in names}

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,42 +23,7 @@ from ml.losses.auxiliary import AuxiliaryClassifier
 from ml.metrics import evaluate_retrieval
 from ml.models import ModelSpec, build_model, count_parameters
 from ml.timm_compat import import_timm
-
-OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
-SCHEDULES = ("cosine", "constant")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation recipe. Defaults are the quick CPU profile (README, "Profiles")."""
-
-    loss: str = "csq"
-    epochs: int = 4
-    batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_steps: int = 200
-    grad_clip: float = 1.0
-    augment: bool = True
-    amp: bool = True  # bf16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX): ``ml.device.bf16_autocast``
-    seed: int = 0
-    eval_batch_size: int = 512
-    loss_params: dict = field(default_factory=dict)
-    classifier: float = 0.0  # weight of the auxiliary label classifier on tanh(u) (0 = off)
-    label_smoothing: float = 0.0  # of the auxiliary classifier's cross-entropy
-    erase: float = 0.0  # probability of random erasing per training image (timm ``RandomErasing``)
-    time_budget_s: float = 0.0  # stop before an epoch that would end past this wall-clock budget (0 = none)
-    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0 = off)
-    # epochs after the schedule on the images as stored (no shift, flip or erasing), with their own cosine decay
-    # from clean_lr: the codes fit the training images, which are the search database (docs/BENCHMARKS.md)
-    clean_epochs: int = 0
-    clean_lr: float = 1e-3
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from ml.train_config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 @dataclass

@@ -60,9 +60,9 @@ class LazyChoices:
 # in the usage line, which imports the registry whenever a parser is built; name them in its help (%(choices)s).
 CHOICES = {
     "profile": LazyChoices("ml.recipes", "PROFILES"),
-    "model": LazyChoices("ml.models.spec", "MODELS"),
+    "model": LazyChoices("ml.model_spec", "MODELS"),
     "loss": LazyChoices("ml.losses", "LOSSES"),
-    "preset": LazyChoices("ml.models.spec", "PRESET_NAMES"),
+    "preset": LazyChoices("ml.model_spec", "PRESET_NAMES"),
     "optimizer": LazyChoices("ml.train", "OPTIMIZERS"),
     "index_kind": LazyChoices("storage.index", "KINDS"),
 }

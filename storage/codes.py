@@ -5,6 +5,7 @@ parts and carries the dataset-level facts (``catalogue_fingerprint``, rows); rea
 through a pyarrow dataset, so adding a part for new catalogue rows, or compacting parts when rows are deleted,
 is one atomic switch. A directory written before ``parts.json`` existed (a lone ``part-00000.parquet``) is
 still read. Files that no longer appear in ``parts.json`` are removed after the switch.
+Both sets of metadata read back as one ``CodesMeta`` (:func:`read_codes_meta`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -245,15 +247,64 @@ def codes_dataset(root: StorageRoot, catalogue: str, model_id: str) -> tuple[pds
     return pds.dataset(paths, format="parquet", filesystem=fs), manifest
 
 
-def codes_meta(root: StorageRoot, catalogue: str, model_id: str) -> dict[str, str]:
-    """Metadata of the codes (model_id, bits, catalogue, bit_order, created_at, catalogue_fingerprint, ...)
-    without reading the codes: the first part's key-value metadata overlaid with ``parts.json``."""
+# The keys the writers always set (Parquet metadata, ``parts.json``); any other key came from an ``extra``.
+_FACTS = ("model_id", "bits", "catalogue", "bit_order", "created_at", "rows", "updated_at")
+
+
+@dataclass(frozen=True)
+class CodesMeta:
+    """What is known of the codes of one (catalogue, model) without reading them (:func:`read_codes_meta`)."""
+
+    model_id: str
+    catalogue: str
+    bits: int
+    bit_order: str
+    created_at: str  # when the first live part was written
+    parts: tuple[str, ...]  # the live part files
+    rows: int | None = None  # ``parts.json``'s; None for a lone part written before ``parts.json`` existed
+    updated_at: str | None = None  # when ``parts.json`` was last written
+    catalogue_fingerprint: str | None = None  # of the catalogue the codes were written for
+    extra: dict[str, str] = field(default_factory=dict)  # any other key a writer's ``extra`` held
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes per packed code."""
+        return self.bits // 8
+
+    @property
+    def writer_extra(self) -> dict[str, str]:
+        """The writer's ``extra`` keys (fingerprint included), for parts that replace these."""
+        fp = self.catalogue_fingerprint
+        return ({} if fp is None else {"catalogue_fingerprint": fp}) | self.extra
+
+
+def _stored_meta(root: StorageRoot, catalogue: str, model_id: str) -> tuple[dict[str, str], list[str]]:
+    """(the first live part's key-value metadata overlaid with ``parts.json``, as strings; the live parts)."""
     dataset, manifest = codes_dataset(root, catalogue, model_id)
     meta = {k.decode(): v.decode() for k, v in (dataset.schema.metadata or {}).items()}
     for key, value in manifest.items():
         if key not in ("parts", "legacy"):
             meta[key] = str(value)
-    return meta
+    return meta, list(manifest["parts"])
+
+
+def read_codes_meta(root: StorageRoot, catalogue: str, model_id: str) -> CodesMeta:
+    """The metadata of the codes without reading them: the first part's Parquet key-value metadata (where
+    ``bits`` is a string) overlaid with ``parts.json``."""
+    meta, parts = _stored_meta(root, catalogue, model_id)
+    rows = meta.get("rows")
+    return CodesMeta(
+        model_id=meta["model_id"],
+        catalogue=meta["catalogue"],
+        bits=int(meta["bits"]),
+        bit_order=meta["bit_order"],
+        created_at=meta["created_at"],
+        parts=tuple(parts),
+        rows=None if rows is None else int(rows),
+        updated_at=meta.get("updated_at"),
+        catalogue_fingerprint=meta.get("catalogue_fingerprint"),
+        extra={k: v for k, v in meta.items() if k not in (*_FACTS, "catalogue_fingerprint")},
+    )
 
 
 def codes_to_numpy(table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -299,8 +350,7 @@ def read_code_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row_ids, codes) streamed into preallocated arrays (peak memory ~ the arrays themselves), optionally
     only the rows whose row_id is in ``keep`` (sorted int64), sorted by row_id."""
-    meta = codes_meta(root, catalogue, model_id)
-    nbytes = int(meta["bits"]) // 8
+    nbytes = read_codes_meta(root, catalogue, model_id).nbytes
     total = count_codes(root, catalogue, model_id)
     ids, codes, n = np.empty(total, np.int64), np.empty((total, nbytes), np.uint8), 0
     for batch in iter_codes(root, catalogue, model_id, batch_rows):
@@ -318,11 +368,9 @@ def read_code_arrays(
     return ids, codes
 
 
-def read_codes(
-    root: StorageRoot, catalogue: str, model_id: str
-) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """Read codes sorted by row_id, plus their metadata (model_id, bits, catalogue, bit_order, created_at, ...)."""
-    meta = codes_meta(root, catalogue, model_id)
+def read_codes(root: StorageRoot, catalogue: str, model_id: str) -> tuple[np.ndarray, np.ndarray, CodesMeta]:
+    """Read codes sorted by row_id, plus their metadata."""
+    meta = read_codes_meta(root, catalogue, model_id)
     row_ids, codes = read_code_arrays(root, catalogue, model_id)
     return row_ids, codes, meta
 
@@ -343,14 +391,9 @@ def rewrite_without(
 ) -> tuple[str, int]:
     """Copy the live codes minus the rows in ``drop`` (sorted int64) into one new, not yet live part (no
     inference: rows are copied). Returns (part name, rows written)."""
-    meta = codes_meta(root, catalogue, model_id)
+    extra = read_codes_meta(root, catalogue, model_id).writer_extra
     dataset, _ = codes_dataset(root, catalogue, model_id)
     has_hash = "image_hash" in dataset.schema.names
-    extra = {
-        k: v
-        for k, v in meta.items()
-        if k not in ("model_id", "bits", "catalogue", "bit_order", "created_at", "rows", "updated_at")
-    }
     writer = PartWriter(root, catalogue, model_id, bits, extra, with_image_hash=has_hash)
     try:
         for batch in iter_codes(

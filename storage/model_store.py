@@ -30,5 +30,10 @@ def read_card(root: StorageRoot, model_id: str) -> dict:
     return json.loads(root.read_text("models", model_id, "model.json"))
 
 
+def card_bits(card: dict) -> int:
+    """The code length of the model a card describes (``card["bits"]``; ``card["spec"]["bits"]`` is the same)."""
+    return int(card["bits"])
+
+
 def read_weights(root: StorageRoot, model_id: str) -> bytes:
     return root.read_bytes("models", model_id, "model.safetensors")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ml.model_spec import MODELS, PAPER_PRESETS, PRESETS, ModelSpec, check_model, default_preset
 from ml.models.hybridhash import HybridHash
-from ml.models.spec import MODELS, PAPER_PRESETS, PRESETS, ModelSpec, check_model, default_preset
 from ml.models.transhash import TransHash
 from ml.models.vts import VTSHash
 from ml.models.xhashnet import XHashNet

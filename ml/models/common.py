@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ml.models.spec import ModelSpec
+from ml.model_spec import ModelSpec
 from ml.timm_compat import import_timm
 
 VIT_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.model_spec import ModelSpec
 from ml.models.common import init_head
-from ml.models.spec import ModelSpec
 from ml.timm_compat import import_timm
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ml.model_spec import ModelSpec
 from ml.models.common import init_head, vit_backbone
-from ml.models.spec import ModelSpec
 
 
 class TransHash(nn.Module):

@@ -40,11 +40,11 @@ def index_from_codes(
     re-added: when it holds a subset of the rows, only the new rows are added ("incremental"); when it holds
     exactly the rows, it is returned as is ("unchanged"); anything else (rows deleted) rebuilds. Codes are read,
     never re-encoded. Returns (index, row_ids, codes, report) where row_ids/codes are the indexed rows."""
-    from storage.codes import codes_meta, read_code_arrays
+    from storage.codes import read_code_arrays, read_codes_meta
 
     item = item or f"binary_index of {catalogue!r}"
     t0 = time.perf_counter()
-    bits = int(codes_meta(root, catalogue, model_id)["bits"])
+    bits = read_codes_meta(root, catalogue, model_id).bits
     row_ids, codes = read_code_arrays(root, catalogue, model_id, keep=keep_rows)
     read_s = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -237,7 +237,7 @@ def test_codes_parts_legacy_append_and_compaction(tmp_path):
         codes_table(np.arange(10), codes, 32, "cat", "m", {"catalogue_fingerprint": "abc"}), legacy
     )
     ids, back, meta = read_codes(root, "cat", "m")
-    assert np.array_equal(back, codes) and meta["catalogue_fingerprint"] == "abc" and meta["bits"] == "32"
+    assert np.array_equal(back, codes) and meta.catalogue_fingerprint == "abc" and meta.bits == 32
     more = rng.integers(0, 256, (3, 4), dtype=np.uint8)
     w = PartWriter(root, "cat", "m", 32)
     w.write(np.array([12, 10, 11]), more)
@@ -246,7 +246,7 @@ def test_codes_parts_legacy_append_and_compaction(tmp_path):
     )
     ids, back, meta = read_codes(root, "cat", "m")
     assert ids.tolist() == list(range(13)) and np.array_equal(back[10:], more[[1, 2, 0]])
-    assert meta["catalogue_fingerprint"] == "def"
+    assert meta.catalogue_fingerprint == "def"
     part, kept = rewrite_without(root, "cat", "m", np.array([0, 11]), 32)
     commit_parts(root, "cat", "m", [part], 32, kept)
     ids, back, _ = read_codes(root, "cat", "m")

@@ -34,7 +34,7 @@ def test_artifacts_agree(tiny_run):
     pointer = current(root, "fashion-mnist")
     row_ids, codes, meta = read_codes(root, "fashion-mnist", pointer["model_id"])
     assert len(row_ids) == 700 + 200  # every catalogue image, queries included
-    assert codes.shape == (900, 4) and meta["bits"] == "32"
+    assert codes.shape == (900, 4) and meta.bits == 32
     index, manifest = load_index(root, "fashion-mnist")
     assert index.ntotal == manifest.ntotal == 700  # database = the training images
     cols, rows = db.query(

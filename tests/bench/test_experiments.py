@@ -100,7 +100,7 @@ def test_shell_sweeps_name_existing_scripts_and_lists():
 @pytest.mark.parametrize("sweep", sorted(EXPERIMENTS.glob("gpu_sweep_*.txt")), ids=lambda p: p.stem)
 def test_sweep_list_lines_build_full_profile_runs(sweep):
     """Each line (NAME SEED VALIDATION_SIZE CONFIG, '-' = the profile as is) builds as ``full_run.py`` builds it."""
-    from bench.quality import RUN_ONLY_FIELDS, parse_config
+    from bench.quality import parse_config
     from ml.recipes import build_run
 
     lines = [line for line in sweep.read_text().splitlines() if line.strip()]
@@ -109,12 +109,4 @@ def test_sweep_list_lines_build_full_profile_runs(sweep):
         _, seed, validation_size, config = line.split(maxsplit=3)
         assert int(validation_size) > 0
         given = parse_config("" if config == "-" else config)
-        build_run(
-            "full",
-            10,
-            1,
-            seed=int(seed),
-            overrides=given.get("overrides"),
-            loss_params=given.get("loss_params"),
-            **{k: v for k, v in given.items() if k not in RUN_ONLY_FIELDS},
-        )
+        build_run("full", 10, 1, seed=int(seed), **given)

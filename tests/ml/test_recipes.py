@@ -3,7 +3,8 @@
 import pytest
 
 from ml.models import ModelSpec
-from ml.recipes import PROFILE_FIELDS, PROFILES, build_run, resolve_profile
+from ml.recipes import PROFILE_FIELDS, PROFILES, RUN_FIELDS, build_run, resolve_profile
+from ml.train_config import TrainConfig
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -37,6 +38,38 @@ def test_every_profile_field_is_a_dagster_config_field():
     assert all(set(p) == set(PROFILE_FIELDS) for p in PROFILES.values())
     assert set(PROFILE_FIELDS) <= set(HashingModelConfig.model_fields)
     assert all(HashingModelConfig.model_fields[k].default is None for k in PROFILE_FIELDS)  # unset -> profile
+
+
+def test_the_dagster_config_is_built_from_the_dataclass_fields():
+    from dataclasses import fields
+
+    from assets.model import HashingModelConfig, RunOptions
+
+    declared = {f.name: f for cls in (ModelSpec, TrainConfig) for f in fields(cls)}
+    assert all(f.metadata["description"] for f in declared.values())  # every field says what it is
+    config = HashingModelConfig.model_fields
+    assert set(config) == set(RunOptions.model_fields) | set(PROFILE_FIELDS) | set(RUN_FIELDS)
+    assert not set(RunOptions.model_fields) & set(declared)  # declared in one place each
+    assert all(config[k].description for k in config)  # the Dagster UI describes every field
+    for name in PROFILE_FIELDS + RUN_FIELDS:
+        assert config[name].description.startswith(declared[name].metadata["description"])
+    defaults = {**ModelSpec().to_dict(), **TrainConfig().to_dict()}
+    assert all(getattr(HashingModelConfig(), k) == defaults[k] for k in RUN_FIELDS)  # the dataclass defaults
+
+
+def test_the_loss_names_described_are_the_losses():
+    from ml.losses import LOSSES
+    from ml.train_config import LOSS_NAMES
+
+    assert sorted(LOSS_NAMES.split(" | ")) == sorted(LOSSES)
+
+
+def test_build_run_takes_run_fields_by_name_and_none_as_unset():
+    spec, cfg = build_run("quick", 10, 3, overrides={"depth": 2}, loss_params={"lam": 0.1}, seed=4, lr=None)
+    assert spec.overrides == {"depth": 2} and spec.in_chans == 3 and cfg.loss_params == {"lam": 0.1}
+    assert cfg.seed == 4 and cfg.lr == PROFILES["quick"]["lr"]
+    spec, cfg = build_run("quick", 10, 1, seed=None, amp=None, pretrained=None, overrides=None)
+    assert (cfg.seed, cfg.amp, spec.pretrained, spec.overrides) == (0, True, "", {})
 
 
 def test_the_full_profile_keeps_its_wide_stem_for_every_vit_model():

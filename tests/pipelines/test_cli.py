@@ -249,7 +249,7 @@ def test_each_verb_lists_only_its_options(verb, has, lacks, capsys, monkeypatch)
 
 def test_help_lists_the_registries_choices(capsys, monkeypatch):
     from ml.losses import LOSSES
-    from ml.models.spec import MODELS, PRESET_NAMES
+    from ml.model_spec import MODELS, PRESET_NAMES
     from ml.recipes import PROFILES
     from ml.train import OPTIMIZERS
     from storage.index import KINDS
@@ -284,7 +284,7 @@ def test_bad_choice_or_foreign_option_is_an_argparse_error(argv, value, capsys):
 
 
 def test_invalid_model_lists_the_models(capsys):
-    from ml.models.spec import MODELS
+    from ml.model_spec import MODELS
 
     with pytest.raises(SystemExit):
         main(["train", "--model", "nope"])

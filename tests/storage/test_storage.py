@@ -27,11 +27,42 @@ def test_codes_roundtrip_and_width_check(tmp_path):
     row_ids, back, meta = read_codes(root, "cat", "m1")
     assert row_ids.tolist() == [1, 2, 3, 4, 9]
     assert np.array_equal(back, codes[[3, 4, 1, 2, 0]])
-    assert meta["bits"] == "16" and meta["model_id"] == "m1" and meta["bit_order"]
+    assert meta.bits == 16 and meta.model_id == "m1" and meta.bit_order
     with pytest.raises(ValueError, match="shape"):
         write_codes(root, "cat", "m1", np.arange(5), codes, 32)
     with pytest.raises(FileNotFoundError, match="no codes"):
         read_codes(root, "cat", "nope")
+
+
+def test_codes_metadata_keeps_its_stored_format_and_reads_back_typed(tmp_path):
+    """Parquet key-value metadata holds ``bits`` as a string and ``parts.json`` as a number, as always; both read
+    back as one ``CodesMeta``, also for a lone part written before ``parts.json`` existed."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from storage.codes import read_codes_meta
+
+    root = StorageRoot(tmp_path)
+    extra = {"catalogue_fingerprint": "fp", "note": "x"}
+    write_codes(root, "cat", "m", np.arange(3), np.zeros((3, 4), np.uint8), 32, extra)
+    d = tmp_path / "codes" / "cat" / "m"
+    kv = pq.read_schema(d / "part-00000.parquet").metadata
+    assert kv[b"bits"] == b"32" and kv[b"model_id"] == b"m" and kv[b"catalogue_fingerprint"] == b"fp"
+    manifest = json.loads((d / "parts.json").read_text())
+    assert manifest["bits"] == 32 and manifest["rows"] == 3 and manifest["parts"] == ["part-00000.parquet"]
+    meta = read_codes_meta(root, "cat", "m")
+    assert (meta.model_id, meta.catalogue, meta.bits, meta.nbytes, meta.rows) == ("m", "cat", 32, 4, 3)
+    assert meta.parts == ("part-00000.parquet",) and meta.bit_order and meta.created_at and meta.updated_at
+    assert meta.catalogue_fingerprint == "fp" and meta.extra == {"note": "x"} and meta.writer_extra == extra
+    (d / "parts.json").unlink()
+    legacy = read_codes_meta(root, "cat", "m")
+    assert (legacy.bits, legacy.rows, legacy.updated_at, legacy.parts) == (
+        32,
+        None,
+        None,
+        ("part-00000.parquet",),
+    )
 
 
 def brute_force_topk(db_ids, db_codes, q, k):

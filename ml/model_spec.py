@@ -1,10 +1,13 @@
-"""``ModelSpec`` and the presets of every hashing model (kept free of torch so specs are cheap to build)."""
+"""``ModelSpec`` and the presets of every hashing model (kept free of torch, outside ``ml.models``, so that specs
+are cheap to build and the Dagster definitions can read them)."""
 
 from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ml.bits import MAX_BITS, check_bits
 
 MODELS = ("vts", "vts-cls", "xhashnet", "transhash", "hybridhash")
 
@@ -106,26 +109,46 @@ def default_preset(model: str, gpu: bool = False) -> str:
 class ModelSpec:
     """Everything needed to rebuild a model: stored (as JSON) in ``model.json`` beside the weights.
 
-    ``overrides`` replaces preset fields (``PRESETS[model][preset]``), e.g. ``{"depth": 2}`` or ``{"groups": 2}``.
-    ``pretrained`` is a local path or fsspec URI of timm-style backbone weights (``.safetensors``/``.pth``), loaded
-    by ``build_model``; ``pretrained_strict=False`` tolerates missing/unexpected keys (HybridHash from NesT-B).
-    ``head_hidden`` sizes VTS's hidden layer and ``head_dropout`` the dropout of the VTS and X-HashNet heads.
-    ``flip_tta``: codes are the sign of u(x) + u(mirrored x) (``ml.encode``), so an image and its mirror image
-    get one code; for catalogues where mirroring keeps the class (clothes, products, photos), not for text.
+    Each field's description is declared here once (``dataclasses.field`` metadata ``"description"``); the Dagster
+    config of ``hashing_model`` is built from it. ``pretrained`` weights are loaded by ``build_model``. ``flip_tta``
+    suits catalogues where mirroring keeps the class (clothes, products, photos), not text.
     """
 
-    model: str = "vts"
-    preset: str = "small"
-    bits: int = 64
-    in_chans: int = 1
-    num_classes: int = 10
-    head_hidden: int = 1024
-    head_dropout: float = 0.5
-    drop_path_rate: float = 0.0
-    overrides: dict = field(default_factory=dict)
-    pretrained: str = ""
-    pretrained_strict: bool = True
-    flip_tta: bool = False
+    model: str = field(default="vts", metadata={"description": "hashing model: " + " | ".join(MODELS)})
+    preset: str = field(
+        default="small",
+        metadata={
+            "description": "backbone size: small / small-conv (28-32 px, CPU) or the model's paper preset (224 px)"
+        },
+    )
+    bits: int = field(
+        default=64, metadata={"description": f"code length in bits: a multiple of 8 in [8, {MAX_BITS}]"}
+    )
+    in_chans: int = field(default=1, metadata={"description": "image channels (the catalogue's)"})
+    num_classes: int = field(default=10, metadata={"description": "label classes (the catalogue's)"})
+    head_hidden: int = field(default=1024, metadata={"description": "hidden width of the VTS hash head"})
+    head_dropout: float = field(
+        default=0.5, metadata={"description": "dropout of the VTS / X-HashNet hash head"}
+    )
+    drop_path_rate: float = field(default=0.0, metadata={"description": "stochastic depth of the backbone"})
+    overrides: dict = field(
+        default_factory=dict,
+        metadata={"description": "preset fields to replace (only the preset's keys), e.g. {depth: 6}"},
+    )
+    pretrained: str = field(
+        default="",
+        metadata={"description": "local path or fsspec URI of timm backbone weights (.safetensors / .pth)"},
+    )
+    pretrained_strict: bool = field(
+        default=True,
+        metadata={"description": "false tolerates missing / unexpected weight keys (HybridHash from NesT-B)"},
+    )
+    flip_tta: bool = field(
+        default=False,
+        metadata={
+            "description": "codes from an image and its mirror image together: sign of u(x) + u(mirrored x)"
+        },
+    )
 
     def backbone_args(self) -> dict[str, Any]:
         """The preset's constructor arguments with ``overrides`` applied (head-sizing keys included)."""
@@ -146,8 +169,7 @@ class ModelSpec:
     def validate(self) -> None:
         """Raise ``ValueError`` for an unknown model/preset/override or an unusable code length."""
         self.backbone_args()
-        if self.bits % 8 or not 8 <= self.bits <= 1024:
-            raise ValueError(f"bits must be a multiple of 8 in [8, 1024], got {self.bits}")
+        check_bits(self.bits, most=MAX_BITS)
 
     @property
     def img_size(self) -> int:
