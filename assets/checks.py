@@ -1,4 +1,4 @@
-"""Blocking asset checks guarding each hand-over (DESIGN.md): a failure stops downstream steps."""
+"""Blocking asset checks guarding each hand-over (docs/ARCHITECTURE.md, "Asset graph"): a failure stops downstream steps."""
 
 import math
 

@@ -14,7 +14,7 @@ from ml.device import bf16_autocast
 
 
 def pack_outputs(u: torch.Tensor) -> np.ndarray:
-    """Real-valued hash outputs -> packed codes; bit = 1 where u >= 0 (never a 0 'bit', METHODS.md G.4)."""
+    """Real-valued hash outputs -> packed codes; bit = 1 where u >= 0 (never a 0 'bit', docs/METHODS.md, "Conventions shared by every model and loss")."""
     return np.packbits((u >= 0).cpu().numpy(), axis=1)
 
 

@@ -12,7 +12,7 @@ from assets.partitions import catalogues
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 
 # Pools `gpu` (training) and `duckdb_writer` take one step at a time; run monitoring frees the slots of
-# cancelled or crashed runs (DAGSTER.md, "Concurrency").
+# cancelled or crashed runs (docs/OPERATIONS.md, "Checks, concurrency, staleness").
 INSTANCE_YAML = """\
 concurrency:
   pools:

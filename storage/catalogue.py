@@ -1,4 +1,4 @@
-"""The catalogue table (DESIGN.md schema): images, labels, protocol membership; stored as Parquet."""
+"""The catalogue table (docs/ARCHITECTURE.md, "Schemas"): images, labels, protocol membership; stored as Parquet."""
 
 from __future__ import annotations
 

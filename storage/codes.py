@@ -47,7 +47,7 @@ def codes_table(
     extra: dict[str, str] | None = None,
     image_hash: np.ndarray | None = None,
 ) -> pa.Table:
-    """Arrow table (row_id int64, code fixed_size_binary(bits/8)[, image_hash int64]) with the DESIGN.md
+    """Arrow table (row_id int64, code fixed_size_binary(bits/8)[, image_hash int64]) with the docs/ARCHITECTURE.md
     key-value metadata. ``image_hash`` (first 8 bytes of the image's sha256) lets an incremental encode
     tell a changed image from an unchanged one."""
     nbytes = bits // 8

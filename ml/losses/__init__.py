@@ -1,4 +1,4 @@
-"""Hashing losses (METHODS.md A-E). Every loss maps raw outputs u (n, B), multi-hot labels y (n, C) and dataset
+"""Hashing losses (docs/METHODS.md, "Losses"). Every loss maps raw outputs u (n, B), multi-hot labels y (n, C) and dataset
 indices (n,) to a scalar: ``build_loss(name, num_classes, bits, num_train)(u, y, index)``.
 
 ``DEFAULTS[name]`` = {"params": default hyper-parameters (the constructor's keyword defaults), "optimizer": the

@@ -1,4 +1,4 @@
-"""Shared pieces of every hashing loss (METHODS.md A.0, G): the ``HashLoss`` interface, a stable softplus,
+"""Shared pieces of every hashing loss (docs/METHODS.md, "Conventions shared by every model and loss"): the ``HashLoss`` interface, a stable softplus,
 label similarity and balanced pair weights, the fp32 memory bank and the label-classification term."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 
 def stable_softplus(z: Tensor) -> Tensor:
-    """log(1 + e^z) without overflow (METHODS.md G.1).
+    """log(1 + e^z) without overflow (docs/METHODS.md, "Conventions shared by every model and loss").
 
     ``F.softplus`` evaluates log1p(exp(z)) below 20 and z above, so neither the value nor the gradient
     (sigmoid(z)) overflows; unlike the literal ``relu(z) + log1p(exp(-|z|))`` it also has the exact
@@ -64,8 +64,8 @@ def seeded_classifier(bits: int, num_classes: int, seed: int) -> nn.Linear:
 
 
 class MemoryBank(nn.Module):
-    """Per-training-image banks U (num_train, B) and Y (num_train, C) of DETACHED outputs and labels (METHODS.md
-    A.1, A.2 history, A.4, C). fp32 whatever the model's precision (G.2), zero at the start.
+    """Per-training-image banks U (num_train, B) and Y (num_train, C) of DETACHED outputs and labels (DSH,
+    HashNet's history, IDHN, HybridHash's WML). fp32 whatever the model's precision, zero at the start.
 
     ``filled`` records which rows were ever written. ``rows()`` returns only those, so rows not yet seen
     never act as fake dissimilar pairs with z = 0 — a deliberate fix of the DeepHash/HybridHash quirk

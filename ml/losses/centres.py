@@ -1,4 +1,4 @@
-"""Losses that pull each image to a fixed per-class target code: CSQ (METHODS.md A.5) and DPN (A.6)."""
+"""Losses that pull each image to a fixed per-class target code: CSQ and DPN (docs/METHODS.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def hadamard_rows(bits: int, balanced: bool = True) -> np.ndarray:
     ``balanced`` (default) pairs each row with its negation, (h1, -h1, h2, -h2, ...), and puts the all-ones row 0
     and its negation last: any even number of classes then has every bit +1 for exactly half of them (per-bit
     ones-rate 0.5, entropy 1), and no class is the all-ones code. ``balanced=False`` is the reference order
-    (METHODS.md: the first rows of H, row 0 all ones), which gives 10 classes at 64 bits a ones-rate of 0.55."""
+    (the first rows of the Hadamard matrix H, row 0 all ones), which gives 10 classes at 64 bits a ones-rate of 0.55."""
     h = hadamard(bits).astype(np.float32)
     if not balanced:
         return np.concatenate([h, -h])
@@ -37,7 +37,7 @@ def hadamard_rows(bits: int, balanced: bool = True) -> np.ndarray:
 def hash_centres(
     num_classes: int, bits: int, seed: int = 0, tries: int = 10_000, balanced: bool = True
 ) -> np.ndarray:
-    """CSQ hash centres in {-1, +1}, shape (num_classes, bits), every pair at least bits/4 apart (G.3).
+    """CSQ hash centres in {-1, +1}, shape (num_classes, bits), every pair at least bits/4 apart.
 
     Rows of [H; -H] (pairwise distance bits/2 or bits; order from ``hadamard_rows``) when ``bits`` is a power of
     two; the classes left over (2·bits < num_classes, or any length that is not a power of two such as 48, where
@@ -69,7 +69,7 @@ def nearest_centre(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def dpn_targets(num_classes: int, bits: int, p: float = 0.5, seed: int = 0) -> np.ndarray:
-    """DPN class targets (METHODS.md A.6): random ±1 vectors with exactly floor(p·bits) entries -1, seeded
+    """DPN class targets (docs/METHODS.md, "DPN"): random ±1 vectors with exactly floor(p·bits) entries -1, seeded
     (the reference draws 20 times, keeps the last draw, unseeded)."""
     rng = np.random.default_rng(seed)
     return np.stack([_balanced_code(rng, bits, int(np.floor(p * bits))) for _ in range(num_classes)])
@@ -96,7 +96,7 @@ class CentreTargetLoss(HashLoss):
 
 
 class CSQLoss(CentreTargetLoss):
-    """Central Similarity Quantization (METHODS.md A.5): BCE((h+1)/2, (c(y)+1)/2) + lam·mean(|h|-1)², h = tanh(u).
+    """Central Similarity Quantization (docs/METHODS.md, "CSQ"): BCE((h+1)/2, (c(y)+1)/2) + lam·mean(|h|-1)², h = tanh(u).
 
     Defaults: lam = 1e-4; centres from ``hash_centres`` (Hadamard rows in balanced order, ``balanced=False`` for
     the reference order; balanced random fallback e.g. at 48 bits).
@@ -135,7 +135,7 @@ class CSQLoss(CentreTargetLoss):
 
 
 class DPNLoss(CentreTargetLoss):
-    """Deep Polarized Network (METHODS.md A.6): mean(max(m - u·t(y), 0)) on the raw u (no tanh).
+    """Deep Polarized Network (docs/METHODS.md, "DPN"): mean(max(m - u·t(y), 0)) on the raw u (no tanh).
 
     Defaults: margin m = 1, p = 0.5 (targets with exactly floor(p·B) entries -1). Multi-label targets as CSQ.
     The -A (adaptive targets) and -T (ternarised, zero-gradient) variants are not implemented."""

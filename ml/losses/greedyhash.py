@@ -1,4 +1,4 @@
-"""GreedyHash (METHODS.md A.3): sign in the forward pass, straight-through gradient, label classifier."""
+"""GreedyHash (docs/METHODS.md, "GreedyHash"): sign in the forward pass, straight-through gradient, label classifier."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ml.losses.base import HashLoss, label_classification_loss
 
 
 class SignSTE(torch.autograd.Function):
-    """b = where(u >= 0, 1, -1) (no 0 bits, G.4); backward passes the gradient through unchanged."""
+    """b = where(u >= 0, 1, -1) (no 0 bits); backward passes the gradient through unchanged."""
 
     @staticmethod
     def forward(ctx, u: Tensor) -> Tensor:  # type: ignore[override]
@@ -29,7 +29,7 @@ def sign_ste(u: Tensor) -> Tensor:
 
 
 class GreedyHashLoss(HashLoss):
-    """GreedyHash (METHODS.md A.3): L = CE(W·b, argmax y) + alpha·mean| |u| - 1 |³, b = sign(u) straight-through,
+    """GreedyHash (docs/METHODS.md, "GreedyHash"): L = CE(W·b, argmax y) + alpha·mean| |u| - 1 |³, b = sign(u) straight-through,
     W a bias-free Linear(B -> C) that is a submodule, so ``loss.parameters()`` hands it to the optimiser (VTS
     left it at its random initialisation). W is initialised like nn.Linear, from ``seed``.
 

@@ -1,4 +1,4 @@
-"""HybridHash's "Weighted Maximum Likelihood" loss (METHODS.md C): memory-bank HashNet likelihood."""
+"""HybridHash's "Weighted Maximum Likelihood" loss (docs/METHODS.md, "HybridHash's WML"): memory-bank HashNet likelihood."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ml.losses.pairwise import HashNetLoss
 
 
 class HybridHashLoss(HashNetLoss):
-    """WML (METHODS.md C, utils/Hash_Loss.py ``HashNetLoss``): h = tanh(u), s_ij = 1[<y_i, Y_j> > 0],
+    """WML (docs/METHODS.md; the released code's ``HashNetLoss`` in its ``utils`` package): h = tanh(u), s_ij = 1[<y_i, Y_j> > 0],
     z = alpha·<h_i, H_j> over batch × memory bank, L = sum(w·(softplus(z) - s·z))/S, w = S/S1 and S/S0 counted
     over the pairs used. No continuation (beta = 1) and no quantisation term.
 

@@ -1,4 +1,4 @@
-"""Pairwise-similarity losses: DSH (METHODS.md A.1), HashNet (A.2), IDHN (A.4), DCH (A.7), and the pair terms
+"""Pairwise-similarity losses: DSH, HashNet, IDHN, DCH (docs/METHODS.md), and the pair terms
 they share with TransHash, HybridHash's WML and X-HashNet."""
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ NORM_FLOOR = 1e-4
 
 def likelihood_pair_loss(a: Tensor, b: Tensor, s: Tensor, alpha: float) -> Tensor:
     """HashNet's weighted pairwise negative log-likelihood: z = alpha·<a_i, b_j>, l = softplus(z) - s·z,
-    balanced weights S/S1 and S/S0, L = sum(w·l)/S (A.2; also C's WML)."""
+    balanced weights S/S1 and S/S0, L = sum(w·l)/S (HashNet; also HybridHash's WML)."""
     z = alpha * a @ b.T
     nll = stable_softplus(z) - s * z
     return (balanced_pair_weights(s) * nll).sum() / s.numel()
 
 
 def cauchy_distance(a: Tensor, b: Tensor, bits: int) -> Tensor:
-    """DCH surrogate Hamming distance (A.7): (B/2)·(1 - min(cos(a_i, b_j), 0.99)), norm product >= 1e-4."""
+    """DCH surrogate Hamming distance (DCH): (B/2)·(1 - min(cos(a_i, b_j), 0.99)), norm product >= 1e-4."""
     norms = a.norm(dim=1, keepdim=True) @ b.norm(dim=1, keepdim=True).T
     cos = (a @ b.T) / norms.clamp(min=NORM_FLOOR)
     return bits / 2 * (1 - cos.clamp(max=COS_CAP))
@@ -43,19 +43,19 @@ def cauchy_pair_nll(d: Tensor, s: Tensor, gamma: float) -> Tensor:
 
 
 def cauchy_pair_loss(a: Tensor, b: Tensor, s: Tensor, gamma: float, bits: int) -> Tensor:
-    """Balanced Cauchy cross-entropy: sum(w·nll)/S with w = S/S1, S/S0 (A.7's n²/S1, B's |S|/|S1|)."""
+    """Balanced Cauchy cross-entropy: sum(w·nll)/S with w = S/S1, S/S0 (DCH's n²/S1, TransHash's |S|/|S1|)."""
     nll = cauchy_pair_nll(cauchy_distance(a, b, bits), s, gamma)
     return (balanced_pair_weights(s) * nll).sum() / s.numel()
 
 
 def cauchy_quantisation(u: Tensor, gamma: float, bits: int) -> Tensor:
-    """mean_i log(1 + d(|u_i|, 1)/gamma), 1 the all-ones vector (A.7, B)."""
+    """mean_i log(1 + d(|u_i|, 1)/gamma), 1 the all-ones vector (DCH, TransHash)."""
     ones = torch.ones(1, u.shape[1], dtype=u.dtype, device=u.device)
     return torch.log1p(cauchy_distance(u.abs(), ones, bits) / gamma).mean()
 
 
 class DSHLoss(HashLoss):
-    """Deep Supervised Hashing (METHODS.md A.1), memory-bank contrastive loss on the raw u:
+    """Deep Supervised Hashing (docs/METHODS.md, "DSH"), memory-bank contrastive loss on the raw u:
     mean_ij[½(1-ŝ)d + ½ŝ·max(m - d, 0)] + alpha·mean| |u| - 1 |, d_ij = ||u_i - U_j||², ŝ = dissimilar.
 
     Defaults: margin m = 2B (``margin=None``), alpha = 0.1. Pairs: batch × filled bank rows (bank updated with
@@ -97,7 +97,7 @@ class DSHLoss(HashLoss):
 
 
 class HashNetLoss(HashLoss):
-    """HashNet (METHODS.md A.2): h = tanh(beta·u), z = alpha·<h_i, h_j>, balanced likelihood over batch × batch
+    """HashNet (docs/METHODS.md, "HashNet"): h = tanh(beta·u), z = alpha·<h_i, h_j>, balanced likelihood over batch × batch
     pairs (diagonal included), L = sum(w·(softplus(z) - s·z))/S.
 
     Defaults: alpha = 0.1, continuation step = 20 epochs: beta = sqrt(floor(epoch/step) + 1), set through
@@ -151,7 +151,7 @@ class HashNetLoss(HashLoss):
 
 
 class IDHNLoss(HashLoss):
-    """Improved Deep Hashing Network (METHODS.md A.4; DeepHash's ``DPSHLoss`` in IDHN.py), memory bank.
+    """Improved Deep Hashing Network (docs/METHODS.md, "IDHN"; DeepHash-pytorch's ``DPSHLoss`` class in its IDHN module), memory bank.
 
     u <- u/(|u| + 1); s_ij = cos(y_i, Y_j) (1e-5 in the denominator); hard mask M = 1[s > 0.99] + 1[s < 0.01];
     z = alpha·<u_i, U_j>; L = mean[M·(softplus(z) - s·z) + gamma·(1 - M)·(z - B(2s - 1))²] + lam·mean| |u| - 1 |.
@@ -199,7 +199,7 @@ class IDHNLoss(HashLoss):
 
 
 class DCHLoss(HashLoss):
-    """Deep Cauchy Hashing (METHODS.md A.7) on the raw u, batch × batch pairs:
+    """Deep Cauchy Hashing (docs/METHODS.md, "DCH") on the raw u, batch × batch pairs:
     mean(w·[-log p(s|d)]) + lam·mean_i log(1 + d(|u_i|, 1)/gamma), p(s=1|d) = gamma/(gamma + d),
     d = (B/2)(1 - min(cos, 0.99)), w = n²/S1 and n²/S0 (1 if either count is zero).
 

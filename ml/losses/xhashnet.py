@@ -1,4 +1,4 @@
-"""X-HashNet's multi-objective loss (METHODS.md E, proposed re-creation)."""
+"""X-HashNet's multi-objective loss (docs/METHODS.md, "X-HashNet's multi-objective loss": a re-creation)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ PAIRWISE = ("dch", "hashnet")
 
 
 class XHashNetLoss(HashLoss):
-    """X-HashNet (METHODS.md E): h = tanh(u),
+    """X-HashNet (docs/METHODS.md): h = tanh(u),
     L = CE(W·h + c, y) + lam_p·L_pair(h) + lam_q·mean((|h| - 1)²) + lam_b·mean_k(mean_i h_ik)².
 
     L_pair is DCH's balanced Cauchy loss (``pairwise="dch"``, gamma) or HashNet's balanced likelihood

@@ -2,8 +2,8 @@
 
 Every model maps images (n, in_chans, img_size, img_size) to real-valued ``u`` of shape (n, bits) (no tanh: the
 losses squash; codes are ``u >= 0``) and keeps its ``ModelSpec`` as ``model.spec``; timm weights go in
-``model.backbone`` (see ``ml.pretrained.load_pretrained``). Models (METHODS.md): ``vts``/``vts-cls`` (D),
-``xhashnet`` (E), ``transhash`` (B), ``hybridhash`` (C). Presets: ``PRESETS[model]``; throughput of the small
+``model.backbone`` (see ``ml.pretrained.load_pretrained``). Models (docs/METHODS.md, "Models"): ``vts``/``vts-cls``,
+``xhashnet``, ``transhash``, ``hybridhash``. Presets: ``PRESETS[model]``; throughput of the small
 presets: ``python -m bench.models``.
 """
 

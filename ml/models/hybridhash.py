@@ -1,4 +1,4 @@
-"""HybridHash (METHODS.md C): NesT stages of block-local attention, interaction modules, a hybrid hash layer.
+"""HybridHash (docs/METHODS.md, "HybridHash"): NesT stages of block-local attention, interaction modules, a hybrid hash layer.
 
 Built on timm's ``Nest`` (its patch embedding, ``NestLevel`` stages with per-block position embeddings,
 blockify -> block-local ``TransformerLayer`` s -> deblockify, and the final channel LayerNorm). Each ``ConvPool``
@@ -10,7 +10,7 @@ added, LayerNorm over channels, 3x3 max-pool stride 2. The hash layer is the las
 1x1 conv -> bits, global average pool. Module names follow NesT (``levels.i.pool.conv``, ``levels.i.pool.norm``)
 so timm NesT weights load with ``strict=False``, as the paper does from ``jx_nest_base``.
 
-Deviations from the released code (``shuaichaochao/HybridHash``, model/HybridHash.py):
+Deviations from the released code (``shuaichaochao/HybridHash``, its ``model`` package):
 - no final tanh: ``forward`` returns pre-tanh ``u``; our losses apply tanh (codes are ``u >= 0``, the sign of tanh).
 - the block-token attention flattens the pooled map as ``(n, C, h, w) -> (n, h*w, C)``; the released code reshapes
   the NCHW tensor directly, which mixes channels and positions when there is more than one token. We use timm's

@@ -1,6 +1,6 @@
-"""TransHash (METHODS.md B): a ViT with one global and K local hash branches sharing its last block.
+"""TransHash (docs/METHODS.md, "TransHash"): a ViT with one global and K local hash branches sharing its last block.
 
-No code was published; this follows METHODS.md B's recommended reading. The first L-1 timm blocks run over
+No code was published; this follows the reading given in docs/METHODS.md, "TransHash". The first L-1 timm blocks run over
 ``[cls; p_1..p_N]``. Global branch: the last block over the whole sequence -> final norm -> cls -> Linear(B/2).
 Local branches: the N patch tokens (raster order) are cut into K contiguous groups (``torch.tensor_split``, so
 the first N mod K groups hold one token more when K does not divide N); group k runs through the *same* last block

@@ -1,4 +1,4 @@
-"""VTS (METHODS.md D): a timm ViT whose final-norm tokens feed a hash head.
+"""VTS (docs/METHODS.md, "VTS and VTS-cls"): a timm ViT whose final-norm tokens feed a hash head.
 
 Small preset (5,435,904 parameters at 64 bits; ``vts-cls`` 460,288), 28x28x1, batch 128: 470 train / 1,500 infer
 img/s on the idle 2-core reference machine; ``python -m bench.models --threads 2`` under background load
@@ -21,7 +21,7 @@ class VTSHash(nn.Module):
 
     Deviation: VTS initialises its head kaiming-uniform (fan_out) with N(0, 1) biases; trained from scratch that
     saturates tanh at step 0 (outputs of magnitude ~10) and the hash losses stall, so we use timm's ViT init
-    (truncated normal, std 0.02; zero bias) — see README, "Findings".
+    (truncated normal, std 0.02; zero bias) — see docs/METHODS.md, "Training from scratch".
     """
 
     def __init__(self, spec: ModelSpec):

@@ -1,8 +1,8 @@
-"""X-HashNet (METHODS.md E): DeiT-Small (timm ``VisionTransformer``) -> cls token -> bottleneck hash head.
+"""X-HashNet (docs/METHODS.md, "X-HashNet"): DeiT-Small (timm ``VisionTransformer``) -> cls token -> bottleneck hash head.
 
 Only the abstract is public: "DeiT-Small backbone with a supervised bottleneck hash head". The head is our
 choice: ``Linear(width -> bottleneck) -> LayerNorm -> GELU -> Dropout(head_dropout) -> Linear(bottleneck -> B)``
-(bottleneck 256, as METHODS.md E proposes: 384 -> 256 -> B). The classifier of its multi-objective loss lives in
+(bottleneck 256, as docs/METHODS.md describes: 384 -> 256 -> B). The classifier of its multi-objective loss lives in
 the loss, not here. Presets: ``deit-s`` (224 px, patch 16, width 384, depth 12, 6 heads; DeiT-S weights load with
 ``load_pretrained``) and ``small`` (28 px, patch 4, width 96, depth 4, 3 heads, bottleneck 256).
 

@@ -1,4 +1,4 @@
-"""Dagster definitions load, validate and wire jobs and the schedule as DESIGN.md says."""
+"""Dagster definitions load, validate and wire jobs and the schedule as docs/ARCHITECTURE.md describes them."""
 
 from __future__ import annotations
 

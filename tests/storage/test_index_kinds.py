@@ -26,7 +26,7 @@ from storage.search_eval import exact_topk_numpy, recall_at_k
 
 
 def brute_force(db_ids, db_codes, queries, k):
-    """Reference ranking: Hamming distance, then row_id (DESIGN.md)."""
+    """Reference ranking: Hamming distance, then row_id (docs/ARCHITECTURE.md, "Ranking and search")."""
     out_d, out_i = [], []
     for q in queries:
         d = np.unpackbits(db_codes ^ q, axis=1).sum(axis=1)
