@@ -52,11 +52,3 @@ def iterate_batches(
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
-
-
-def multi_hot(labels: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
-    """Label lists -> bool (n, num_classes)."""
-    out = np.zeros((len(labels), num_classes), dtype=bool)
-    for i, row in enumerate(labels):
-        out[i, list(row)] = True
-    return out

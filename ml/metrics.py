@@ -90,10 +90,6 @@ def _clamp_k(k: int | None, n: int) -> int:
     return min(int(k), n)
 
 
-def _safe_mean(values: np.ndarray) -> float:
-    return float(np.mean(values)) if values.size else float("nan")
-
-
 # --------------------------------------------------------------------------------------------- distances
 def hamming_distance_matrix(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """All-pairs Hamming distances, shape (nq, n); uint8 for codes up to 255 bits, else uint16."""

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ml.losses import (
     DEFAULTS,
     LOSSES,
+    CSQLoss,
     DCHLoss,
     GreedyHashLoss,
     HashNetLoss,
@@ -195,6 +196,25 @@ def test_csq_loss_is_lowest_at_the_centre():
     t = loss_fn.targets(y)
     assert torch.equal(t, loss_fn.centres[:3])
     assert loss_fn(4 * t, y) < loss_fn(4 * t.roll(1, dims=0), y)
+
+
+def test_csq_loss_decreases_towards_centre():
+    loss = CSQLoss(num_classes=3, bits=16)
+    y = torch.eye(3)[[0, 1, 2]]
+    target = loss.targets(y)
+    near = loss(3 * target, y)
+    far = loss(-3 * target, y)
+    assert near < far and torch.isfinite(near)
+
+
+def test_csq_multilabel_target_is_a_sign_of_summed_centres():
+    loss = CSQLoss(num_classes=3, bits=16, seed=1)
+    y = torch.tensor([[1.0, 1.0, 0.0]])
+    v = loss.centres[0] + loss.centres[1]
+    t = loss.targets(y)[0]
+    assert torch.equal(t[v > 0], torch.ones_like(t[v > 0]))
+    assert torch.equal(t[v < 0], -torch.ones_like(t[v < 0]))
+    assert torch.equal(t[v == 0], loss.tie_bits[v == 0])
 
 
 @pytest.mark.parametrize("bits,p", [(16, 0.5), (48, 0.5), (64, 0.25), (30, 0.3)])

@@ -155,8 +155,12 @@ def test_unknown_names_are_rejected_with_the_valid_ones():
         build_model(ModelSpec(model="resnet"))
     with pytest.raises(ValueError, match=r"unknown preset 'vit-b16' for model 'xhashnet'.*deit-s"):
         build_model(ModelSpec(model="xhashnet", preset="vit-b16"))
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_model(ModelSpec(preset="huge"))
     with pytest.raises(ValueError, match=r"unknown override\(s\) \['widht'\].*embed_dim"):
         build_model(ModelSpec(overrides={"widht": 3}))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_model(ModelSpec(bits=12))
     with pytest.raises(ValueError, match="multiple of 8"):
         build_model(ModelSpec(model="hybridhash", bits=12))
     with pytest.raises(ValueError, match="unknown model"):
