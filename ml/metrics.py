@@ -3,7 +3,7 @@
 Codes are ``np.packbits`` output (big-endian bits), uint8, shape (n, bits // 8). Labels are multi-hot bool
 (n, C); an item is relevant to a query when they share at least one label. Ranking is by Hamming distance
 with ties broken by database index ascending (stable sort), and ``k = None`` ("all") means all N database
-items (see DESIGN.md, "Metric definitions"; the DeepHash-pytorch ``[0:-1]`` slice is not copied).
+items (see docs/ARCHITECTURE.md, "Evaluation protocol and metric definitions"; the DeepHash-pytorch ``[0:-1]`` slice is not copied).
 
 Speed: distances are computed per query chunk on uint64 words with ``np.bitwise_count``; ranking is a stable
 argsort of uint8 distances (a radix sort); relevance is a float32 matmul of the label matrices; the
@@ -341,7 +341,7 @@ def bit_diagnostics(
 ) -> dict[str, float | list[float]]:
     """Per-bit balance and entropy, redundancy, intra/inter-class Hamming distance and code entropy.
 
-    Definitions: METHODS.md section E, "Proposed diagnostic definitions". Bit k is the k-th column of
+    Definitions: docs/ARCHITECTURE.md, "Evaluation protocol and metric definitions". Bit k is the k-th column of
     ``np.unpackbits``. Class distances are exact over all pairs when n(n-1)/2 <= max_pairs, else over a
     seeded sample of max_pairs pairs; same-label means sharing at least one label.
     """

@@ -1,4 +1,4 @@
-"""The hashing-loss zoo (ml/losses, METHODS.md A-E): common behaviour and each loss's defining property."""
+"""The hashing-loss zoo (ml/losses, docs/METHODS.md "Losses"): common behaviour and each loss's defining property."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_registry_has_every_loss_with_defaults_and_recipe():
     for name, cls in LOSSES.items():
         assert cls.name == name
         assert DEFAULTS[name]["optimizer"]["optimizer"] in {"rmsprop", "sgd", "adamw"}
-        assert cls.__doc__ and "METHODS.md" in cls.__doc__
+        assert cls.__doc__ and "docs/METHODS.md" in cls.__doc__
     assert DEFAULTS["dch"]["params"] == {"gamma": 20.0, "lam": 0.1}
     assert DEFAULTS["hashnet"]["params"]["step"] == 20 and DEFAULTS["hybridhash"]["params"] == {"alpha": 0.5}
 
@@ -394,7 +394,7 @@ def test_cauchy_probability_decreases_with_distance_and_pair_loss_is_its_nll():
     ones, zeros = torch.ones_like(d), torch.zeros_like(d)
     torch.testing.assert_close(cauchy_pair_nll(d, ones, 20.0), -torch.log(p))
     torch.testing.assert_close(cauchy_pair_nll(d, zeros, 20.0), -torch.log(1 - p))
-    reference = ones * torch.log(d / 20) + torch.log(1 + 20 / d)  # DeepHash DCH.py form
+    reference = ones * torch.log(d / 20) + torch.log(1 + 20 / d)  # DeepHash-pytorch's DCH form
     torch.testing.assert_close(cauchy_pair_nll(d, ones, 20.0), reference)
 
 
