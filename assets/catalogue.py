@@ -53,13 +53,13 @@ class CatalogueConfig(dg.Config):
         description="auto | explicit (splits from the source) | per_label; auto: "
         "explicit if a split column is given, else per_label (IDX: its train/test protocol)",
     )
-    train_per_label: int = 500
-    query_per_label: int = 100
+    train_per_label: int = Field(default=500, description="per_label: training images drawn per label")
+    query_per_label: int = Field(default=100, description="per_label: query images drawn per label")
     database: str = Field(
         default="all", description="all (every non-query image) | rest (neither query nor train)"
     )
     validation_size: int = Field(default=5000, description="held-out training images for model selection")
-    seed: int = 0
+    seed: int = Field(default=0, description="seed of the sampled subsets and splits")
     train_limit: int | None = Field(default=None, description="IDX only: seeded subset of training images")
     query_limit: int | None = Field(default=None, description="IDX only: seeded subset of test images")
     channels: int = Field(

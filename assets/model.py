@@ -27,9 +27,7 @@ class RunOptions(dg.Config):
     """The fields of a ``hashing_model`` run that neither the model (``ModelSpec``) nor its recipe
     (``TrainConfig``) holds."""
 
-    profile: str = Field(
-        default="quick", description="quick | full: the model and recipe behind unset fields"
-    )
+    profile: str = Field(default="quick", description="the model and recipe behind every unset field")
     val_queries: int = Field(
         default=2000, description="validation queries for model selection, drawn from the held-out slice"
     )

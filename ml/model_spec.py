@@ -28,8 +28,7 @@ _VTS_SMALL_CONV_WIDE = {**_VTS_SMALL_CONV, "stem_channels": (32, 64)}
 # these keys (and only these). Keys that are not timm backbone arguments size the head: ``bottleneck``
 # (X-HashNet's hidden hash width), ``groups`` (TransHash's K local branches) and ``interaction_heads``
 # (HybridHash's heads in the block-token attention); ``stem_channels`` (the ViT models' ``small-conv``) puts a conv stem before the ViT.
-# "small" presets are sized for 28-32 px on a 2-core CPU (see
-# each module's docstring for the measured img/s); the others are the papers' 224 px GPU backbones.
+# "small" presets are sized for 28-32 px on a 2-core CPU (their img/s: docs/BENCHMARKS.md); the others are the papers' 224 px GPU backbones.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "vts": {
         "small": _VTS_SMALL,

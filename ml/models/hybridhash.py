@@ -23,11 +23,8 @@ T = 16, 4, 1; interaction heads 8; the paper trains with drop-path 0.5: set ``Mo
 ``small`` (28 px, patch 2 -> 14x14, blocks 7x7 so T = 4, 1; widths 48/96, heads 2/4, depths 1/3, interaction
 heads 4).
 
-Measured, small preset (560,800 parameters at 64 bits), 28x28x1, batch 128, on the shared 2-core CPU machine under
-background load (load average ~5, so absolute numbers are low; compare with ``vts`` small in the same run):
-``python -m bench.models --threads 2``: train 154 img/s, infer 388 img/s (vts small: 156 / 550);
-``python -m bench.models --threads 1 --clock process``: train 265, infer 793 img/s per CPU-second (vts small:
-309 / 1,122). Scaled to the idle reference (vts small 470 train / 1,500 infer img/s): ~400 / ~1,060 img/s.
+Small preset: 560,800 parameters at 64 bits; throughput: ``python -m bench.models`` (docs/BENCHMARKS.md,
+"Throughput of the small presets").
 """
 
 from __future__ import annotations

@@ -11,11 +11,8 @@ share weights, which is what pairs within one batch give, so the model itself is
 Presets: ``vit-b16`` (224 px, K = 4: four groups of 49 patches, batched through the last block) and ``small``
 (28 px, patch 4 -> 49 patches, width 96, depth 4, 3 heads, K = 4: groups of 13/12/12/12 tokens, looped).
 
-Measured, small preset (460,288 parameters at 64 bits), 28x28x1, batch 128, on the shared 2-core CPU machine under
-background load (load average ~5, so absolute numbers are low; compare with ``vts`` small in the same run):
-``python -m bench.models --threads 2``: train 169 img/s, infer 475 img/s (vts small: 156 / 550);
-``python -m bench.models --threads 1 --clock process``: train 328, infer 976 img/s per CPU-second (vts small:
-309 / 1,122). Scaled to the idle reference (vts small 470 train / 1,500 infer img/s): ~500 / ~1,300 img/s.
+Small preset: 460,288 parameters at 64 bits; throughput: ``python -m bench.models`` (docs/BENCHMARKS.md,
+"Throughput of the small presets").
 """
 
 from __future__ import annotations

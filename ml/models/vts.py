@@ -1,9 +1,7 @@
 """VTS (docs/METHODS.md, "VTS and VTS-cls"): a timm ViT whose final-norm tokens feed a hash head.
 
-Small preset (5,435,904 parameters at 64 bits; ``vts-cls`` 460,288), 28x28x1, batch 128: 470 train / 1,500 infer
-img/s on the idle 2-core reference machine; ``python -m bench.models --threads 2`` under background load
-(load average ~5): vts 156 / 550, vts-cls 200 / 696; ``--threads 1 --clock process``: vts 309 / 1,122, vts-cls
-411 / 1,226 img/s per CPU-second.
+Small preset: 5,435,904 parameters at 64 bits (``vts-cls`` 460,288); throughput: ``python -m bench.models``
+(docs/BENCHMARKS.md, "Throughput of the small presets").
 """
 
 from __future__ import annotations

@@ -7,11 +7,8 @@ the loss, not here. Presets: ``deit-s`` (224 px, patch 16, width 384, depth 12, 
 ``load_pretrained``) and ``small`` (28 px, patch 4, width 96, depth 4, 3 heads, bottleneck 256).
 
 
-Measured, small preset (495,872 parameters at 64 bits), 28x28x1, batch 128, on the shared 2-core CPU machine under
-background load (load average ~5, so absolute numbers are low; compare with ``vts`` small in the same run):
-``python -m bench.models --threads 2``: train 185 img/s, infer 657 img/s (vts small: 156 / 550);
-``python -m bench.models --threads 1 --clock process``: train 389, infer 1193 img/s per CPU-second (vts small:
-309 / 1,122). Scaled to the idle reference (vts small 470 train / 1,500 infer img/s): ~560 / ~1,590 img/s.
+Small preset: 495,872 parameters at 64 bits; throughput: ``python -m bench.models`` (docs/BENCHMARKS.md,
+"Throughput of the small presets").
 """
 
 from __future__ import annotations

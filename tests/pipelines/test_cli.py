@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from assets.resources import diagnostics_path
-from pipelines.cli import _locations, _run_config, main, parser
+from pipelines.cli import main
+from pipelines.cli.options import locations, parser, run_config
 from storage.catalogue import read_catalogue
 from storage.fs import StorageRoot
 from storage.index import current
@@ -180,12 +181,12 @@ RUN_CONFIGS = [
 
 @pytest.mark.parametrize(("argv", "expected"), RUN_CONFIGS, ids=[" ".join(a[:3]) for a, _ in RUN_CONFIGS])
 def test_run_config_of_command_lines_unchanged(argv, expected):
-    assert _run_config(parser().parse_args(argv)) == expected
+    assert run_config(parser().parse_args(argv)) == expected
 
 
 def test_index_flags_set_the_binary_index_config(capsys):
     def config(argv):
-        return _run_config(parser().parse_args(argv))
+        return run_config(parser().parse_args(argv))
 
     assert config(["index", "--kind", "hnsw", "--index-param", "ef_search=64", "--index-param", "m=8"]) == {
         "binary_index": {"config": {"kind": "hnsw", "ef_search": 64, "m": 8}}
@@ -206,11 +207,13 @@ def test_index_flags_set_the_binary_index_config(capsys):
     assert exit_.value.code == 2 and "NAME=INTEGER" in capsys.readouterr().err
 
 
-def test_index_params_are_index_config_fields():
-    from assets.index import PARAM_FIELDS
-    from storage.index import DEFAULT_PARAMS
+def test_index_params_are_the_registrys():
+    from storage.index import param_fields
 
-    assert {name for params in DEFAULT_PARAMS.values() for name in params} == set(PARAM_FIELDS)
+    args = parser().parse_args(["index", *(f"--index-param={name}=1" for name in param_fields())])
+    with pytest.raises(ValueError, match="not a parameter of any index kind"):
+        run_config(parser().parse_args(["index", "--index-param", "m2=1"]))
+    assert run_config(args)["binary_index"]["config"] == dict.fromkeys(param_fields(), 1)
 
 
 def _help(argv: list[str], capsys, monkeypatch) -> str:
@@ -321,10 +324,10 @@ def test_where_the_diagnostics_db_lives(root, db, env_root, env_db, expected, mo
     flags = (["--root", root] if root else []) + (["--db", db] if db else [])
     for verb in ("run", "ingest", "index", "search"):
         args = parser().parse_args([verb, *flags] + (["1"] if verb == "search" else []))
-        assert _locations(args) == (root or env_root or "./data", expected)
+        assert locations(args) == (root or env_root or "./data", expected)
     if root is None:  # `sql` has no --root: the default root's DB
         assert (
-            _locations(parser().parse_args(["sql", *(["--db", db] if db else []), "SELECT 1"]))[1] == expected
+            locations(parser().parse_args(["sql", *(["--db", db] if db else []), "SELECT 1"]))[1] == expected
         )
 
 

@@ -1,0 +1,123 @@
+"""The ``vitrieve`` verbs: each verb that changes data runs as a Dagster materialisation."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from pipelines.cli.options import ASSET_OF_VERB, locations, parser, run_config
+
+
+def cmd_materialise(args, selection: list[str] | None) -> int:
+    from pipelines.cli.summary import print_summary
+    from pipelines.execution import materialise
+
+    try:
+        config = run_config(args)
+    except ValueError as err:
+        print(f"vitrieve {args.verb}: {err}", file=sys.stderr)
+        return 2
+    root, db = locations(args)
+    start = time.perf_counter()
+    result, instance = materialise(
+        args.catalogue, "train_and_publish", config, root, db, args.device, selection
+    )
+    wall = time.perf_counter() - start
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                error = event.step_failure_data.error
+                while error.cause is not None:  # the user's error, not Dagster's wrapper
+                    error = error.cause
+                print(f"step {event.step_key} failed: {error.message.strip()}", file=sys.stderr)
+        failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+        for check in failed_checks:
+            print(f"check {check.asset_check_key.name} failed: {dict(check.metadata)}", file=sys.stderr)
+        return 1
+    print_summary(args.catalogue, root, db, result, instance, wall)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from pipelines.cli.search import run_search
+
+    root, _ = locations(args)
+    return run_search(root, args.catalogue, args.queries, args.k, args.device, args.json)
+
+
+def cmd_bench(args) -> int:
+    from bench.search import run_search_bench
+
+    root, db = locations(args)
+    return run_search_bench(
+        root,
+        db,
+        quick=args.quick,
+        datasets=args.dataset,
+        kinds=args.kinds.split(",") if args.kinds else None,
+        k=args.k,
+        threads=args.threads,
+        min_recall=args.min_recall,
+        in_process=args.in_process,
+        json_path=args.json,
+    )
+
+
+def cmd_bench_quality(args) -> int:
+    from bench.quality import run_quality_bench
+
+    _, db = locations(args)
+    return run_quality_bench(
+        db,
+        profile=args.profile,
+        configs=args.config,
+        bits=args.bits.split(",") if args.bits else None,
+        quick=args.quick,
+        source=args.source,
+        device=args.device,
+        seed=args.seed,
+        train_limit=args.train_limit,
+        query_limit=args.query_limit,
+        budget_minutes=args.budget_minutes,
+        json_path=args.json,
+    )
+
+
+def cmd_sql(args) -> int:
+    from tabulate import tabulate
+
+    from storage.diagnostics import DiagnosticsDB, ReadOnlyQueryError
+
+    _, db = locations(args)
+    try:
+        columns, rows = DiagnosticsDB(db).query(args.query)
+    except ReadOnlyQueryError as err:
+        print(f"vitrieve sql: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"vitrieve sql: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # DuckDB parser/binder errors: show them plainly
+        print(f"vitrieve sql: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print(tabulate(rows, headers=columns, floatfmt=".4f"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.verb == "run":
+        return cmd_materialise(args, None)
+    if args.verb in ASSET_OF_VERB:
+        return cmd_materialise(args, [ASSET_OF_VERB[args.verb]])
+    if args.verb == "search":
+        return cmd_search(args)
+    if args.verb == "sql":
+        return cmd_sql(args)
+    if args.verb == "bench":
+        return cmd_bench_quality(args) if args.bench == "quality" else cmd_bench(args)
+    raise AssertionError(args.verb)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
