@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field
 
-from assets.common import file_facts, lineage
+from assets.common import file_facts, lineage, remove_stale_temps
 from assets.partitions import catalogues
 from assets.resources import DiagnosticsResource, StorageResource
 from storage.catalogue import CatalogueInfo, catalogue_parts, fingerprint, read_catalogue, write_catalogue
@@ -130,6 +130,7 @@ def catalogue(
         )
     kind = detect_kind(source) if config.kind == "auto" else config.kind
     root = storage.get()
+    remove_stale_temps(context, root, *catalogue_parts(name)[:-1])
     rejected: list[Rejection] = []
     extra: dict = {}
     if kind == "idx":

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from pydantic import Field
 
-from assets.common import current_model_id, lineage, load_model, tag_run
+from assets.common import current_model_id, lineage, load_model, remove_stale_temps, tag_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
@@ -79,6 +79,7 @@ def packed_codes(
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
     tag_run(context, model_id)
+    remove_stale_temps(context, root, *codes_dir(name, model_id))
     table, _ = read_catalogue(
         root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import posixpath
 
 import dagster as dg
 import numpy as np
@@ -96,3 +97,13 @@ def file_facts(root: StorageRoot, *parts: str) -> dict[str, int | str]:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return {"bytes": int(root.fs.size(root.path(*parts))), "sha256": h.hexdigest()}
+
+
+def remove_stale_temps(context: dg.AssetExecutionContext, root: StorageRoot, *parts: str) -> None:
+    """Remove the temporary files an interrupted run of this asset left under ``parts`` (logged as a warning)."""
+    removed = root.remove_stale_temps(*parts)
+    if removed:
+        names = ", ".join(posixpath.basename(p) for p in removed[:5]) + (", ..." if len(removed) > 5 else "")
+        context.log.warning(
+            f"removed {len(removed)} temporary file(s) an interrupted run left under {root.url(*parts)}: {names}"
+        )

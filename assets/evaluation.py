@@ -4,7 +4,14 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.common import current_model_id, lineage, load_model, model_inputs, png_markdown
+from assets.common import (
+    current_model_id,
+    lineage,
+    load_model,
+    model_inputs,
+    png_markdown,
+    remove_stale_temps,
+)
 from assets.partitions import catalogues
 from assets.plots import attention_png, bit_balance_png, pr_curve_png, retrieval_grid_png
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
@@ -51,6 +58,7 @@ def model_evaluation(
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
+    remove_stale_temps(context, root, "models", model_id, "eval", name)
     table, info = read_catalogue(
         root, name, columns=["row_id", "image", "uri", "sha256", "labels", "in_query", "in_database"]
     )

@@ -13,7 +13,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, create_model
 
-from assets.common import current_model_id, lineage
+from assets.common import current_model_id, lineage, remove_stale_temps
 from assets.partitions import catalogues
 from assets.resources import StorageResource
 from storage.catalogue import read_catalogue
@@ -104,6 +104,7 @@ def binary_index(
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
+    remove_stale_temps(context, root, "indexes", name)
     kind, params = chosen_kind(root, name, config)
     item = f"binary_index of {name!r}"
     get_kind(kind, item)  # an unknown kind fails here, naming the item and the kinds to choose from

@@ -12,7 +12,7 @@ import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field, create_model
 
-from assets.common import file_facts, lineage, model_inputs, rows_where, tag_run
+from assets.common import file_facts, lineage, model_inputs, remove_stale_temps, rows_where, tag_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 from ml.model_spec import ModelSpec
@@ -116,7 +116,7 @@ def hashing_model(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     from ml.encode import encode_images
-    from ml.train import TrainData, train_hashing_model, validation_pick
+    from ml.train import TrainData, UnsafeStateError, train_hashing_model, validation_pick
 
     name = context.partition_key
     root = storage.get()
@@ -126,6 +126,7 @@ def hashing_model(
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
     tag_run(context, model_id)
+    remove_stale_temps(context, root, "models", model_id)
     if has_model(root, model_id) and not config.force:
         card = read_card(root, model_id)
         context.log.info(f"model {model_id} already trained on this catalogue with this config; reusing it")
@@ -171,8 +172,13 @@ def hashing_model(
             checkpoint=lambda state: root.write_bytes(state, *last),
             resume=resume,
         )
-    except BaseException:
+    except BaseException as err:
         store.finish_run(run_id, "failed")
+        if isinstance(err, UnsafeStateError):
+            raise UnsafeStateError(
+                f"{root.url(*last)}: {err}; delete it, or train from scratch with force=true "
+                "(vitrieve train --force)"
+            ) from None
         raise
 
     import time

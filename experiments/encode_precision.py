@@ -23,7 +23,7 @@ torch.set_num_threads(2)
 p = load_protocol("/usr/share/datasets/fashion-mnist", 28, 1)
 spec, _ = build_run("full", 10, 1)
 model = build_model(spec, load_pretrained=False)
-model.load_state_dict(torch.load(sys.argv[1], map_location="cpu"))
+model.load_state_dict(torch.load(sys.argv[1], map_location="cpu", weights_only=True))
 codes = {}
 for amp in (False, True):
     encode.bf16_autocast = lambda device, amp=amp: amp  # the module's own switch, forced either way

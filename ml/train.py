@@ -154,6 +154,22 @@ def _state_bytes(state: dict) -> bytes:
     return buf.getvalue()
 
 
+class UnsafeStateError(ValueError):
+    """Saved training state that holds more than tensors and plain values: refused, never unpickled."""
+
+
+def load_state(data: bytes, device: torch.device) -> dict:
+    """A training state written by ``_state_bytes``, read with torch's weights-only unpickler: tensors, dicts,
+    lists, tuples, numbers and strings only, so a planted pickle cannot run code in this process."""
+    import pickle
+
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeStateError(f"refused to load the saved training state ({reason})") from None
+
+
 def train_hashing_model(
     spec: ModelSpec,
     cfg: TrainConfig,
@@ -202,7 +218,7 @@ def train_hashing_model(
     best_val, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     first_epoch = 1
     if resume is not None:
-        state = torch.load(io.BytesIO(resume), map_location=device, weights_only=False)
+        state = load_state(resume, device)
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         if "classifier" in state:

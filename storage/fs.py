@@ -5,13 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import IO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+# What ``atomic_open`` writes before the rename: ``.<final name>.<random>.tmp`` beside the final file.
+TEMP_NAME = re.compile(r"^\..+\.tmp$")
+# A temporary file untouched for this long belongs to no live writer (a killed or crashed run left it).
+STALE_TEMP_SECONDS = 15 * 60
 
 
 class StorageRoot:
@@ -76,6 +83,26 @@ class StorageRoot:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm(tmp)
                 raise
+
+    def stale_temps(self, *parts: str, older_than_s: float = STALE_TEMP_SECONDS) -> list[str]:
+        """Temporary files of ``atomic_open`` below ``parts`` last modified more than ``older_than_s`` ago."""
+        top = self.path(*parts)
+        if not self.fs.exists(top):
+            return []
+        cutoff = time.time() - older_than_s
+        return [
+            path
+            for path in sorted(self.fs.find(top))
+            if TEMP_NAME.match(posixpath.basename(path)) and self.fs.modified(path).timestamp() < cutoff
+        ]
+
+    def remove_stale_temps(self, *parts: str, older_than_s: float = STALE_TEMP_SECONDS) -> list[str]:
+        """Remove what ``stale_temps`` lists (files a killed run left; never read as data); returns them."""
+        stale = self.stale_temps(*parts, older_than_s=older_than_s)
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(path)
+        return stale
 
     def write_bytes(self, data: bytes, *parts: str) -> str:
         with self.atomic_open(*parts) as f:

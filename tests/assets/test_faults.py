@@ -136,7 +136,8 @@ KILL_POINTS = (
 
 def test_sigkill_during_ingest_encode_and_index(published, tmp_path):
     """New source files give every stage work; each stage is SIGKILLed mid-write, the published artifacts are
-    checked, and the stage is run again to completion before the next one is killed."""
+    checked, and the stage is run again to completion (removing the killed run's temporary file) before the next
+    one is killed."""
     state = State(published, tmp_path)
     write_folder(state.dir / "src", per_class=2, start=50)
     old_ntotal = load_index(state.root, "pets")[0].ntotal
@@ -148,8 +149,15 @@ def test_sigkill_during_ingest_encode_and_index(published, tmp_path):
         after = state.files()
         assert {k: after.get(k) for k in files} == files, f"killed {stage} changed a published file"
         assert_published_readable(state.root)
-        state.run([stage])  # the next run completes
+        temps = list((state.dir / "data").rglob(".*.tmp"))
+        assert temps, f"killed {stage} left no temporary file"
+        for temp in temps:  # as old as a temporary file of a run killed long ago
+            os.utime(temp, (time.time() - 3600,) * 2)
+        state.run([stage])  # the next run completes, and removes what the killed one left
         assert_published_readable(state.root)
+        assert list((state.dir / "data").rglob(".*.tmp")) == [], (
+            f"{stage} kept the killed run's temporary file"
+        )
     table, _ = read_catalogue(state.root, "pets", columns=["row_id", "in_database"])
     assert table.num_rows == 36 and load_index(state.root, "pets")[0].ntotal == old_ntotal + 6
 

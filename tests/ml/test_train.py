@@ -246,3 +246,37 @@ def test_time_budget_re_plans_the_main_epochs_so_the_clean_ones_run(monkeypatch)
     )
     assert resumed.main_epochs == res.main_epochs and len(resumed.history) == len(res.history)
     assert [r["lr"] for r in resumed.history] == pytest.approx(lrs)
+
+
+class _Planted:
+    """A pickle payload: unpickling it calls ``Path.touch`` on a marker file (stands in for arbitrary code)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_planted_pickle_in_the_training_state_is_refused(tmp_path):
+    import io
+
+    from ml.train import UnsafeStateError, load_state
+
+    marker = tmp_path / "ran"
+    buf = io.BytesIO()
+    torch.save({"model": {}, "epoch": 1, "payload": _Planted(marker)}, buf)
+    planted = buf.getvalue()
+    torch.load(io.BytesIO(planted), weights_only=False)  # the full unpickler would run it ...
+    assert marker.exists()
+    marker.unlink()
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, warmup_steps=2)
+    with pytest.raises(UnsafeStateError, match="refused to load the saved training state"):
+        train_hashing_model(
+            ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None, resume=planted
+        )
+    assert not marker.exists()  # ... the training loop never does
+    with pytest.raises(UnsafeStateError):
+        load_state(b"not a checkpoint", torch.device("cpu"))

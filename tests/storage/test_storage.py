@@ -99,3 +99,55 @@ def test_verify_detects_missing_rows_and_publish_roundtrip(tmp_path):
     (tmp_path / "indexes" / "cat" / "m1" / "flat.faiss").write_bytes(b"corrupt")
     with pytest.raises(ValueError, match="sha256"):
         load_index(root, "cat")
+
+
+def _plant_temps(root: StorageRoot) -> None:
+    """Two finished files and the temporary names ``atomic_open`` uses, as a killed writer leaves them."""
+    root.write_bytes(b"kept", "codes", "cat", "m", "part-00000.parquet")
+    root.write_bytes(b"kept", "codes", "cat", "m", "parts.json")
+    with root.fs.open(root.path("codes", "cat", "m", ".part-00001.parquet.ab12cd.tmp"), "wb") as f:
+        f.write(b"half")
+    with root.fs.open(root.path("codes", "cat", ".CURRENT.x9.tmp"), "wb") as f:
+        f.write(b"half")
+
+
+def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    root = StorageRoot(tmp_path)
+    _plant_temps(root)
+    assert root.stale_temps("codes") == []  # just written: may belong to a live writer
+    old = time.time() - 3600
+    stale = root.path("codes", "cat", "m", ".part-00001.parquet.ab12cd.tmp")
+    os.utime(stale, (old, old))
+    assert root.remove_stale_temps("codes", "cat", "m") == [stale]
+    assert not os.path.exists(stale)
+    assert sorted(p.name for p in (tmp_path / "codes" / "cat" / "m").iterdir()) == [
+        "part-00000.parquet",
+        "parts.json",
+    ]
+    assert root.exists("codes", "cat", ".CURRENT.x9.tmp")  # fresh: kept
+    assert root.remove_stale_temps("no", "such", "dir") == []
+
+
+def test_stale_temporary_files_on_s3():
+    import time
+
+    from tests.s3_server import moto_s3, new_bucket
+
+    with moto_s3():
+        new_bucket("temps")
+        root = StorageRoot("s3://temps/v")
+        _plant_temps(root)
+        assert root.remove_stale_temps("codes") == []
+        time.sleep(1.1)
+        removed = root.remove_stale_temps("codes", older_than_s=0)
+        assert sorted(p.rsplit("/", 1)[1] for p in removed) == [
+            ".CURRENT.x9.tmp",
+            ".part-00001.parquet.ab12cd.tmp",
+        ]
+        assert root.exists("codes", "cat", "m", "part-00000.parquet") and root.exists(
+            "codes", "cat", "m", "parts.json"
+        )
+        assert not root.exists("codes", "cat", ".CURRENT.x9.tmp")
