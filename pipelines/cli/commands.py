@@ -104,6 +104,40 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    import json
+    from dataclasses import asdict
+
+    from tabulate import tabulate
+
+    from assets.resources import default_root
+    from storage.doctor import examine, fix
+    from storage.fs import STALE_TEMP_SECONDS, StorageRoot
+
+    root = StorageRoot(args.root or default_root())
+    age = STALE_TEMP_SECONDS if args.older_than_minutes is None else args.older_than_minutes * 60
+    findings = examine(root, older_than_s=age)
+    removed = fix(root, findings) if args.fix else []
+    if args.json:
+        print(json.dumps([asdict(f) | {"removed": f in removed} for f in findings], indent=2))
+    elif findings:
+        rows = [(f.problem, f.path, f.bytes, f.detail) for f in findings]
+        print(tabulate(rows, headers=["problem", "path", "bytes", "detail"]))
+    total = sum(f.bytes for f in findings) / 2**20
+    if not findings:
+        print(f"vitrieve doctor: {root.uri}: nothing left behind", file=sys.stderr)
+    elif args.fix:
+        print(
+            f"vitrieve doctor: removed {len(removed)} of {len(findings)} ({total:.1f} MiB)", file=sys.stderr
+        )
+    else:
+        print(
+            f"vitrieve doctor: {len(findings)} found ({total:.1f} MiB); `vitrieve doctor --fix` removes them",
+            file=sys.stderr,
+        )
+    return 1 if findings and not args.fix else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.verb == "run":
@@ -114,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_search(args)
     if args.verb == "sql":
         return cmd_sql(args)
+    if args.verb == "doctor":
+        return cmd_doctor(args)
     if args.verb == "bench":
         return cmd_bench_quality(args) if args.bench == "quality" else cmd_bench(args)
     raise AssertionError(args.verb)

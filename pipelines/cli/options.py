@@ -301,6 +301,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _bench_verbs(sub)
+    p = sub.add_parser("doctor", help="check a storage root for leftovers of interrupted or superseded runs")
+    p.add_argument("--root", default=None, help="storage root URI (default $VITRIEVE_ROOT or ./data)")
+    p.add_argument(
+        "--fix", action="store_true", help="remove what it finds (live writers' files are never touched)"
+    )
+    p.add_argument(
+        "--older-than-minutes",
+        type=float,
+        default=None,
+        help="age after which a temporary file counts as left behind (default 15)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = sub.add_parser("sql", help="run a read-only SQL query on the diagnostics DB")
     p.add_argument("query")
     p.add_argument("--db", default=None)
