@@ -20,6 +20,7 @@ from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
 from storage.codes import (
+    CorruptCodesError,
     PartWriter,
     codes_dir,
     commit_parts,
@@ -88,7 +89,11 @@ def packed_codes(
     cat_hash = image_hash_of(table["sha256"])
     bits = card_bits(read_card(root, model_id))
     manifest = parts_manifest(root, name, model_id)
-    stored = read_codes_meta(root, name, model_id) if manifest is not None else None
+    try:
+        stored = read_codes_meta(root, name, model_id) if manifest is not None else None
+    except CorruptCodesError as err:  # never build on damaged codes: encode every row again
+        context.log.warning(f"{err}; encoding every row again")
+        manifest = stored = None
     old_ids = old_hash = None
     if stored is not None and config.incremental and stored.bits == bits:
         old_ids, old_hash = read_row_index(root, name, model_id)

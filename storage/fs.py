@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import re
@@ -49,6 +50,14 @@ class StorageRoot:
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open(self.path(*parts), "rb") as f:
             return f.read()
+
+    def sha256(self, *parts: str) -> str:
+        """sha256 hex digest of a file, streamed."""
+        h = hashlib.sha256()
+        with self.fs.open(self.path(*parts), "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        return h.hexdigest()
 
     def read_text(self, *parts: str) -> str:
         return self.read_bytes(*parts).decode()

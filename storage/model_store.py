@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from storage.fs import StorageRoot
 
 
 def write_model(root: StorageRoot, model_id: str, weights: bytes, card: dict) -> str:
-    """Write weights first, then the card (the card's presence marks a complete model)."""
+    """Write weights first, then the card (the card's presence marks a complete model; it records the weights'
+    sha256, which every read checks)."""
     root.write_bytes(weights, "models", model_id, "model.safetensors")
+    card = {**card, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     return root.write_text(json.dumps(card, indent=2, sort_keys=True), "models", model_id, "model.json")
 
 
@@ -36,4 +39,13 @@ def card_bits(card: dict) -> int:
 
 
 def read_weights(root: StorageRoot, model_id: str) -> bytes:
-    return root.read_bytes("models", model_id, "model.safetensors")
+    """The model's safetensors bytes, checked against the sha256 its card recorded (cards written before the
+    check existed record none)."""
+    weights = root.read_bytes("models", model_id, "model.safetensors")
+    expected = read_card(root, model_id).get("weights_sha256")
+    if expected and hashlib.sha256(weights).hexdigest() != expected:
+        raise ValueError(
+            f"{root.url('models', model_id, 'model.safetensors')}: sha256 does not match its model card (damaged "
+            f"or partly copied); train it again: vitrieve train --force with the same options"
+        )
+    return weights

@@ -256,3 +256,20 @@ def test_codes_parts_legacy_append_and_compaction(tmp_path):
         np.array([1, 2, 3, 9]), np.array([7, 8, 0, 5]), np.array([1, 2, 4]), np.array([7, 9, 1])
     )
     assert enc.tolist() == [2, 3, 9] and sorted(drop.tolist()) == [2, 4]
+
+
+@needs_fashion_mnist
+def test_damaged_codes_are_encoded_again_not_built_upon(setup):
+    root, full, info, encoded = setup
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("catalogues", ["inc"])
+        write_catalogue(root, full, info)
+        _materialise(root, instance)
+        part = Path(root.path("codes", "inc", MODEL, parts_manifest(root, "inc", MODEL)["parts"][0]))
+        data = bytearray(part.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        part.write_bytes(bytes(data))
+        encoded.clear()
+        md = _materialise(root, instance)
+        assert md["packed_codes"]["mode"] == "full" and sum(encoded) == full.num_rows
+        _check_against_scratch(root, full)

@@ -151,3 +151,63 @@ def test_stale_temporary_files_on_s3():
             "codes", "cat", "m", "parts.json"
         )
         assert not root.exists("codes", "cat", ".CURRENT.x9.tmp")
+
+
+def _codes_root(tmp_path) -> tuple[StorageRoot, str]:
+    root = StorageRoot(tmp_path)
+    codes = np.random.default_rng(5).integers(0, 256, (300, 8), dtype=np.uint8)
+    write_codes(root, "cat", "m", np.arange(300), codes, 64)
+    return root, root.path("codes", "cat", "m", "part-00000.parquet")
+
+
+def test_parts_json_records_each_part_and_reads_check_it(tmp_path):
+    import json
+
+    from storage.codes import CorruptCodesError
+
+    root, part = _codes_root(tmp_path)
+    checks = json.loads(root.read_text("codes", "cat", "m", "parts.json"))["part_checks"]
+    assert checks["part-00000.parquet"]["rows"] == 300 and len(checks["part-00000.parquet"]["sha256"]) == 64
+    assert len(read_codes(root, "cat", "m")[0]) == 300
+    from pathlib import Path
+
+    data = bytearray(Path(part).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte (bit rot)
+    Path(part).write_bytes(bytes(data))
+    with pytest.raises(CorruptCodesError, match=r"part-00000\.parquet: sha256 differs.*vitrieve encode"):
+        read_codes(root, "cat", "m")
+    Path(part).write_bytes(bytes(data[: len(data) // 3]))  # a partial copy
+    with pytest.raises(CorruptCodesError, match="partly copied"):
+        read_codes(root, "cat", "m")
+    import os
+
+    os.unlink(part)
+    with pytest.raises(CorruptCodesError, match=r"part-00000\.parquet: missing"):
+        read_codes(root, "cat", "m")
+
+
+def test_parts_committed_before_checks_existed_still_read(tmp_path):
+    import json
+
+    root, _ = _codes_root(tmp_path)
+    manifest = json.loads(root.read_text("codes", "cat", "m", "parts.json"))
+    del manifest["part_checks"]
+    root.write_text(json.dumps(manifest), "codes", "cat", "m", "parts.json")
+    assert len(read_codes(root, "cat", "m")[0]) == 300
+
+
+def test_model_weights_are_checked_against_their_card(tmp_path):
+    import json
+
+    from storage.model_store import read_card, read_weights, write_model
+
+    root = StorageRoot(tmp_path)
+    write_model(root, "m", b"weights", {"model_id": "m", "bits": 64})
+    assert read_weights(root, "m") == b"weights" and len(read_card(root, "m")["weights_sha256"]) == 64
+    root.write_bytes(b"weightz", "models", "m", "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors: sha256 does not match its model card"):
+        read_weights(root, "m")
+    card = read_card(root, "m")
+    del card["weights_sha256"]  # a card written before the check existed
+    root.write_text(json.dumps(card), "models", "m", "model.json")
+    assert read_weights(root, "m") == b"weightz"
