@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +101,12 @@ def write_catalogue(root: StorageRoot, table: pa.Table, info: CatalogueInfo) -> 
     validate_catalogue(table)
     table = table.replace_schema_metadata(info.to_metadata())
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=16384)
+    pq.write_table(table, buf, compression="zstd", row_group_size=16384, write_page_checksum=True)
     return root.write_bytes(buf.getvalue(), *catalogue_parts(info.name))
+
+
+# How pyarrow reports a damaged Parquet file through OSError (a failed page CRC, an undecodable header).
+DAMAGE = re.compile(r"checksum|thrift|parquet|page", re.IGNORECASE)
 
 
 def read_catalogue(
@@ -113,10 +118,19 @@ def read_catalogue(
         raise FileNotFoundError(
             f"catalogue {name!r} not found at {root.url(*catalogue_parts(name))}; ingest it first"
         )
-    with root.fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        info = CatalogueInfo.from_metadata(pf.schema_arrow.metadata)
-        table = pf.read(columns=columns)
+    try:
+        with root.fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f, page_checksum_verification=True)  # the CRC of every page written
+            info = CatalogueInfo.from_metadata(pf.schema_arrow.metadata)
+            table = pf.read(columns=columns)
+    except (OSError, pa.ArrowException) as err:
+        if not isinstance(err, pa.ArrowException) and not DAMAGE.search(str(err)):
+            raise  # e.g. the network: not the file's fault
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{root.url(*catalogue_parts(name))}: damaged or partly copied ({reason}); "
+            f"ingest it again: vitrieve ingest --catalogue {name} --source SOURCE"
+        ) from None
     return table, info
 
 

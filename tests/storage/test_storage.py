@@ -211,3 +211,28 @@ def test_model_weights_are_checked_against_their_card(tmp_path):
     del card["weights_sha256"]  # a card written before the check existed
     root.write_text(json.dumps(card), "models", "m", "model.json")
     assert read_weights(root, "m") == b"weightz"
+
+
+def test_a_damaged_catalogue_is_refused_naming_the_file(tmp_path):
+    from pathlib import Path
+
+    from storage.catalogue import read_catalogue, write_catalogue
+    from storage.ingest_idx import FASHION_MNIST_DIR, idx_catalogue
+
+    if not Path(FASHION_MNIST_DIR).exists():
+        pytest.skip("dataset-fashion-mnist not installed")
+    root = StorageRoot(tmp_path)
+    table, info = idx_catalogue("cat", FASHION_MNIST_DIR, validation_size=20, train_limit=200, query_limit=50)
+    write_catalogue(root, table, info)
+    assert read_catalogue(root, "cat")[0].num_rows == table.num_rows
+    path = Path(root.path("catalogues", "cat", "catalogue.parquet"))
+    data = bytearray(path.read_bytes())
+    for at in (len(data) // 3, len(data) // 2):  # bit rot inside the image pages
+        damaged = bytearray(data)
+        damaged[at] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match=r"catalogue\.parquet: damaged.*vitrieve ingest --catalogue cat"):
+            read_catalogue(root, "cat")
+    path.write_bytes(bytes(data[: len(data) // 2]))  # a partial copy
+    with pytest.raises(ValueError, match="damaged or partly copied"):
+        read_catalogue(root, "cat")
