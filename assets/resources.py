@@ -33,9 +33,15 @@ def default_db() -> str:
     return diagnostics_path()
 
 
+# Environment variables ``default_resources`` reads S3 credentials from, as ``dg.EnvVar``s: Dagster stores their
+# names, never their values (nor does vitrieve: no run config, metadata, log line or DuckDB row holds them).
+S3_KEY_ENV, S3_SECRET_ENV = "VITRIEVE_S3_KEY", "VITRIEVE_S3_SECRET"
+
+
 class StorageResource(dg.ConfigurableResource):
     """Root URI of catalogues, models, codes and indexes: a local path or ``s3://bucket/prefix``
-    (credentials, region and endpoint come from the usual AWS environment variables, or ``fsspec_options``)."""
+    (credentials, region and endpoint come from the usual AWS environment variables, ``s3_key`` / ``s3_secret``
+    or ``fsspec_options``)."""
 
     root: str = DEFAULT_ROOT
     fsspec_options: dict = Field(
@@ -44,13 +50,29 @@ class StorageResource(dg.ConfigurableResource):
         "touches (storage root, sources, images), e.g. {s3: {endpoint_url: ..., client_kwargs: "
         "{region_name: ...}}}; keep secrets in env vars",
     )
+    s3_key: str | None = Field(
+        default=None, description=f"S3 access key id: give it as dg.EnvVar (e.g. {S3_KEY_ENV}), never as text"
+    )
+    s3_secret: str | None = Field(
+        default=None,
+        description=f"S3 secret access key: give it as dg.EnvVar (e.g. {S3_SECRET_ENV}), never as text",
+    )
     _saved: dict = PrivateAttr(default_factory=dict)
 
+    def _options(self) -> dict[str, dict]:
+        """``fsspec_options`` with the S3 credentials merged in (kept in memory only)."""
+        options = {protocol: dict(o) for protocol, o in self.fsspec_options.items()}
+        credentials = {k: v for k, v in (("key", self.s3_key), ("secret", self.s3_secret)) if v}
+        if credentials:
+            options["s3"] = {**options.get("s3", {}), **credentials}
+        return options
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Merge ``fsspec_options`` into fsspec's process-wide config for the run (undone at teardown)."""
-        self._saved = {p: fsspec.config.conf.get(p) for p in self.fsspec_options}
-        for protocol, options in self.fsspec_options.items():
-            fsspec.config.conf[protocol] = {**(fsspec.config.conf.get(protocol) or {}), **options}
+        """Merge the fsspec options into fsspec's process-wide config for the run (undone at teardown)."""
+        options = self._options()
+        self._saved = {p: fsspec.config.conf.get(p) for p in options}
+        for protocol, values in options.items():
+            fsspec.config.conf[protocol] = {**(fsspec.config.conf.get(protocol) or {}), **values}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         for protocol, options in self._saved.items():
@@ -93,9 +115,17 @@ class SourceWatchResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """The embedded default: local files under ``VITRIEVE_ROOT`` (./data) and a local DuckDB file."""
+    """The embedded default: local files under ``VITRIEVE_ROOT`` (./data) and a local DuckDB file; S3
+    credentials from ``VITRIEVE_S3_KEY`` / ``VITRIEVE_S3_SECRET`` when set (else the AWS environment)."""
     return {
-        "storage": StorageResource(root=default_root()),
+        "storage": StorageResource(
+            root=default_root(),
+            **{
+                field: dg.EnvVar(name)
+                for field, name in (("s3_key", S3_KEY_ENV), ("s3_secret", S3_SECRET_ENV))
+                if os.environ.get(name)
+            },
+        ),
         "diagnostics": DiagnosticsResource(path=default_db()),
         "compute": ComputeResource(device=os.environ.get("VITRIEVE_DEVICE", "auto")),
         "source_watch": SourceWatchResource(uri=os.environ.get("VITRIEVE_WATCH", "")),

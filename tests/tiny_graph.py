@@ -37,11 +37,11 @@ def tiny_catalogue_config(source: str, **extra) -> dict:
     }
 
 
-def resources(root: str, db: str) -> dict:
+def resources(root: str, db: str, **storage) -> dict:
     from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 
     return {
-        "storage": StorageResource(root=root),
+        "storage": StorageResource(root=root, **storage),
         "diagnostics": DiagnosticsResource(path=db),
         "compute": ComputeResource(device="cpu", threads=1),
     }
@@ -55,6 +55,7 @@ def run_graph(
     db: str,
     selection: list[str] | None = None,
     ops: dict | None = None,
+    **storage,
 ) -> dg.ExecuteInProcessResult:
     """``train_and_publish`` (or ``selection`` of it) for catalogue partition ``name``."""
     from pipelines.definitions import build_definitions
@@ -65,7 +66,7 @@ def run_graph(
     if selection:
         run_config = {k: v for k, v in run_config.items() if k in selection}
     return (
-        build_definitions(resources(root, db))
+        build_definitions(resources(root, db, **storage))
         .resolve_job_def("train_and_publish")
         .execute_in_process(
             run_config={"ops": run_config},

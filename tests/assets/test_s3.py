@@ -65,18 +65,36 @@ def test_folder_and_manifest_sources_on_s3(s3):
     assert again.unchanged
 
 
-def test_whole_run_with_storage_root_on_s3(s3, tmp_path, capsys):
+def test_whole_run_with_storage_root_on_s3(s3, tmp_path, capsys, monkeypatch):
+    """Credentials come from ``dg.EnvVar``s holding planted values: the run uses them, and no event, run
+    record, metadata, log line, stored object or DuckDB row holds them afterwards."""
+    import s3fs
+
     fs, _ = s3
     fs.mkdir("vitrieve")
     root_uri = "s3://vitrieve/prod"
+    planted = {
+        "VITRIEVE_TEST_S3_KEY": "AKIAPLANTEDKEY7Q3ZX",
+        "VITRIEVE_TEST_S3_SECRET": "planted-secret-5f1e9c2d",
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    instance = dg.DagsterInstance.ephemeral()
+    db = tmp_path / "diagnostics.duckdb"
     result = run_graph(
-        dg.DagsterInstance.ephemeral(),
+        instance,
         "pets",
         tiny_catalogue_config("s3://images/pets"),
         root_uri,
-        str(tmp_path / "diagnostics.duckdb"),
+        str(db),
+        s3_key=dg.EnvVar("VITRIEVE_TEST_S3_KEY"),
+        s3_secret=dg.EnvVar("VITRIEVE_TEST_S3_SECRET"),
     )
     assert result.success, failure_messages(result)
+    key, secret = planted["VITRIEVE_TEST_S3_KEY"], planted["VITRIEVE_TEST_S3_SECRET"]
+    used = [f.storage_options for f in s3fs.S3FileSystem._cache.values()]
+    assert any(o.get("key") == key and o.get("secret") == secret for o in used), "credentials not used"
+    _assert_nowhere(planted.values(), instance, result.run_id, db, fs, capsys)
     assert all(e.passed for e in result.get_asset_check_evaluations())
     root = StorageRoot(root_uri)
     table, _ = read_catalogue(root, "pets", columns=["row_id", "in_database"])
@@ -138,3 +156,25 @@ def test_endpoint_from_resource_config(s3, tmp_path, monkeypatch):
     assert "s3" not in fsspec.config.conf  # the run's options are undone after it
     s3fs.S3FileSystem.clear_instance_cache()
     assert s3fs.S3FileSystem(endpoint_url=url).exists("byconfig/root/catalogues/pets/catalogue.parquet")
+
+
+def _assert_nowhere(secrets, instance, run_id: str, db, fs, capsys) -> None:
+    """No secret in the event log (metadata included), the run record, the captured output, the stored objects
+    or the diagnostics DB."""
+    import duckdb
+
+    places = {
+        "event log": "\n".join(dg.serialize_value(e) for e in instance.all_logs(run_id)),
+        "run record": dg.serialize_value(instance.get_run_by_id(run_id)),
+        "output": "".join(capsys.readouterr()),
+        "stored objects": "\n".join(fs.cat(k).decode("latin-1") for k in fs.find("vitrieve/prod")),
+        "diagnostics file": db.read_bytes().decode("latin-1"),
+    }
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        places["diagnostics rows"] = "\n".join(
+            str(con.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables
+        )
+    assert len(places["event log"]) > 1000 and "diagnostics rows" in places
+    for secret in secrets:
+        assert [where for where, text in places.items() if secret in text] == []
