@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: run test ops-test install data lint ui slow clean
+.PHONY: run test ops-test faults install data lint ui slow clean
 
 run: install data
 	$(BIN)/vitrieve run --catalogue fashion-mnist --profile quick
@@ -22,6 +22,10 @@ test: install data
 # postgresql) and start every server on 127.0.0.1.
 ops-test: install data
 	$(BIN)/python -m pytest -q -m "browser or celery" $(PYTEST_ARGS)
+
+# A quick fault campaign (docs/BENCHMARKS.md, "Faults"): 10 seeded SIGKILLs of the pipeline, local and S3 (moto).
+faults: install data
+	$(BIN)/vitrieve bench faults --quick
 
 slow: install data
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)

@@ -83,6 +83,19 @@ def cmd_bench_quality(args) -> int:
     )
 
 
+def cmd_bench_faults(args) -> int:
+    from bench.faults import run_fault_bench
+
+    _, db = locations(args)
+    storages = tuple(s.strip() for s in args.storage.split(",") if s.strip())
+    unknown = sorted(set(storages) - {"local", "s3"})
+    if unknown:
+        print(f"vitrieve bench faults: unknown storage {', '.join(unknown)} (local, s3)", file=sys.stderr)
+        return 2
+    kills = 10 if args.quick else args.kills
+    return run_fault_bench(db, kills, args.seed, storages, args.workdir, args.json)
+
+
 def cmd_sql(args) -> int:
     from tabulate import tabulate
 
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "doctor":
         return cmd_doctor(args)
     if args.verb == "bench":
-        return cmd_bench_quality(args) if args.bench == "quality" else cmd_bench(args)
+        return {"quality": cmd_bench_quality, "faults": cmd_bench_faults}.get(args.bench, cmd_bench)(args)
     raise AssertionError(args.verb)
 
 

@@ -288,6 +288,18 @@ def _bench_verbs(sub) -> None:
         "--quick", action="store_true", help="CI: one 1-epoch run on 2,000 train / 500 query images, checked"
     )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p = bench.add_parser("faults", help="SIGKILL the pipeline at random moments; count corrupt states")
+    _common(p)
+    p.add_argument("--kills", type=int, default=200, help="kills in the campaign")
+    p.add_argument("--quick", action="store_true", help="CI: 10 kills")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    p.add_argument(
+        "--storage", default="local,s3", help="comma-separated: local, s3 (moto on 127.0.0.1 if no endpoint)"
+    )
+    p.add_argument(
+        "--workdir", default=None, help="keep the campaign's files here (default: a temporary folder)"
+    )
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
 
 
 def parser() -> argparse.ArgumentParser:
