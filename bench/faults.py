@@ -386,39 +386,18 @@ def record(db_path: str, rows: list[Kill], facts: dict) -> str:
 
 @contextlib.contextmanager
 def s3_endpoint(storages: tuple[str, ...]):
-    """A moto S3 server on 127.0.0.1 with the campaign's bucket when ``s3`` is asked for and no
-    ``AWS_ENDPOINT_URL`` is set (moto comes with the ``dev`` extra)."""
+    """A local S3 endpoint with the campaign's bucket when ``s3`` is asked for and no ``AWS_ENDPOINT_URL`` is
+    set."""
     if "s3" not in storages or os.environ.get("AWS_ENDPOINT_URL"):
         yield
         return
-    import logging
-
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "faults",
-        "AWS_SECRET_ACCESS_KEY": "faults",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
+    from bench.s3_local import local_s3
+
+    with local_s3():
         s3fs.S3FileSystem().mkdir("vitrieve-faults")
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 def run_fault_bench(

@@ -4,25 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-# vts-cls, depth 1, width 24, 1 epoch: seconds on a CPU. min_val_map 0: tiny data proves plumbing, not quality.
-TINY_OPS = {
-    "hashing_model": {
-        "config": {
-            "model": "vts-cls",
-            "overrides": {"depth": 1, "embed_dim": 24, "num_heads": 1},
-            "epochs": 1,
-            "batch_size": 32,
-            "warmup_steps": 1,
-            "bits": 16,
-            "val_queries": 8,
-            "val_database": 32,
-            "min_val_map": 0.0,
-            "augment": False,
-        }
-    },
-    "model_evaluation": {"config": {"stability_sample": 8}},
-    "retrieval_diagnostics": {"config": {"latency_queries": 4, "large_batch": 8, "threads": 1}},
-}
+from bench.faults import TINY_OPS  # the smallest model that works: seconds on a CPU
 
 
 def tiny_catalogue_config(source: str, **extra) -> dict:
