@@ -20,7 +20,6 @@ from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
 from storage.codes import (
-    CorruptCodesError,
     PartWriter,
     codes_dir,
     commit_parts,
@@ -32,6 +31,7 @@ from storage.codes import (
 )
 from storage.images import encoded_images
 from storage.model_store import card_bits, read_card
+from storage.part_checks import CorruptCodesError
 
 
 class CodesConfig(dg.Config):

@@ -1,4 +1,5 @@
 """Packed binary codes in Parquet: ``codes/<catalogue>/<model_id>/part-NNNNN.parquet`` plus ``parts.json``.
+(One module past 400 lines: the format's writer, reader, typed metadata and manifest change together.)
 
 A (catalogue, model) holds one or more part files. ``parts.json`` (written atomically, last) names the live
 parts and carries the dataset-level facts (``catalogue_fingerprint``, rows); readers read exactly those parts
@@ -24,14 +25,10 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from storage.fs import StorageRoot
+from storage.part_checks import CHECKS, part_check, verify_parts
 
 BIT_ORDER = "numpy-packbits-big"
 PARTS_FILE = "parts.json"
-CHECKS = "part_checks"  # parts.json: {part: {"sha256": ..., "rows": ...}} recorded at commit, checked on read
-
-
-class CorruptCodesError(ValueError):
-    """A live part that does not match what ``parts.json`` recorded when it was committed."""
 
 
 _PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
@@ -212,7 +209,7 @@ def commit_parts(
     known = (parts_manifest(root, catalogue, model_id) or {}).get(CHECKS) or {}
     manifest = {
         "parts": list(parts),
-        CHECKS: {name: known.get(name) or _part_check(root, *d, name) for name in parts},
+        CHECKS: {name: known.get(name) or part_check(root, *d, name) for name in parts},
         "model_id": model_id,
         "catalogue": catalogue,
         "bits": bits,
@@ -248,52 +245,15 @@ def write_codes(
     return root.url(*codes_dir(catalogue, model_id), name)
 
 
-def _part_check(root: StorageRoot, *parts: str) -> dict:
-    """What a reader checks a part against: its sha256 and row count."""
-    with root.fs.open(root.path(*parts), "rb") as f:
-        rows = pq.ParquetFile(f).metadata.num_rows
-    return {"sha256": root.sha256(*parts), "rows": rows}
-
-
-_VERIFIED: set[tuple] = set()  # (folder, its files' names, sizes and mtimes) whose parts matched
-
-
-def _listing(root: StorageRoot, *parts: str) -> tuple:
-    """Names, sizes and modification stamps of the files in a folder (one listing call)."""
-    entries = root.fs.ls(root.path(*parts), detail=True)
-    stamp = ("mtime", "LastModified", "ETag")
-    return tuple(
-        sorted((e["name"], e.get("size"), str(next((e[k] for k in stamp if e.get(k)), ""))) for e in entries)
-    )
-
-
-def verify_parts(root: StorageRoot, catalogue: str, model_id: str, manifest: dict) -> None:
-    """Check every live part against the sha256 ``parts.json`` recorded (again only when a file of the folder
-    changed); ``CorruptCodesError`` names the first part that differs. Parts committed before checks were
-    recorded pass."""
-    checks = manifest.get(CHECKS) or {}
-    if not checks:
-        return
-    d = codes_dir(catalogue, model_id)
-    key = (root.uri, *d, _listing(root, *d))
-    if key in _VERIFIED:
-        return
-    for name in manifest["parts"]:
-        if name not in checks:
-            continue
-        found = root.sha256(*d, name) if root.exists(*d, name) else "missing"
-        if found != checks[name]["sha256"]:
-            raise CorruptCodesError(
-                f"{root.url(*d, name)}: {'missing' if found == 'missing' else 'sha256 differs from ' + PARTS_FILE}"
-                f" (damaged or partly copied); encode the catalogue again: vitrieve encode --catalogue {catalogue}"
-            )
-    _VERIFIED.add(key)
-
-
 def codes_dataset(root: StorageRoot, catalogue: str, model_id: str) -> tuple[pds.Dataset, dict]:
     """A pyarrow dataset over the live parts (each checked against ``parts.json``), and ``parts.json``."""
     manifest = _require_manifest(root, catalogue, model_id)
-    verify_parts(root, catalogue, model_id, manifest)
+    verify_parts(
+        root,
+        codes_dir(catalogue, model_id),
+        manifest,
+        f"encode it again: vitrieve encode --catalogue {catalogue}",
+    )
     paths = [root.path(*codes_dir(catalogue, model_id), p) for p in manifest["parts"]]
     fs = None if root.is_local else root.fs
     return pds.dataset(paths, format="parquet", filesystem=fs), manifest

@@ -163,7 +163,7 @@ def _codes_root(tmp_path) -> tuple[StorageRoot, str]:
 def test_parts_json_records_each_part_and_reads_check_it(tmp_path):
     import json
 
-    from storage.codes import CorruptCodesError
+    from storage.part_checks import CorruptCodesError
 
     root, part = _codes_root(tmp_path)
     checks = json.loads(root.read_text("codes", "cat", "m", "parts.json"))["part_checks"]
