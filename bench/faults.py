@@ -166,10 +166,10 @@ def corrupt_state(root_uri: str, db_path: str, had_published: bool) -> list[str]
 
     if root.exists(*catalogue_parts(NAME)):
         check("catalogue", lambda: read_catalogue(root, NAME))
-    for model_id in _children(root, "models"):
+    for model_id in root.names("models"):
         if has_model(root, model_id):
             check(f"model {model_id}", lambda m=model_id: read_weights(root, m))
-    for model_id in _children(root, "codes", NAME):
+    for model_id in root.names("codes", NAME):
         manifest = parts_manifest(root, NAME, model_id)
         if manifest is not None and not manifest.get("legacy"):
 
@@ -186,12 +186,6 @@ def corrupt_state(root_uri: str, db_path: str, had_published: bool) -> list[str]
     if os.path.exists(db_path):
         check("diagnostics DB", lambda: _db_consistent(db_path))
     return problems
-
-
-def _children(root, *parts: str) -> list[str]:
-    with contextlib.suppress(FileNotFoundError):
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in root.fs.ls(root.path(*parts), detail=False))
-    return []
 
 
 def _index_answers(root, model_id: str, load_index) -> None:

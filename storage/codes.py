@@ -114,10 +114,7 @@ def _require_manifest(root: StorageRoot, catalogue: str, model_id: str) -> dict:
 
 
 def _next_part_number(root: StorageRoot, catalogue: str, model_id: str) -> int:
-    path = root.path(*codes_dir(catalogue, model_id))
-    names = []
-    with contextlib.suppress(FileNotFoundError):
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in root.fs.ls(path, detail=False)]
+    names = root.names(*codes_dir(catalogue, model_id))
     numbers = [int(m.group(1)) for n in names if (m := _PART_RE.match(n))]
     return max(numbers, default=-1) + 1
 

@@ -16,7 +16,6 @@ back at the published build.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import posixpath
 import time
@@ -35,13 +34,6 @@ class Finding:
     path: str  # under the root, "/"-separated
     bytes: int
     detail: str
-
-
-def _children(root: StorageRoot, *parts: str) -> list[str]:
-    """Names directly below ``parts`` (empty if it does not exist)."""
-    with contextlib.suppress(FileNotFoundError):
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in root.fs.ls(root.path(*parts), detail=False))
-    return []
 
 
 def _size(root: StorageRoot, *parts: str) -> int:
@@ -64,9 +56,9 @@ def _temps(root: StorageRoot, older_than_s: float) -> list[Finding]:
 def _code_parts(root: StorageRoot, older_than_s: float) -> list[Finding]:
     found = []
     cutoff = time.time() - older_than_s
-    for catalogue in _children(root, "codes"):
-        for model_id in _children(root, "codes", catalogue):
-            names = _children(root, "codes", catalogue, model_id)
+    for catalogue in root.names("codes"):
+        for model_id in root.names("codes", catalogue):
+            names = root.names("codes", catalogue, model_id)
             if PARTS_FILE not in names:
                 continue  # a legacy lone part, or an encode that never committed: nothing to compare with
             listed = set(json.loads(root.read_text("codes", catalogue, model_id, PARTS_FILE))["parts"])
@@ -93,9 +85,9 @@ def _served_files(root: StorageRoot, catalogue: str) -> tuple[str, set[str]]:
 
 def _indexes(root: StorageRoot) -> list[Finding]:
     found = []
-    for catalogue in _children(root, "indexes"):
+    for catalogue in root.names("indexes"):
         model_id, keep = _served_files(root, catalogue)
-        for name in _children(root, "indexes", catalogue):
+        for name in root.names("indexes", catalogue):
             parts = ("indexes", catalogue, name)
             if name == "CURRENT" or TEMP_NAME.match(name):
                 continue
@@ -104,7 +96,7 @@ def _indexes(root: StorageRoot) -> list[Finding]:
                 continue
             if not keep:  # CURRENT names a build whose manifest is gone: leave it for the checks to report
                 continue
-            for file in _children(root, *parts):
+            for file in root.names(*parts):
                 if file not in keep and not TEMP_NAME.match(file):
                     found.append(
                         _finding(root, "unpublished-index", (*parts, file), "a build CURRENT does not serve")
@@ -114,8 +106,8 @@ def _indexes(root: StorageRoot) -> list[Finding]:
 
 def _models(root: StorageRoot) -> list[Finding]:
     found = []
-    for model_id in _children(root, "models"):
-        names = set(_children(root, "models", model_id))
+    for model_id in root.names("models"):
+        names = set(root.names("models", model_id))
         if "model.json" in names and "last.pt" in names:
             found.append(
                 _finding(root, "stale-resume-state", ("models", model_id, "last.pt"), "the model is complete")
@@ -147,7 +139,7 @@ def fix(root: StorageRoot, findings: list[Finding]) -> list[Finding]:
         if root.exists(*parts):
             root.fs.rm(root.path(*parts), recursive=True)
             removed.append(f)
-    for catalogue in _children(root, "indexes"):
+    for catalogue in root.names("indexes"):
         if not root.exists("indexes", catalogue, "CURRENT"):
             continue
         manifest = published_manifest(root, catalogue, current(root, catalogue))

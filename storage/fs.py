@@ -51,6 +51,14 @@ class StorageRoot:
         with self.fs.open(self.path(*parts), "rb") as f:
             return f.read()
 
+    def names(self, *parts: str) -> list[str]:
+        """Names directly below ``parts``, sorted (empty if it does not exist)."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(
+                p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(*parts), detail=False)
+            )
+        return []
+
     def sha256(self, *parts: str) -> str:
         """sha256 hex digest of a file, streamed."""
         h = hashlib.sha256()
