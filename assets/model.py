@@ -71,16 +71,18 @@ class HashingModelConfig(create_model("RunFields", __base__=RunOptions, **_run_c
     ``RunOptions``, ``ModelSpec`` or ``TrainConfig``."""
 
 
-def resolve_run(config: HashingModelConfig, num_classes: int, in_chans: int) -> tuple[ModelSpec, TrainConfig]:
+def resolve_run(
+    config: HashingModelConfig, num_classes: int, in_chans: int, num_train: int | None = None
+) -> tuple[ModelSpec, TrainConfig]:
     """The ``ModelSpec`` and ``TrainConfig`` that ``config`` stands for on a catalogue of these classes and
-    channels."""
-    return build_run(
-        config.profile, num_classes, in_chans, **{k: getattr(config, k) for k in PROFILE_FIELDS + RUN_FIELDS}
-    )
+    channels (and, where given, training images: the profile's epochs scale to it)."""
+    given = {k: getattr(config, k) for k in PROFILE_FIELDS + RUN_FIELDS}
+    return build_run(config.profile, num_classes, in_chans, num_train=num_train, **given)
 
 
-# bump when training code changes results: a new model_id, not a stale reuse (v4: channels-last, bf16 on CPUs)
-CODE_VERSION = "hashing_model-v4"
+# bump when training code changes results: a new model_id, not a stale reuse (v5: warm-up capped at a tenth of
+# the schedule, early stopping)
+CODE_VERSION = "hashing_model-v5"
 
 
 def make_model_id(spec: dict, train_cfg: dict, catalogue: str, catalogue_fp: str) -> str:
@@ -122,7 +124,8 @@ def hashing_model(
     root = storage.get()
     table, info = read_catalogue(root, name)
     num_classes = len(info.label_names)
-    spec, train_cfg = resolve_run(config, num_classes, int(pc.max(table["channels"]).as_py()))
+    num_train = int(pc.sum(table["in_train"]).as_py() or 0)
+    spec, train_cfg = resolve_run(config, num_classes, int(pc.max(table["channels"]).as_py()), num_train)
     fp = fingerprint(table)
     model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
     tag_run(context, model_id)

@@ -87,7 +87,7 @@ class LrFactor:
     def __init__(self, cfg: TrainConfig, main_steps: int, clean_steps: int = 0):
         self.schedule, self.warmup_steps, self.clean_ratio = (
             cfg.schedule,
-            cfg.warmup_steps,
+            min(cfg.warmup_steps, main_steps // 10),  # short schedules (small catalogues) warm up a tenth
             cfg.clean_lr / cfg.lr,
         )
         self.main_steps, self.clean_steps = main_steps, clean_steps
@@ -108,6 +108,15 @@ def make_schedule(
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
     return torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(cfg, total_steps, clean_steps))
+
+
+def replan_main_steps(sched: torch.optim.lr_scheduler.LambdaLR, main_steps: int) -> None:
+    """End the main schedule after ``main_steps`` (a time budget or early stopping re-planned it): the clean
+    epochs, if any, start at the next step, and the current learning rate follows the new plan."""
+    factor = sched.lr_lambdas[0]
+    factor.main_steps = main_steps
+    for group, base_lr in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
+        group["lr"] = base_lr * factor(sched.last_epoch)
 
 
 def fit_main_epochs(
@@ -323,10 +332,15 @@ def train_hashing_model(
                     f"{cfg.clean_epochs} clean epochs they fit the {cfg.time_budget_s:.0f}s training budget"
                 )
                 main_epochs, total_epochs = planned, planned + cfg.clean_epochs
-                factor = sched.lr_lambdas[0]
-                factor.main_steps = steps_per_epoch * main_epochs
-                for group, base_lr in zip(opt.param_groups, sched.base_lrs, strict=True):
-                    group["lr"] = base_lr * factor(sched.last_epoch)
+                replan_main_steps(sched, steps_per_epoch * main_epochs)
+        if cfg.patience and augmenting and epoch < main_epochs and epoch - best_epoch >= cfg.patience:
+            log(
+                f"early stop after epoch {epoch}: no better validation mAP@100 for {cfg.patience} epochs (best "
+                f"{best_val:.4f} at epoch {best_epoch})"
+                + (f"; the {cfg.clean_epochs} clean epochs follow" if cfg.clean_epochs else "")
+            )
+            main_epochs, total_epochs = epoch, epoch + cfg.clean_epochs
+            replan_main_steps(sched, steps_per_epoch * main_epochs)
         if cfg.time_budget_s and epoch < total_epochs and now - start + epoch_seconds > cfg.time_budget_s:
             skipped = min(cfg.clean_epochs, total_epochs - epoch)
             log(

@@ -30,7 +30,12 @@ class TrainConfig:
     schedule: str = field(
         default="cosine", metadata={"description": "learning-rate schedule: " + " | ".join(SCHEDULES)}
     )
-    warmup_steps: int = field(default=200, metadata={"description": "steps of linear learning-rate warm-up"})
+    warmup_steps: int = field(
+        default=200,
+        metadata={
+            "description": "steps of linear learning-rate warm-up (at most a tenth of the main schedule)"
+        },
+    )
     grad_clip: float = field(default=1.0, metadata={"description": "gradient-norm clip (0 = off)"})
     augment: bool = field(
         default=True, metadata={"description": "random shift (2 px) and horizontal flip of training images"}
@@ -61,6 +66,13 @@ class TrainConfig:
         default=0.0,
         metadata={
             "description": "stop before an epoch that would end past this wall-clock budget (0 = none)"
+        },
+    )
+    patience: int = field(
+        default=0,
+        metadata={
+            "description": "early stopping: end the schedule after this many epochs without a better validation "
+            "mAP@100 (the clean epochs still run; the best weights are kept; 0 = off)"
         },
     )
     ema: float = field(

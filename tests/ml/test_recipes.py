@@ -82,3 +82,24 @@ def test_the_full_profile_keeps_its_wide_stem_for_every_vit_model():
 def test_build_run_passes_amp_through_to_the_training_config():
     assert build_run("quick", 10, 1)[1].amp is True
     assert build_run("quick", 10, 1, amp=False)[1].amp is False
+
+
+def test_scaled_epochs_keep_the_reference_size_and_follow_the_square_root():
+    from ml.recipes import MAX_SCALED_EPOCHS, REFERENCE_TRAIN_IMAGES, scaled_epochs
+
+    assert scaled_epochs(6, REFERENCE_TRAIN_IMAGES) == 6
+    assert scaled_epochs(6, REFERENCE_TRAIN_IMAGES // 100) == 60  # 100x fewer images: 10x the epochs
+    assert scaled_epochs(6, 5_000_000) == 1 and scaled_epochs(26, 1_000_000) == 6
+    assert scaled_epochs(6, 10) == MAX_SCALED_EPOCHS and scaled_epochs(0, 100) == 0
+
+
+def test_build_run_scales_the_profile_epochs_not_the_given_ones():
+    from ml.recipes import REFERENCE_TRAIN_IMAGES
+
+    _, cfg = build_run("full", 10, 1, num_train=REFERENCE_TRAIN_IMAGES)
+    assert (cfg.epochs, cfg.clean_epochs) == (PROFILES["full"]["epochs"], PROFILES["full"]["clean_epochs"])
+    _, small = build_run("full", 10, 1, num_train=REFERENCE_TRAIN_IMAGES // 25)
+    assert (small.epochs, small.clean_epochs) == (5 * PROFILES["full"]["epochs"], 50)
+    _, given = build_run("quick", 10, 1, num_train=500, epochs=3)
+    assert given.epochs == 3 and given.patience == PROFILES["quick"]["patience"]
+    assert build_run("quick", 10, 1)[1].epochs == PROFILES["quick"]["epochs"]  # no size: as declared

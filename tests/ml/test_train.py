@@ -280,3 +280,47 @@ def test_planted_pickle_in_the_training_state_is_refused(tmp_path):
     assert not marker.exists()  # ... the training loop never does
     with pytest.raises(UnsafeStateError):
         load_state(b"not a checkpoint", torch.device("cpu"))
+
+
+def _scripted_validation(monkeypatch, values: list[float]) -> None:
+    """Validation mAP@100 per epoch read from ``values`` (so that stagnation is deterministic)."""
+    scores = iter(values)
+    monkeypatch.setattr("ml.train.validation_map", lambda *args: next(scores))
+
+
+@pytest.mark.parametrize("clean_epochs", [0, 2])
+def test_early_stopping_ends_the_schedule_after_patience_epochs_without_progress(monkeypatch, clean_epochs):
+    cfg = TrainConfig(
+        epochs=8, clean_epochs=clean_epochs, batch_size=32, lr=3e-3, warmup_steps=1, patience=2, augment=False
+    )
+    _scripted_validation(monkeypatch, [0.5, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    lines: list[str] = []
+    res = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lines.append)
+    # best at epoch 2; epochs 3 and 4 do not beat it, so the main schedule ends after epoch 4
+    assert res.main_epochs == 4 and len(res.history) == 4 + clean_epochs
+    assert [line for line in lines if line.startswith("early stop after epoch 4")]
+    if clean_epochs:  # the clean epochs still run, from clean_lr, and may hold the best weights
+        assert res.history[4]["lr"] < cfg.lr and res.best_epoch == 5
+    else:
+        assert res.best_epoch == 2 and res.best_val_map == pytest.approx(0.6)
+
+
+def test_no_early_stopping_while_validation_improves_or_when_off(monkeypatch):
+    rising = [0.1 * k for k in range(1, 9)]
+    for patience, values in ((2, rising), (0, [0.5] * 8)):
+        _scripted_validation(monkeypatch, values)
+        cfg = TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=1, patience=patience, augment=False)
+        res = train_hashing_model(
+            ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None
+        )
+        assert res.main_epochs == 4 and len(res.history) == 4
+
+
+def test_warm_up_is_capped_at_a_tenth_of_a_short_schedule():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = make_schedule(TrainConfig(warmup_steps=200, lr=1.0), opt, total_steps=50)
+    factor = sched.lr_lambdas[0]
+    assert factor.warmup_steps == 5 and factor(4) == pytest.approx(1.0) and factor(49) < 0.01
+    long = make_schedule(TrainConfig(warmup_steps=200, lr=1.0), opt, total_steps=5000).lr_lambdas[0]
+    assert long.warmup_steps == 200
