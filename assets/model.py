@@ -169,7 +169,15 @@ def hashing_model(
             )
             result = dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=False))
         else:
-            pipes = _train_with_pipes(context, request, storage, compute)
+            try:
+                pipes = _train_with_pipes(context, request, storage, compute)
+            except Exception as err:
+                reason = _pipes_exception(context)
+                if reason is None:
+                    raise
+                raise RuntimeError(
+                    f"training {request.model_id} in a Pipes process failed: {reason}"
+                ) from err
             log_epochs([m[EPOCH_ROW] for m in pipes.get_custom_messages() if EPOCH_ROW in m])
             result = pipes.get_materialize_result()
     except BaseException:
@@ -225,6 +233,18 @@ def _train_with_pipes(
         },
         env={**storage.process_env(), "PYTHONPATH": path},
     )
+
+
+def _pipes_exception(context: dg.AssetExecutionContext) -> str | None:
+    """The last line of the exception the Pipes process reported on closing, if any (Dagster records it as an
+    engine event of the run)."""
+    for entry in reversed(
+        context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    ):
+        data = entry.dagster_event.engine_event_data if entry.dagster_event else None
+        if data is not None and data.error is not None and entry.user_message.startswith("[pipes]"):
+            return data.error.message.strip().splitlines()[-1]
+    return None
 
 
 def _card_metadata(context: dg.AssetExecutionContext, root: StorageRoot, card: dict, reused: bool) -> dict:

@@ -17,7 +17,7 @@ from storage.diagnostics import DiagnosticsDB
 from storage.fs import StorageRoot
 from storage.model_store import read_card
 from tests.conftest import needs_fashion_mnist
-from tests.tiny_graph import failure_messages, run_graph
+from tests.tiny_graph import failure_messages, run_graph, tiny_catalogue_config
 
 NAME = "fashion-mnist"
 TIMINGS = {"train_images_per_s", "inference_images_per_s"}
@@ -37,7 +37,7 @@ def model_ops(**config) -> dict:
 
 def materialization(result: dg.ExecuteInProcessResult) -> dict[str, dg.MetadataValue]:
     assert result.success, failure_messages(result)
-    (event,) = result.get_asset_materialization_events()
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["hashing_model"]]
     return dict(event.materialization.metadata)
 
 
@@ -126,3 +126,66 @@ def test_pipes_training_matches_in_process_training(tmp_path):
         again_meta = materialization(again)
         assert again_meta["model_id"].value == model_id and again_meta["reused"].value is True
         assert not any("Pipes subprocess" in m for m in messages(instance, again.run_id))
+
+
+def test_pipes_training_on_s3_takes_the_storage_options_and_keeps_credentials_out(tmp_path, monkeypatch):
+    """The Pipes process reaches an S3 root through the storage resource's fsspec options alone (the endpoint
+    is in no AWS variable), and the planted credentials it gets appear in no event or run record."""
+    from tests.catalogue_factory import write_folder
+    from tests.s3_server import moto_s3, new_bucket
+
+    planted = {"VITRIEVE_TEST_S3_KEY": "AKIAPLANTEDPIPES7Q3", "VITRIEVE_TEST_S3_SECRET": "planted-pipes-9c2d"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    with moto_s3() as url, dg.instance_for_test() as instance:
+        fs = new_bucket("images")
+        fs.put(str(write_folder(tmp_path / "pets", per_class=10)), "images/pets", recursive=True)
+        fs.mkdir("models")
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        root = "s3://models/prod"
+        result = run_graph(
+            instance,
+            "pets",
+            tiny_catalogue_config("s3://images/pets"),
+            root,
+            str(tmp_path / "diagnostics.duckdb"),
+            selection=["catalogue", "hashing_model"],
+            ops=model_ops(training="subprocess"),
+            fsspec_options={"s3": {"endpoint_url": url}},
+            s3_key=dg.EnvVar("VITRIEVE_TEST_S3_KEY"),
+            s3_secret=dg.EnvVar("VITRIEVE_TEST_S3_SECRET"),
+        )
+        meta = materialization(result)
+        model_id = meta["model_id"].value
+        assert meta["dagster/uri"].value == f"{root}/models/{model_id}/model.safetensors"
+        assert any(m.startswith(f"training {model_id} on cpu: ") for m in messages(instance, result.run_id))
+        stored = fs.find(f"models/prod/models/{model_id}")
+        assert sorted(k.rsplit("/", 1)[1] for k in stored) == ["model.json", "model.safetensors"]
+        records = "\n".join(dg.serialize_value(e) for e in instance.all_logs(result.run_id))
+        records += dg.serialize_value(instance.get_run_by_id(result.run_id))
+        assert [v for v in planted.values() if v in records] == []
+
+
+@needs_fashion_mnist
+def test_a_failing_pipes_process_fails_the_step_with_its_reason(tmp_path):
+    root, db = str(tmp_path / "data"), str(tmp_path / "diagnostics.duckdb")
+    with dg.instance_for_test() as instance:
+        assert run_graph(instance, NAME, catalogue_config("fresh"), root, db, selection=["catalogue"]).success
+        failed = run_graph(
+            instance,
+            NAME,
+            {},
+            root,
+            db,
+            selection=["hashing_model"],
+            ops=model_ops(training="subprocess", pretrained="weights.txt"),
+        )
+        assert not failed.success
+        (message,) = failure_messages(failed)
+        assert (
+            "in a Pipes process failed: ValueError: pretrained weights 'weights.txt': expected a" in message
+        )
+        _, status = DiagnosticsDB(db).query(
+            "SELECT status FROM runs WHERE dagster_run_id = ?", [failed.run_id]
+        )
+        assert status == [("failed",)]
