@@ -170,7 +170,7 @@ def hashing_model(
             result = dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=False))
         else:
             try:
-                pipes = _train_with_pipes(context, request, storage, compute)
+                pipes = launch_pipes_training(context, request, storage, compute)
             except Exception as err:
                 reason = _pipes_exception(context)
                 if reason is None:
@@ -209,14 +209,16 @@ def plan_training(
     )
 
 
-def _train_with_pipes(
+def launch_pipes_training(
     context: dg.AssetExecutionContext,
     request: TrainingRequest,
     storage: StorageResource,
     compute: ComputeResource,
 ) -> dg.PipesClientCompletedInvocation:
     """Run ``python -m assets.remote_training`` on this machine through Dagster Pipes (its log lines, epoch rows
-    and materialisation come back to this step); storage credentials travel in its environment only."""
+    and materialisation come back to this step); storage credentials travel in its environment only. The one
+    place that picks the Pipes client: a GPU pod or a Databricks job takes the same extras and entry point
+    (docs/OPERATIONS.md, "Training off the orchestrator")."""
     project = str(Path(__file__).resolve().parents[1])  # importable even without an installed package
     path = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)
     context.log.info(
