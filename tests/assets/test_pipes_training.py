@@ -138,15 +138,15 @@ def test_pipes_training_on_s3_takes_the_storage_options_and_keeps_credentials_ou
     for name, value in planted.items():
         monkeypatch.setenv(name, value)
     with moto_s3() as url, dg.instance_for_test() as instance:
-        fs = new_bucket("images")
-        fs.put(str(write_folder(tmp_path / "pets", per_class=10)), "images/pets", recursive=True)
-        fs.mkdir("models")
+        fs = new_bucket("pipes-images")  # buckets outlive moto servers in one process: unique names
+        fs.put(str(write_folder(tmp_path / "pets", per_class=10)), "pipes-images/pets", recursive=True)
+        fs.mkdir("pipes-models")
         monkeypatch.delenv("AWS_ENDPOINT_URL")
-        root = "s3://models/prod"
+        root = "s3://pipes-models/prod"
         result = run_graph(
             instance,
             "pets",
-            tiny_catalogue_config("s3://images/pets"),
+            tiny_catalogue_config("s3://pipes-images/pets"),
             root,
             str(tmp_path / "diagnostics.duckdb"),
             selection=["catalogue", "hashing_model"],
@@ -159,7 +159,7 @@ def test_pipes_training_on_s3_takes_the_storage_options_and_keeps_credentials_ou
         model_id = meta["model_id"].value
         assert meta["dagster/uri"].value == f"{root}/models/{model_id}/model.safetensors"
         assert any(m.startswith(f"training {model_id} on cpu: ") for m in messages(instance, result.run_id))
-        stored = fs.find(f"models/prod/models/{model_id}")
+        stored = fs.find(f"pipes-models/prod/models/{model_id}")
         assert sorted(k.rsplit("/", 1)[1] for k in stored) == ["model.json", "model.safetensors"]
         records = "\n".join(dg.serialize_value(e) for e in instance.all_logs(result.run_id))
         records += dg.serialize_value(instance.get_run_by_id(result.run_id))
