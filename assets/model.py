@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 import dagster as dg
 import pyarrow as pa
@@ -33,6 +33,8 @@ from storage.fs import StorageRoot
 from storage.model_store import has_model, read_card
 
 REMOTE_TRAINING = "assets.remote_training"  # the Pipes entry point (python -m) of training: subprocess
+TrainingMode = Literal["in_process", "subprocess"]  # where hashing_model trains (config field ``training``)
+TRAINING_MODES = get_args(TrainingMode)
 
 
 class RunOptions(dg.Config):
@@ -52,7 +54,7 @@ class RunOptions(dg.Config):
     force: bool = Field(
         default=False, description="train again even if this model_id exists (and ignore a saved last.pt)"
     )
-    training: Literal["in_process", "subprocess"] = Field(
+    training: TrainingMode = Field(
         default="in_process",
         description="where the training runs: in_process (this step) or subprocess (a Dagster Pipes process, "
         f"python -m {REMOTE_TRAINING}; same model, metadata and logs)",
