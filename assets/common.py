@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import posixpath
 
 import dagster as dg
-import numpy as np
-import pyarrow as pa
 
-from storage.catalogue import labels_matrix
+# re-exported: the Dagster-free glue lives in assets.inputs (the Pipes training process imports it too)
+from assets.inputs import file_facts as file_facts
+from assets.inputs import model_inputs as model_inputs
+from assets.inputs import rows_where as rows_where
 from storage.fs import StorageRoot
-from storage.images import encoded_images
 from storage.model_store import read_card, read_weights
 
 CATALOGUE_TAG = "vitrieve/catalogue"  # run tags naming a run's catalogue and model
 MODEL_TAG = "vitrieve/model"
-
-
-def rows_where(table: pa.Table, flag: str) -> pa.Table:
-    return table.filter(table[flag])
-
-
-def model_inputs(
-    table: pa.Table, img_size: int, channels: int, num_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row_ids, uint8 images (n, c, s, s), bool labels (n, C)) of the rows of ``table``."""
-    from imaging.decode import decode_images
-
-    images = decode_images(encoded_images(table), img_size, channels)
-    return table["row_id"].to_numpy(), images, labels_matrix(table, num_classes)
 
 
 MODEL_CHECK = dg.AssetCheckKey(dg.AssetKey("hashing_model"), "model_quality")
@@ -88,15 +73,6 @@ def lineage(context: dg.AssetExecutionContext, **facts: str) -> dg.MetadataValue
     (model_id, catalogue fingerprint, ...)."""
     version = context.assets_def.code_versions_by_key.get(context.asset_key)
     return dg.MetadataValue.json({"code_version": version, "dagster_run_id": context.run.run_id, **facts})
-
-
-def file_facts(root: StorageRoot, *parts: str) -> dict[str, int | str]:
-    """``bytes`` and ``sha256`` of one stored artifact (streamed, so large files are fine)."""
-    h = hashlib.sha256()
-    with root.fs.open(root.path(*parts), "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return {"bytes": int(root.fs.size(root.path(*parts))), "sha256": h.hexdigest()}
 
 
 def remove_stale_temps(context: dg.AssetExecutionContext, root: StorageRoot, *parts: str) -> None:

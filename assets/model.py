@@ -3,24 +3,38 @@
 import dataclasses
 import hashlib
 import json
-import math
+import os
 import sys
-from datetime import UTC, datetime
-from typing import Any, get_type_hints
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, create_model
 
-from assets.common import file_facts, lineage, model_inputs, remove_stale_temps, rows_where, tag_run
+from assets.common import remove_stale_temps, tag_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
+from assets.training import (
+    EPOCH_ROW,
+    METADATA_TYPES,
+    PLAN_COLUMNS,
+    TrainingRequest,
+    card_metadata,
+    train_and_store,
+)
 from ml.model_spec import ModelSpec
 from ml.recipes import PROFILE_FIELDS, RUN_FIELDS, build_run
 from ml.train_config import TrainConfig
-from storage.catalogue import fingerprint, read_catalogue
+from storage.catalogue import CatalogueInfo, fingerprint, read_catalogue
 from storage.diagnostics import insert_training_log
-from storage.model_store import card_bits, has_model, read_card, write_model
+from storage.fs import StorageRoot
+from storage.model_store import has_model, read_card
+
+REMOTE_TRAINING = "assets.remote_training"  # the Pipes entry point (python -m) of training: subprocess
+TrainingMode = Literal["in_process", "subprocess"]  # where hashing_model trains (config field ``training``)
+TRAINING_MODES = get_args(TrainingMode)
 
 
 class RunOptions(dg.Config):
@@ -39,6 +53,11 @@ class RunOptions(dg.Config):
     )
     force: bool = Field(
         default=False, description="train again even if this model_id exists (and ignore a saved last.pt)"
+    )
+    training: TrainingMode = Field(
+        default="in_process",
+        description="where the training runs: in_process (this step) or subprocess (a Dagster Pipes process, "
+        f"python -m {REMOTE_TRAINING}; same model, metadata and logs)",
     )
 
 
@@ -117,138 +136,129 @@ def hashing_model(
     diagnostics: DiagnosticsResource,
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
-    from ml.encode import encode_images
-    from ml.train import TrainData, UnsafeStateError, train_hashing_model, validation_pick
-
     name = context.partition_key
     root = storage.get()
-    table, info = read_catalogue(root, name)
+    in_process = config.training == "in_process"
+    # a Pipes process reads the images itself: here only the columns of the plan
+    table, info = read_catalogue(root, name, columns=None if in_process else PLAN_COLUMNS)
+    request = plan_training(context, config, table, info)
+    tag_run(context, request.model_id)
+    remove_stale_temps(context, root, "models", request.model_id)
+    if has_model(root, request.model_id) and not config.force:
+        card = read_card(root, request.model_id)
+        context.log.info(
+            f"model {request.model_id} already trained on this catalogue with this config; reusing it"
+        )
+        return dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=True))
+
+    store = diagnostics.get()
+    run_id = store.start_run(
+        "training", name, request.model_id, request.train | {"spec": request.spec}, context.run.run_id
+    )
+
+    def log_epochs(rows: list[dict]) -> None:
+        store.append(run_id, lambda rid, con: insert_training_log(con, rid, rows))
+
+    try:
+        if in_process:
+            card = train_and_store(
+                root,
+                request,
+                table,
+                info,
+                compute.torch_device(),
+                log=context.log.info,
+                progress=sys.stderr.isatty(),
+                on_epoch=lambda row: log_epochs([row]),
+            )
+            result = dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=False))
+        else:
+            try:
+                pipes = launch_pipes_training(context, request, storage, compute)
+            except Exception as err:
+                reason = _pipes_exception(context)
+                if reason is None:
+                    raise
+                raise RuntimeError(
+                    f"training {request.model_id} in a Pipes process failed: {reason}"
+                ) from err
+            log_epochs([m[EPOCH_ROW] for m in pipes.get_custom_messages() if EPOCH_ROW in m])
+            result = pipes.get_materialize_result()
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id)
+    return result
+
+
+def plan_training(
+    context: dg.AssetExecutionContext, config: HashingModelConfig, table: pa.Table, info: CatalogueInfo
+) -> TrainingRequest:
+    """The run ``config`` stands for on this catalogue (``table`` needs the ``PLAN_COLUMNS`` only)."""
     num_classes = len(info.label_names)
     num_train = int(pc.sum(table["in_train"]).as_py() or 0)
     spec, train_cfg = resolve_run(config, num_classes, int(pc.max(table["channels"]).as_py()), num_train)
     fp = fingerprint(table)
-    model_id = make_model_id(spec.to_dict(), train_cfg.to_dict(), name, fp)
-    tag_run(context, model_id)
-    remove_stale_temps(context, root, "models", model_id)
-    if has_model(root, model_id) and not config.force:
-        card = read_card(root, model_id)
-        context.log.info(f"model {model_id} already trained on this catalogue with this config; reusing it")
-        return dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=True))
-
-    device = compute.torch_device()
-    train_rows = rows_where(table, "in_train")
-    val_rows = rows_where(table, "in_validation")
-    pick_q, pick_db = validation_pick(
-        val_rows.num_rows, train_rows.num_rows, config.val_queries, config.val_database, config.seed
-    )
-    val_q, val_db = val_rows.take(pick_q), train_rows.take(pick_db)
-    if val_q.num_rows == 0:
-        raise ValueError(
-            f"catalogue {name!r} has no validation images; model selection needs a held-out slice"
-        )
-    size, ch = spec.img_size, spec.in_chans
-    _, x_train, y_train = model_inputs(train_rows, size, ch, num_classes)
-    _, x_vq, y_vq = model_inputs(val_q, size, ch, num_classes)
-    _, x_vdb, y_vdb = model_inputs(val_db, size, ch, num_classes)
-    data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
-    context.log.info(
-        f"training {model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs"
-        + (f" + {train_cfg.clean_epochs} clean" if train_cfg.clean_epochs else "")
-        + ", "
-        f"validation {len(x_vq)} queries x {len(x_vdb)} database"
-    )
-    store = diagnostics.get()
-    run_id = store.start_run(
-        "training", name, model_id, train_cfg.to_dict() | {"spec": spec.to_dict()}, context.run.run_id
-    )
-    last = ("models", model_id, "last.pt")  # full training state after each epoch, for resuming after a crash
-    resume = root.read_bytes(*last) if root.exists(*last) and not config.force else None
-    try:
-        result = train_hashing_model(
-            spec,
-            train_cfg,
-            data,
-            device,
-            log=context.log.info,
-            progress=sys.stderr.isatty(),
-            on_epoch=lambda row: store.append(run_id, lambda rid, con: insert_training_log(con, rid, [row])),
-            checkpoint=lambda state: root.write_bytes(state, *last),
-            resume=resume,
-        )
-    except BaseException as err:
-        store.finish_run(run_id, "failed")
-        if isinstance(err, UnsafeStateError):
-            raise UnsafeStateError(
-                f"{root.url(*last)}: {err}; delete it, or train from scratch with force=true "
-                "(vitrieve train --force)"
-            ) from None
-        raise
-
-    import time
-
-    sample = x_vdb[:2048]
-    t = time.perf_counter()
-    encode_images(result.model, sample, device)
-    infer_ips = len(sample) / (time.perf_counter() - t)
-
-    from ml.checkpoint import weights_to_bytes
-
-    card = dict(
-        model_id=model_id,
+    return TrainingRequest(
+        catalogue=context.partition_key,
+        catalogue_fingerprint=fp,
+        model_id=make_model_id(spec.to_dict(), train_cfg.to_dict(), context.partition_key, fp),
         spec=spec.to_dict(),
         train=train_cfg.to_dict(),
-        catalogue=name,
-        catalogue_fingerprint=fp,
-        label_names=info.label_names,
-        bits=spec.bits,
+        val_queries=config.val_queries,
+        val_database=config.val_database,
         min_val_map=config.min_val_map,
-        parameters=result.parameters,
-        best_epoch=result.best_epoch,
-        best_val_map_at_100=result.best_val_map,
-        final_loss=result.final_loss,
-        train_images_per_s=result.train_images_per_s,
-        inference_images_per_s=infer_ips,
-        train_seconds=result.seconds,
-        resumed_from_epoch=result.resumed_from_epoch,
-        device=str(device),
-        history=result.history,
+        force=config.force,
         code_version=CODE_VERSION,
-        created_at=datetime.now(UTC).isoformat(),
         dagster_run_id=context.run.run_id,
     )
-    write_model(root, model_id, weights_to_bytes(result.model.state_dict()), card)
-    store.finish_run(run_id)
-    root.fs.rm(root.path(*last))
-    return dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=False))
 
 
-def _card_metadata(context: dg.AssetExecutionContext, root, card: dict, reused: bool) -> dict:
-    history = card.get("history", [])
-    rows = "\n".join(
-        f"| {r['epoch']} | {r['loss']:.4f} | {r['val_map']:.4f} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |"
-        for r in history
+def launch_pipes_training(
+    context: dg.AssetExecutionContext,
+    request: TrainingRequest,
+    storage: StorageResource,
+    compute: ComputeResource,
+) -> dg.PipesClientCompletedInvocation:
+    """Run ``python -m assets.remote_training`` on this machine through Dagster Pipes (its log lines, epoch rows
+    and materialisation come back to this step); storage credentials travel in its environment only. The one
+    place that picks the Pipes client: a GPU pod or a Databricks job takes the same extras and entry point
+    (docs/OPERATIONS.md, "Training off the orchestrator")."""
+    project = str(Path(__file__).resolve().parents[1])  # importable even without an installed package
+    path = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)
+    context.log.info(
+        f"training {request.model_id} in a Dagster Pipes subprocess: python -m {REMOTE_TRAINING}"
     )
+    return dg.PipesSubprocessClient().run(
+        context=context,
+        command=[sys.executable, "-m", REMOTE_TRAINING],
+        extras={
+            "request": request.to_dict(),
+            "root": storage.root,
+            "device": compute.device,
+            "threads": compute.threads,
+        },
+        env={**storage.process_env(), "PYTHONPATH": path},
+    )
+
+
+def _pipes_exception(context: dg.AssetExecutionContext) -> str | None:
+    """The last line of the exception the Pipes process reported on closing, if any (Dagster records it as an
+    engine event of the run)."""
+    for entry in reversed(
+        context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    ):
+        data = entry.dagster_event.engine_event_data if entry.dagster_event else None
+        if data is not None and data.error is not None and entry.user_message.startswith("[pipes]"):
+            return data.error.message.strip().splitlines()[-1]
+    return None
+
+
+def _card_metadata(context: dg.AssetExecutionContext, root: StorageRoot, card: dict, reused: bool) -> dict:
+    """``card_metadata`` as Dagster metadata values (the Pipes process sends the same entries)."""
+    version = context.assets_def.code_versions_by_key.get(context.asset_key)
+    plain = card_metadata(root, card, reused, code_version=version, dagster_run_id=context.run.run_id)
     return {
-        "model_id": card["model_id"],
-        "dagster/uri": root.url("models", card["model_id"], "model.safetensors"),
-        "bits": card_bits(card),
-        "parameters": card["parameters"],
-        "best_epoch": card["best_epoch"],
-        "val_map_at_100": float(card["best_val_map_at_100"]),
-        "final_loss": float(card["final_loss"]) if math.isfinite(card["final_loss"]) else -1.0,
-        "train_images_per_s": float(card["train_images_per_s"]),
-        "inference_images_per_s": float(card["inference_images_per_s"]),
-        "reused": reused,
-        **file_facts(root, "models", card["model_id"], "model.safetensors"),
-        "lineage": lineage(
-            context,
-            model_id=card["model_id"],
-            catalogue=card["catalogue"],
-            catalogue_fingerprint=card["catalogue_fingerprint"],
-            trained_in_run=card.get("dagster_run_id"),
-            trained_with_code_version=card.get("code_version"),
-        ),
-        "training_log": dg.MetadataValue.md(
-            "| epoch | loss | val mAP@100 | img/s | s |\n|---|---|---|---|---|\n" + rows
-        ),
+        k: getattr(dg.MetadataValue, METADATA_TYPES[k])(v) if k in METADATA_TYPES else v
+        for k, v in plain.items()
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import dagster as dg
@@ -83,6 +84,11 @@ class StorageResource(dg.ConfigurableResource):
 
     def get(self) -> StorageRoot:
         return StorageRoot(self.root)
+
+    def process_env(self) -> dict[str, str]:
+        """Environment variables that give a child process these fsspec options, credentials included: fsspec
+        reads ``FSSPEC_<PROTOCOL>`` (JSON) when imported. Only for the environment of a process, never to log."""
+        return {f"FSSPEC_{protocol.upper()}": json.dumps(opts) for protocol, opts in self._options().items()}
 
 
 class DiagnosticsResource(dg.ConfigurableResource):
