@@ -27,7 +27,9 @@ Op = Callable[[Image.Image, np.random.Generator], Image.Image]
 
 
 def _pil(arr: np.ndarray) -> Image.Image:
-    return Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
+    return (
+        Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
+    )
 
 
 def _arr(img: Image.Image) -> np.ndarray:

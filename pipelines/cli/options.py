@@ -26,11 +26,11 @@ ASSET_OF_VERB = {
 }
 # The assets whose config each materialising verb sets from its options (``run`` materialises everything).
 CONFIGURES = {
-    "run": ("catalogue", "hashing_model", "binary_index"),
+    "run": ("catalogue", "hashing_model", "packed_codes", "model_evaluation", "binary_index"),
     "ingest": ("catalogue",),
     "train": ("hashing_model",),
-    "encode": (),
-    "evaluate": (),
+    "encode": ("packed_codes",),
+    "evaluate": ("model_evaluation",),
     "index": ("binary_index",),
 }
 RUNS_TORCH = ("run", "train", "encode", "evaluate")  # the verbs that take --device
@@ -38,11 +38,15 @@ CONFIG_CLASS = {
     "catalogue": ("assets.catalogue", "CatalogueConfig"),
     "hashing_model": ("assets.model", "HashingModelConfig"),
     "binary_index": ("assets.index", "IndexConfig"),
+    "packed_codes": ("assets.codes", "CodesConfig"),
+    "model_evaluation": ("assets.evaluation", "EvaluationConfig"),
 }
 GROUPS = {
     "catalogue": ("catalogue", "the source of the images and the split protocol"),
     "hashing_model": ("training", "model, loss and recipe; every option left unset comes from --profile"),
     "binary_index": ("index", "the FAISS binary index published for search"),
+    "packed_codes": ("codes", "the packed codes (and optional embeddings) of every catalogue image"),
+    "model_evaluation": ("evaluation", "label metrics, and the instance (copies) protocol when asked"),
 }
 
 
@@ -71,6 +75,7 @@ CHOICES = {
     "preset": LazyChoices("ml.model_spec", "PRESET_NAMES"),
     "optimizer": LazyChoices("ml.train_config", "OPTIMIZERS"),
     "index_kind": LazyChoices("storage.index", "KINDS"),
+    "embedding_dtype": LazyChoices("ml.rerank", "EMBEDDING_DTYPES"),
 }
 
 
@@ -121,6 +126,12 @@ OPTIONS = (
     Option("hashing_model", "epochs"),
     Option("hashing_model", "force", always=True),
     Option("binary_index", "kind", flag="--index-kind", choices="index_kind"),
+    Option("packed_codes", "embeddings", choices="embedding_dtype"),
+    Option("model_evaluation", "copy_protocol"),
+    Option("model_evaluation", "copies"),
+    Option("model_evaluation", "copy_transforms"),
+    Option("model_evaluation", "rerank"),
+    Option("model_evaluation", "oversample"),
 )
 # --seed seeds every configured asset that has a seed field (the catalogue's splits, the training)
 SEEDED = ("catalogue", "hashing_model")
@@ -146,8 +157,14 @@ def _add_option(group, opt: Option, *flags: str) -> None:
     field = config_fields(opt.asset)[opt.field]
     about = field.description or opt.field.replace("_", " ")
     kind, repeat = _value_type(field.annotation)
-    if kind is bool:
-        group.add_argument(*(flags or (opt.option,)), dest=opt.dest, action="store_true", help=about)
+    if kind is bool:  # unset (None) unless given, so that the run config names only what was asked
+        group.add_argument(
+            *(flags or (opt.option,)),
+            dest=opt.dest,
+            action="store_true",
+            default=False if opt.always else None,
+            help=about,
+        )
         return
     default = field.get_default(call_default_factory=True) if opt.always else None
     if field.default not in (None, "", [], {}) and not opt.always and not opt.choices:

@@ -91,5 +91,7 @@ def test_tie_statistics_brute_force():
         assert ft == sum(v == s.min() for v in s) - 1
         assert dk == len(set(sorted(s)[:5]))
     summary = summarise_ties(stats, k=5)
-    assert summary["first_ties_ge_10"] == pytest.approx(np.mean([sum(v == s.min() for v in s) - 1 >= 10 for s in scores]))
+    assert summary["first_ties_ge_10"] == pytest.approx(
+        np.mean([sum(v == s.min() for v in s) - 1 >= 10 for s in scores])
+    )
     assert summary["distinct_top_5"] == pytest.approx(np.mean(stats["distinct_top_k"]))
