@@ -76,6 +76,7 @@ CHOICES = {
     "optimizer": LazyChoices("ml.train_config", "OPTIMIZERS"),
     "index_kind": LazyChoices("storage.index", "KINDS"),
     "embedding_dtype": LazyChoices("ml.rerank", "EMBEDDING_DTYPES"),
+    "scorer": LazyChoices("ml.rerank", "SCORERS"),
 }
 
 
@@ -305,6 +306,21 @@ def _bench_verbs(sub) -> None:
         "--quick", action="store_true", help="CI: one 1-epoch run on 2,000 train / 500 query images, checked"
     )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p = bench.add_parser(
+        "rerank",
+        help="re-ranking none / asymmetric / stored at several oversamplings: label mAP@100, copy recall@1, "
+        "QPS, bytes per image, on a published catalogue",
+    )
+    _common(p)
+    p.add_argument("--device", default=_device_default())
+    p.add_argument("--oversample", default="1,2,4,8", help="comma-separated oversampling factors")
+    p.add_argument("-k", type=int, default=100)
+    p.add_argument("--copies", type=int, default=2000, help="database images copied into instance queries")
+    p.add_argument("--copy-transforms", default="easy+hard", help="families of the copies: easy, hard, '+'")
+    p.add_argument("--seed", type=int, default=0, help="seed of the copies and of --query-limit")
+    p.add_argument("--query-limit", type=int, default=None, help="seeded subset of the label queries")
+    p.add_argument("--large-batch", type=int, default=256, help="batch of the large-batch QPS")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p = bench.add_parser("faults", help="SIGKILL the pipeline at random moments; count corrupt states")
     _common(p)
     p.add_argument("--kills", type=int, default=200, help="kills in the campaign")
@@ -329,6 +345,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--rerank",
+        default="none",
+        choices=CHOICES["scorer"],
+        metavar="SCORER",
+        help="%(choices)s: re-score the index's top oversample x k by the query's real-valued output "
+        "against the codes (asymmetric) or the stored embeddings (stored)",
+    )
+    p.add_argument("--oversample", type=int, default=4, help="re-ranked shortlist = oversample x k")
     _bench_verbs(sub)
     p = sub.add_parser("doctor", help="check a storage root for leftovers of interrupted or superseded runs")
     p.add_argument("--root", default=None, help="storage root URI (default $VITRIEVE_ROOT or ./data)")
