@@ -25,10 +25,27 @@ from ml.instance_metrics import (
 from ml.metrics import hamming_distance_matrix
 from ml.rerank import CandidateTable, rerank
 
-__all__ = ["CopyQueries", "CopyResult", "evaluate_copies", "make_copy_queries", "pick_sources"]
+__all__ = [
+    "CopyQueries",
+    "CopyResult",
+    "copy_headline",
+    "evaluate_copies",
+    "make_copy_queries",
+    "pick_sources",
+    "pixel_groups",
+]
 
 TOP_K = 100  # the re-ranked lists and the tie statistics look at the top 100
 CHUNK = 128
+
+
+def pixel_groups(images: np.ndarray) -> np.ndarray:
+    """Group id per image (n, ...): images with the same pixels share one (exact duplicates)."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    if len(flat) == 0:
+        return np.zeros(0, np.int64)
+    rows = flat.view(np.dtype((np.void, flat.shape[1] * flat.itemsize))).ravel()
+    return np.unique(rows, return_inverse=True)[1].astype(np.int64).ravel()
 
 
 def pick_sources(n_database: int, copies: int, seed: int) -> np.ndarray:
@@ -79,6 +96,17 @@ class CopyResult:
             out |= {f"copy_recall@{k}_{rule}": v for k, v in m.recall[rule].items()}
             out[f"copy_mrr_{rule}"] = m.mrr[rule]
         return out | {f"copy_{k}": v for k, v in m.ties.items()}
+
+
+def copy_headline(result: CopyResult) -> dict[str, float]:
+    """The leaderboard columns of the copies protocol (Hamming ranking, every family)."""
+    m = result.metrics[("none", "all")]
+    return {
+        "copy_recall_at_1": m.recall["expected"][1],
+        "copy_recall_at_1_listed": m.recall["listed"][1],
+        "copy_mrr": m.mrr["expected"],
+        "first_ties_ge_99": m.ties.get("first_ties_ge_99", float("nan")),
+    }
 
 
 def _hamming_counts(

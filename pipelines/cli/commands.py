@@ -82,6 +82,7 @@ def cmd_bench_quality(args) -> int:
         query_limit=args.query_limit,
         budget_minutes=args.budget_minutes,
         json_path=args.json,
+        copies=args.copies,
     )
 
 

@@ -303,6 +303,12 @@ def _bench_verbs(sub) -> None:
     p.add_argument("--train-limit", type=int, default=None, help="seeded subset of training images")
     p.add_argument("--query-limit", type=int, default=None, help="seeded subset of query images")
     p.add_argument(
+        "--copies",
+        type=int,
+        default=2000,
+        help="database images copied into instance queries (copy recall columns; 0 = none; 200 with --quick)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="CI: one 1-epoch run on 2,000 train / 500 query images, checked"
     )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
