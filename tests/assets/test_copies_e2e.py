@@ -79,3 +79,35 @@ def test_search_reranks(graph, scorer, capsys):
     hits = res["hits"]
     assert res["rerank"] == scorer and len(hits) == 4 and hits[0]["row_id"] == rid
     assert [h["score"] for h in hits] == sorted(h["score"] for h in hits)
+
+
+def test_bench_rerank_on_the_published_catalogue(graph, tmp_path, capsys):
+    from bench.rerank import VARIANTS, run_rerank_bench
+
+    _, root, _ = graph
+    db = str(tmp_path / "bench.duckdb")
+    out = tmp_path / "rows.json"
+    code = run_rerank_bench(
+        root.uri,
+        db,
+        "pets",
+        "cpu",
+        (1, 2),
+        k=5,
+        copies=10,
+        latency_queries=4,
+        large_batch=8,
+        json_path=str(out),
+    )
+    assert code == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 2 * len(VARIANTS)
+    # 'none' keeps the Hamming order: a longer shortlist cut to k gives the same list
+    assert rows["none@1"]["map_at_100"] == rows["none@2"]["map_at_100"]
+    assert rows["none@1"]["copy_recall_at_1_listed"] == rows["none@2"]["copy_recall_at_1_listed"]
+    assert rows["none@1"]["bytes_per_image"] == 2 and rows["stored-int8@1"]["bytes_per_image"] == 2 + 16 + 4
+    assert rows["stored-fp16@2"]["bytes_per_image"] == 2 + 32
+    assert all(0 <= r["copy_recall_at_1"] <= 1 and r["qps_batch_1"] > 0 for r in rows.values())
+    assert "| asymmetric@2 |" in capsys.readouterr().out
+    _, n = DiagnosticsDB(db).query("SELECT count(DISTINCT scorer) FROM instance_metrics")
+    assert n == [(2 * len(VARIANTS),)]
