@@ -26,6 +26,7 @@ __all__ = [
     "SCORERS",
     "CandidateTable",
     "asymmetric_scores",
+    "asymmetric_tables",
     "dequantise",
     "order_candidates",
     "quantise",
@@ -69,16 +70,31 @@ def dequantise(data: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.nda
     raise ValueError(f"embedding dtype {dtype!r}: expected one of {', '.join(EMBEDDING_DTYPES)}")
 
 
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float64)  # (256, 8)
+
+
+def asymmetric_tables(u: np.ndarray) -> np.ndarray:
+    """Per query, per code byte, per byte value: the sum of ``|u_i|`` over that byte's bits where the value
+    disagrees with ``sign(u)``; (nq, bits/8, 256) float64."""
+    u = np.asarray(u, dtype=np.float64).reshape(len(u), -1, 8)
+    pos = (u >= 0).astype(np.float64)  # bit 1 where u >= 0 (ml.encode.pack_outputs)
+    a = np.abs(u)
+    # disagree(v, t) = v_t XOR pos_t = v_t (1 - pos_t) + (1 - v_t) pos_t
+    return (a * (1 - pos)) @ _BYTE_BITS.T + (a * pos) @ (1 - _BYTE_BITS).T
+
+
 def asymmetric_scores(u: np.ndarray, cand_codes: np.ndarray, bits: int) -> np.ndarray:
     """(nq, R) sums of ``|u_i|`` over the bits where each candidate's code (nq, R, bits/8) disagrees with
-    the sign of ``u`` (nq, bits)."""
-    u = np.asarray(u, dtype=np.float64)
+    the sign of ``u`` (nq, bits): a lookup table per query and code byte (``asymmetric_tables``), summed over
+    the bytes in order, so equal codes score exactly equal."""
+    nbytes = bits // 8
     out = np.empty(cand_codes.shape[:2], np.float64)
+    offsets = (np.arange(nbytes) * 256)[None, None, :]
     for lo in range(0, len(u), CHUNK):
-        q = u[lo : lo + CHUNK]
-        signs = unpack_signs(cand_codes[lo : lo + CHUNK], bits)  # (c, R, bits)
-        disagree = (signs > 0) != (q >= 0)[:, None, :]
-        out[lo : lo + CHUNK] = np.where(disagree, np.abs(q)[:, None, :], 0.0).sum(-1)
+        tables = asymmetric_tables(u[lo : lo + CHUNK]).reshape(-1, 1, nbytes * 256)  # (c, 1, nbytes*256)
+        idx = cand_codes[lo : lo + CHUNK].astype(np.intp) + offsets  # (c, R, nbytes)
+        flat = np.take_along_axis(tables[:, 0, :], idx.reshape(len(idx), -1), axis=1)
+        out[lo : lo + CHUNK] = flat.reshape(idx.shape).sum(-1)
     return out
 
 
