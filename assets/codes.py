@@ -195,8 +195,8 @@ def _encode_rows(
                 after = embedding_columns(*quantise(u, config.embeddings))
             else:
                 codes = encode_images(model, images, device, config.batch_size, progress=progress)
-            row_ids = batch.column("row_id").to_numpy()
-            writer.write(row_ids, codes, image_hash_of(batch.column("sha256")), after)
+            batch_ids = batch.column("row_id").to_numpy()
+            writer.write(batch_ids, codes, image_hash_of(batch.column("sha256")), after)
             done += batch.num_rows
             context.log.debug(f"encoded {done}/{len(row_ids)}")
         if done != len(row_ids):
