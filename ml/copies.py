@@ -36,7 +36,11 @@ __all__ = [
 ]
 
 TOP_K = 100  # the re-ranked lists and the tie statistics look at the top 100
-CHUNK = 128
+CELLS = 1 << 22  # (query, database item) pairs scored at a time: bounded memory whatever the database size
+
+
+def _chunk(n_database: int) -> int:
+    return max(1, min(256, CELLS // max(n_database, 1)))
 
 
 def pixel_groups(images: np.ndarray) -> np.ndarray:
@@ -113,9 +117,10 @@ def _hamming_counts(
     q_codes: np.ndarray, db_codes: np.ndarray, gt_group: np.ndarray, db_group: np.ndarray
 ) -> tuple[InstanceCounts, dict[str, np.ndarray]]:
     parts, stats = [], []
-    for lo in range(0, len(q_codes), CHUNK):
-        d = hamming_distance_matrix(q_codes[lo : lo + CHUNK], db_codes)
-        rel = db_group[None, :] == gt_group[lo : lo + CHUNK, None]
+    step = _chunk(len(db_codes))
+    for lo in range(0, len(q_codes), step):
+        d = hamming_distance_matrix(q_codes[lo : lo + step], db_codes)
+        rel = db_group[None, :] == gt_group[lo : lo + step, None]
         parts.append(instance_counts(d, rel))
         stats.append(tie_statistics(d, TOP_K))
     counts = parts[0]
@@ -128,8 +133,9 @@ def _shortlist(q_codes: np.ndarray, db_codes: np.ndarray, db_ids: np.ndarray, r:
     """Exact Hamming top r by (distance, row_id) of each query: (distances, row_ids)."""
     r = min(r, len(db_ids))
     ds, ids = [], []
-    for lo in range(0, len(q_codes), CHUNK):
-        d = hamming_distance_matrix(q_codes[lo : lo + CHUNK], db_codes).astype(np.int64)
+    step = _chunk(len(db_codes))
+    for lo in range(0, len(q_codes), step):
+        d = hamming_distance_matrix(q_codes[lo : lo + step], db_codes).astype(np.int64)
         key = (d << 40) | np.arange(len(db_ids))[None, :]
         top = (
             np.sort(np.partition(key, r - 1, axis=1)[:, :r], axis=1) if r < key.shape[1] else np.sort(key, 1)
