@@ -273,7 +273,7 @@ def _copy_protocol(root, name, model_id, table, info, db, row_ids, codes, bits, 
     from ml.rerank import CandidateTable, dequantise
     from storage.codes import image_hash_of
 
-    scorers = ["none", *(s.strip() for s in config.rerank.split(",") if s.strip())]
+    scorers = list(dict.fromkeys(["none", *(s.strip() for s in config.rerank.split(",") if s.strip())]))
     db_idx = np.flatnonzero(db)
     db_table = table.take(db_idx)
     size, ch = model.spec.img_size, model.spec.in_chans
@@ -289,6 +289,10 @@ def _copy_protocol(root, name, model_id, table, info, db, row_ids, codes, bits, 
 
         e_ids, data, scale, dtype = read_embeddings(root, name, model_id)
         keep = np.isin(e_ids, row_ids[db_idx])
+        if not np.array_equal(e_ids[keep], row_ids[db_idx]):
+            raise ValueError(
+                f"stored embeddings of {model_id} miss database rows of {name!r}; re-run packed_codes"
+            )
         embeddings = dequantise(data[keep], None if scale is None else scale[keep], dtype)
     cand = CandidateTable(row_ids[db_idx], codes[db_idx], bits, embeddings)
     group = image_hash_of(db_table["sha256"])

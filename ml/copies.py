@@ -23,7 +23,7 @@ from ml.instance_metrics import (
     tie_statistics,
 )
 from ml.metrics import hamming_distance_matrix
-from ml.rerank import CandidateTable, rerank
+from ml.rerank import SCORERS, CandidateTable, rerank
 
 __all__ = [
     "CopyQueries",
@@ -73,6 +73,10 @@ def make_copy_queries(
 ) -> CopyQueries:
     """Pick the sources (``pick_sources``), read them (``read_images(positions)`` -> uint8 (m, c, h, w)) and copy them."""
     names = parse_families(transforms)
+    if copies < 1 or n_database < 1:
+        raise ValueError(
+            f"the copies protocol needs copies >= 1 and a database, got {copies} and {n_database}"
+        )
     source = pick_sources(n_database, copies, seed)
     images, fams = make_copies(read_images(source), names, seed)
     return CopyQueries(images, fams, source, names)
@@ -157,6 +161,9 @@ def evaluate_copies(
     """Metrics of the copies against the database ``table`` (row_id order; ``db_group`` marks exact duplicates).
     Scorer ``none`` ranks the whole database by Hamming distance; any other re-ranks the Hamming top
     ``oversample x 100``."""
+    unknown = [s for s in scorers if s not in SCORERS]
+    if unknown:
+        raise ValueError(f"re-ranking {', '.join(unknown)}: expected {', '.join(SCORERS)}")
     gt_group = db_group[queries.source]
     fams = np.asarray(queries.families)
     per_family = [("all", np.ones(len(fams), bool))] + [(f, fams == f) for f in queries.family_names]

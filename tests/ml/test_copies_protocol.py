@@ -61,3 +61,11 @@ def test_shortlist_is_hamming_then_row_id():
         d = [bin(int.from_bytes(qc ^ c, "big")).count("1") for c in table.codes]
         ref = sorted(zip(d, table.row_ids, strict=True))[:12]
         assert [x[1] for x in ref] == list(ii) and [x[0] for x in ref] == list(dd)
+
+
+def test_bad_settings_are_named():
+    queries, q_codes, u, table, group = _setup()
+    with pytest.raises(ValueError, match="re-ranking cosine"):
+        evaluate_copies(queries, q_codes, u, table, group, ("none", "cosine"))
+    with pytest.raises(ValueError, match="copies >= 1"):
+        make_copy_queries(lambda p: p, 10, 0, "easy", 0)
