@@ -125,3 +125,29 @@ def test_quantise_round_trip(dtype):
     assert data.dtype == np.uint8 and data.shape == (10, 32 * (1 if dtype == "int8" else 2))
     back = dequantise(data, scale, dtype)
     assert np.abs(back - u).max() <= (np.abs(u).max(1).max() / 127 if dtype == "int8" else 0.01)
+
+
+def test_encode_outputs_are_the_pass_behind_the_codes():
+    from types import SimpleNamespace
+
+    import torch
+
+    from ml.encode import encode_images, encode_outputs
+
+    class Linear(torch.nn.Module):
+        spec = SimpleNamespace(bits=16, flip_tta=False)
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 16)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    torch.manual_seed(0)
+    model = Linear()
+    images = np.random.default_rng(0).integers(0, 256, (10, 1, 8, 8), dtype=np.uint8)
+    codes, u = encode_outputs(model, images, torch.device("cpu"), batch_size=4)
+    assert u.shape == (10, 16) and u.dtype == np.float32
+    assert np.array_equal(codes, encode_images(model, images, torch.device("cpu")))
+    assert np.array_equal(codes, np.packbits(u >= 0, axis=1))
