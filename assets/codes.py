@@ -29,6 +29,7 @@ from storage.codes import (
     read_row_index,
     rewrite_without,
 )
+from storage.embeddings import META_KEY, embedding_columns, embedding_dtype
 from storage.images import encoded_images
 from storage.model_store import card_bits, read_card
 from storage.part_checks import CorruptCodesError
@@ -46,6 +47,11 @@ class CodesConfig(dg.Config):
         default=True,
         description="encode only rows missing from the stored codes (new or "
         "changed images); False re-encodes every row",
+    )
+    embeddings: str = Field(
+        default="",
+        description="also store each row's pre-sign output beside its code, int8 or fp16, for re-ranking "
+        "'stored' (vitrieve search --rerank stored); '' = codes only",
     )
 
 
@@ -76,6 +82,12 @@ def plan_codes(
 def packed_codes(
     context: dg.AssetExecutionContext, config: CodesConfig, storage: StorageResource, compute: ComputeResource
 ) -> dg.MaterializeResult:
+    from ml.rerank import EMBEDDING_DTYPES
+
+    if config.embeddings not in ("", *EMBEDDING_DTYPES):
+        raise ValueError(
+            f"embeddings {config.embeddings!r}: expected '' or one of {', '.join(EMBEDDING_DTYPES)}"
+        )
     name = context.partition_key
     root = storage.get()
     model_id = current_model_id(context, config.model_id)
@@ -98,13 +110,15 @@ def packed_codes(
     if stored is not None and config.incremental and stored.bits == bits:
         old_ids, old_hash = read_row_index(root, name, model_id)
     stored_fp = stored.catalogue_fingerprint if stored is not None else None
+    if stored is not None and (embedding_dtype(stored) or "") != config.embeddings:
+        old_ids = old_hash = None  # embeddings switched on, off or to another dtype: encode every row
     if stored_fp == fp and old_ids is not None and np.array_equal(old_ids, cat_ids):
         encode, drop, mode = np.zeros(0, np.int64), np.zeros(0, np.int64), "up-to-date"
     else:
         encode, drop = plan_codes(cat_ids, cat_hash, old_ids, old_hash)
         mode = "incremental" if old_ids is not None and old_hash is not None else "full"
     start = time.perf_counter()
-    extra = {"catalogue_fingerprint": fp}
+    extra = {"catalogue_fingerprint": fp} | ({META_KEY: config.embeddings} if config.embeddings else {})
     parts = list(manifest["parts"]) if manifest is not None and mode != "full" else []
     if mode != "up-to-date":
         if len(drop) and mode == "incremental":  # copy the surviving codes without the dropped rows
@@ -133,7 +147,8 @@ def packed_codes(
             "dropped_rows": len(drop),
             "parts": len(parts) if mode != "up-to-date" else len(manifest["parts"]),
             "bits": bits,
-            "bytes_per_image": bits // 8,
+            "bytes_per_image": bits // 8 + _embedding_bytes(config.embeddings, bits),
+            "embeddings": config.embeddings or "none",
             "encode_seconds": seconds,
             "encode_images_per_s": ips,
             "bytes": int(root.fs.du(root.path(*codes_dir(name, model_id)))),
@@ -155,7 +170,8 @@ def _encode_rows(
 ) -> str:
     """Encode the catalogue rows ``row_ids`` (streamed in batches) into one new part; returns its name."""
     from imaging.decode import decode_images
-    from ml.encode import encode_images
+    from ml.encode import encode_images, encode_outputs
+    from ml.rerank import quantise
 
     device = compute.torch_device()
     model, _ = load_model(root, model_id, device)
@@ -172,8 +188,15 @@ def _encode_rows(
             if batch.num_rows == 0:
                 continue
             images = decode_images(encoded_images(batch), spec.img_size, spec.in_chans)
-            codes = encode_images(model, images, device, config.batch_size, progress=sys.stderr.isatty())
-            writer.write(batch.column("row_id").to_numpy(), codes, image_hash_of(batch.column("sha256")))
+            progress = sys.stderr.isatty()
+            after = None
+            if config.embeddings:  # codes and embeddings from one pass
+                codes, u = encode_outputs(model, images, device, config.batch_size, progress)
+                after = embedding_columns(*quantise(u, config.embeddings))
+            else:
+                codes = encode_images(model, images, device, config.batch_size, progress=progress)
+            batch_ids = batch.column("row_id").to_numpy()
+            writer.write(batch_ids, codes, image_hash_of(batch.column("sha256")), after)
             done += batch.num_rows
             context.log.debug(f"encoded {done}/{len(row_ids)}")
         if done != len(row_ids):
@@ -184,3 +207,8 @@ def _encode_rows(
     except BaseException:
         writer.abort()
         raise
+
+
+def _embedding_bytes(dtype: str, bits: int) -> int:
+    """Stored bytes per image of the embeddings: int8 one per bit plus a float32 scale, fp16 two per bit."""
+    return {"": 0, "int8": bits + 4, "fp16": 2 * bits}[dtype]

@@ -17,7 +17,13 @@ from assets.plots import attention_png, bit_balance_png, pr_curve_png, retrieval
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 from storage.catalogue import labels_matrix, read_catalogue
 from storage.codes import read_codes
-from storage.diagnostics import insert_bit_stats, insert_metrics, insert_per_class, insert_pr_curve
+from storage.diagnostics import (
+    insert_bit_stats,
+    insert_instance_metrics,
+    insert_metrics,
+    insert_per_class,
+    insert_pr_curve,
+)
 from storage.model_store import update_card
 
 
@@ -32,6 +38,23 @@ class EvaluationConfig(dg.Config):
     )
     attention_examples: int = Field(
         default=4, description="queries shown with their attention rollout (ViT models)"
+    )
+    copy_protocol: bool = Field(
+        default=False,
+        description="also run the instance protocol: seeded transformed copies of database images as "
+        "queries, their source row (and its exact duplicates) as ground truth",
+    )
+    copies: int = Field(default=2000, description="database images copied into instance queries")
+    copy_transforms: str = Field(
+        default="easy+hard", description="transform families of the copies, '+'-combined: easy, hard"
+    )
+    rerank: str = Field(
+        default="asymmetric",
+        description="re-ranking scorers also measured on the copies, comma-separated: asymmetric, stored "
+        "('stored' needs embeddings stored with the codes); '' = Hamming ranking only",
+    )
+    oversample: int = Field(
+        default=4, description="re-ranked shortlist = oversample x 100 Hamming neighbours"
     )
 
 
@@ -86,6 +109,7 @@ def model_evaluation(
     gen = torch.Generator().manual_seed(config.seed)
     shifted = encode_images(model, images, device, transform=lambda x: augment(x, gen, shift=1, flip=False))
     stability = code_stability(codes[pick], shifted, bits)
+    copy = _copy_protocol(root, name, model_id, table, info, db, row_ids, codes, bits, model, device, config)
 
     metric_rows = (
         [("map", _k(k), v) for k, v in result.map_at.items()]
@@ -102,12 +126,22 @@ def model_evaluation(
     protocol = dict(
         catalogue=name, queries=int(q.sum()), database=int(db.sum()), protocol=info.protocol, bits=bits
     )
+    if copy is not None:
+        protocol["copies"] = dict(
+            queries=copy.metrics[("none", "all")].n,
+            transforms=config.copy_transforms,
+            seed=config.seed,
+            rerank=config.rerank,
+            oversample=config.oversample,
+        )
 
     def write(run_id: str, con) -> None:
         insert_metrics(con, run_id, metric_rows)
         insert_pr_curve(con, run_id, pr_rows)
         insert_bit_stats(con, run_id, bitstats["ones_rate"], bitstats["entropy"])
         insert_per_class(con, run_id, [(label, ap, n) for label, (ap, n) in result.per_class_ap.items()])
+        if copy is not None:
+            insert_instance_metrics(con, run_id, copy.rows())
 
     run_id = diagnostics.get().record("evaluation", name, model_id, protocol, context.run.run_id, write)
 
@@ -126,7 +160,10 @@ def model_evaluation(
         "p@100": result.precision_at.get("100"),
         "precision_within_radius2": result.precision_within_radius2,
     }
-    update_card(root, model_id, evaluation={"run_id": run_id, "protocol": protocol, **headline})
+    copy_headline = copy.headline() if copy is not None else {}
+    update_card(
+        root, model_id, evaluation={"run_id": run_id, "protocol": protocol, **headline, **copy_headline}
+    )
     table_md = "| metric | value |\n|---|---|\n" + "\n".join(
         f"| {k} | {v:.4f} |" for k, v in headline.items() if v is not None
     )
@@ -155,6 +192,8 @@ def model_evaluation(
                 fig_name: dg.MetadataValue.md(png_markdown(png, CAPTIONS[fig_name]))
                 for fig_name, png in figures.items()
             },
+            **({"copy_metrics": dg.MetadataValue.md(_copy_table(copy))} if copy is not None else {}),
+            **{k.replace("@", "_at_"): float(v) for k, v in copy_headline.items()},
             "protocol": dg.MetadataValue.json(protocol),
             "diagnostics_run_id": run_id,
             "lineage": lineage(context, model_id=model_id, catalogue=name),
@@ -222,3 +261,55 @@ def _examples(
 
 def _k(key: str) -> int | None:
     return None if key == "all" else int(key)
+
+
+def _copy_protocol(root, name, model_id, table, info, db, row_ids, codes, bits, model, device, config):
+    """The instance protocol (``ml.copies``) on the database rows, when ``config.copy_protocol``; exact
+    duplicates are the rows with the same image sha256."""
+    if not config.copy_protocol:
+        return None
+    from ml.copies import evaluate_copies, make_copy_queries
+    from ml.encode import encode_outputs
+    from ml.rerank import CandidateTable, dequantise
+    from storage.codes import image_hash_of
+
+    scorers = list(dict.fromkeys(["none", *(s.strip() for s in config.rerank.split(",") if s.strip())]))
+    db_idx = np.flatnonzero(db)
+    db_table = table.take(db_idx)
+    size, ch = model.spec.img_size, model.spec.in_chans
+
+    def read(pos: np.ndarray) -> np.ndarray:
+        return model_inputs(db_table.take(pos), size, ch, len(info.label_names))[1]
+
+    queries = make_copy_queries(read, len(db_idx), config.copies, config.copy_transforms, config.seed)
+    q_codes, q_u = encode_outputs(model, queries.images, device)
+    embeddings = None
+    if "stored" in scorers:
+        from storage.embeddings import read_embeddings
+
+        e_ids, data, scale, dtype = read_embeddings(root, name, model_id)
+        keep = np.isin(e_ids, row_ids[db_idx])
+        if not np.array_equal(e_ids[keep], row_ids[db_idx]):
+            raise ValueError(
+                f"stored embeddings of {model_id} miss database rows of {name!r}; re-run packed_codes"
+            )
+        embeddings = dequantise(data[keep], None if scale is None else scale[keep], dtype)
+    cand = CandidateTable(row_ids[db_idx], codes[db_idx], bits, embeddings)
+    group = image_hash_of(db_table["sha256"])
+    return evaluate_copies(queries, q_codes, q_u, cand, group, scorers, config.oversample)
+
+
+def _copy_table(copy) -> str:
+    """Markdown: recall@1/10/100 and MRR per (scorer, family), expected and listed rank."""
+    lines = [
+        "| scorer | family | rule | R@1 | R@10 | R@100 | MRR | ties>=99 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (scorer, family), m in copy.metrics.items():
+        for rule in ("expected", "listed", "pessimistic"):
+            r = m.recall[rule]
+            lines.append(
+                f"| {scorer} | {family} | {rule} | {r[1]:.4f} | {r[10]:.4f} | {r[100]:.4f} | "
+                f"{m.mrr[rule]:.4f} | {m.ties.get('first_ties_ge_99', float('nan')):.3f} |"
+            )
+    return "\n".join(lines)

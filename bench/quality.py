@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from storage.diagnostics import DiagnosticsDB, insert_bit_stats, insert_metrics, insert_training_log
+from storage.diagnostics import (
+    DiagnosticsDB,
+    insert_bit_stats,
+    insert_instance_metrics,
+    insert_metrics,
+    insert_training_log,
+)
 
 if TYPE_CHECKING:
     from ml.model_spec import ModelSpec
@@ -162,11 +168,15 @@ def run_config(
     seed: int = 0,
     budget_s: float = 0.0,
     log: Callable[[str], None] = print,
+    copies: int = 0,
 ) -> dict:
-    """Train, encode and evaluate one configuration; record it as a ``bench-quality`` run; return its row."""
+    """Train, encode and evaluate one configuration (with ``copies`` > 0, also the copies protocol on the
+    database: ``copy_metrics``); record it as a ``bench-quality`` run; return its row."""
+    from ml.copies import copy_headline
     from ml.metrics import bit_diagnostics, evaluate_retrieval
 
     run = train_and_encode(profile, given, protocol, device, seed, budget_s, log)
+    copy = copy_metrics(run, protocol, device, copies, seed) if copies > 0 else None
     result = run.result
     m = evaluate_retrieval(
         run.q_codes,
@@ -197,6 +207,8 @@ def run_config(
         insert_training_log(con, run_id, result.history)
         insert_metrics(con, run_id, metric_rows)
         insert_bit_stats(con, run_id, diag["ones_rate"], diag["entropy"])
+        if copy is not None:
+            insert_instance_metrics(con, run_id, copy.rows())
 
     config = {
         "profile": profile,
@@ -207,8 +219,10 @@ def run_config(
         "queries": len(protocol.query[0]),
         "database": len(protocol.database[0]),
         "device": str(device),
+        "copies": copies,
     }
     run_id = db.record("bench-quality", CATALOGUE, run.label, config, None, write)
+
     return {
         "config": run.label,
         "map_at_100": m.map_at["100"],
@@ -216,8 +230,26 @@ def run_config(
         "p_at_1": m.precision_at["1"],
         "p_at_100": m.precision_at["100"],
         **scalars,
+        **(copy_headline(copy) if copy is not None else {}),
         "run_id": run_id,
     }
+
+
+COPY_TRANSFORMS = "easy+hard"
+
+
+def copy_metrics(run: TrainedRun, protocol: Protocol, device, copies: int, seed: int):
+    """The copies protocol (``ml.copies``, Hamming ranking) of a trained run on the protocol's database;
+    exact duplicates are database images with the same pixels."""
+    from ml.copies import evaluate_copies, make_copy_queries, pixel_groups
+    from ml.encode import encode_images
+    from ml.rerank import CandidateTable
+
+    db_images = protocol.database[0]
+    queries = make_copy_queries(lambda p: db_images[p], len(db_images), copies, COPY_TRANSFORMS, seed)
+    q_codes = encode_images(run.result.model, queries.images, device)
+    table = CandidateTable(np.arange(len(db_images)), run.db_codes, run.spec.bits)
+    return evaluate_copies(queries, q_codes, None, table, pixel_groups(db_images))
 
 
 COLUMNS = (
@@ -226,6 +258,10 @@ COLUMNS = (
     ("mAP@1000", "map_at_1000", "{:.4f}"),
     ("P@1", "p_at_1", "{:.4f}"),
     ("P@100", "p_at_100", "{:.4f}"),
+    ("copy R@1", "copy_recall_at_1", "{:.4f}"),
+    ("copy R@1 listed", "copy_recall_at_1_listed", "{:.4f}"),
+    ("copy MRR", "copy_mrr", "{:.4f}"),
+    ("ties>=99", "first_ties_ge_99", "{:.3f}"),
     ("ones", "mean_ones_rate", "{:.3f}"),
     ("entropy", "mean_entropy", "{:.3f}"),
     ("intra", "intra_class_hamming", "{:.1f}"),
@@ -241,7 +277,10 @@ def format_leaderboard(rows: list[dict]) -> str:
     """Markdown table of ``rows``, best mAP@100 first."""
     rows = sorted(rows, key=lambda r: -r["map_at_100"])
     lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt.format(r[key]) for _, key, fmt in COLUMNS) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join(fmt.format(r[key]) if key in r else "-" for _, key, fmt in COLUMNS) + " |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -249,7 +288,8 @@ def quick_problems(rows: list[dict]) -> list[str]:
     """What is wrong with a ``--quick`` run's rows (empty: fine)."""
     problems = []
     for r in rows:
-        for key in ("map_at_100", "map_at_1000", "p_at_1", "p_at_100", "best_val_map", "mean_ones_rate"):
+        keys = ("map_at_100", "map_at_1000", "p_at_1", "p_at_100", "best_val_map", "mean_ones_rate")
+        for key in keys + tuple(k for k in ("copy_recall_at_1", "copy_mrr") if k in r):
             if not 0.0 <= r[key] <= 1.0:
                 problems.append(f"{r['config']}: {key} = {r[key]} is not in [0, 1]")
         if r["epochs_run"] < 1:
@@ -270,6 +310,7 @@ def run_quality_bench(
     query_limit: int | None = None,
     budget_minutes: float = 30.0,
     json_path: str | None = None,
+    copies: int = 2000,
 ) -> int:
     """``vitrieve bench quality``: each ``--config`` string (times each of ``bits``) trained and evaluated on the
     protocol (``source``: the IDX folder, default the installed Fashion-MNIST) decoded once per image size, recorded in ``db_path``; prints the leaderboard (each row as it lands
@@ -305,7 +346,15 @@ def run_quality_bench(
             protocols[size] = load_protocol(source, size, 1, seed, train_limit, query_limit, **sizes)
         rows.append(
             run_config(
-                profile, dict(fields), protocols[size], torch_device, db, seed, budget_minutes * 60, log
+                profile,
+                dict(fields),
+                protocols[size],
+                torch_device,
+                db,
+                seed,
+                budget_minutes * 60,
+                log,
+                copies=min(copies, 200) if quick else copies,
             )
         )
         print(format_leaderboard(rows[-1:]), file=sys.stderr)

@@ -18,7 +18,6 @@ def pack_outputs(u: torch.Tensor) -> np.ndarray:
     return np.packbits((u >= 0).cpu().numpy(), axis=1)
 
 
-@torch.inference_mode()
 def encode_images(
     model: nn.Module,
     images: np.ndarray,
@@ -32,11 +31,38 @@ def encode_images(
     on the mirrored batch and the two outputs are summed before the sign. Runs under bf16 autocast where training
     does (``ml.device.bf16_autocast``: CUDA, CPUs with native bf16): on 2 such CPU cores 2x the fp32 rate, with
     0.02 % of a trained model's bits changed (``python -m experiments.encode_precision``)."""
+    return _encode(model, images, device, batch_size, progress, transform, keep_outputs=False)[0]
+
+
+def encode_outputs(
+    model: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(packed codes, real-valued outputs float32 (n, bits)) from one pass: the outputs are the ``u`` whose
+    sign the codes are (flip TTA summed), for asymmetric re-ranking and stored embeddings."""
+    codes, outputs = _encode(model, images, device, batch_size, progress, None, keep_outputs=True)
+    assert outputs is not None
+    return codes, outputs
+
+
+@torch.inference_mode()
+def _encode(
+    model: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    keep_outputs: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     was_training = model.training
     model.eval()
     flip = bool(getattr(getattr(model, "spec", None), "flip_tta", False))
     amp = bf16_autocast(device)
-    chunks = []
+    chunks, outputs = [], []
     batches = iterate_batches(len(images), batch_size)
     bar = tqdm(total=len(images), desc="encode", unit="img", disable=not progress, leave=False)
     for idx in batches:
@@ -47,11 +73,15 @@ def encode_images(
             u = model(x)
             if flip:
                 u = u + model(x.flip(-1))
-        chunks.append(pack_outputs(u.float()))
+        u = u.float()
+        chunks.append(pack_outputs(u))
+        if keep_outputs:
+            outputs.append(u.cpu().numpy())
         bar.update(len(idx))
     bar.close()
     model.train(was_training)
     if not chunks:
         bits = getattr(getattr(model, "spec", None), "bits", 8)
-        return np.zeros((0, bits // 8), np.uint8)
-    return np.concatenate(chunks)
+        empty = np.zeros((0, bits), np.float32) if keep_outputs else None
+        return np.zeros((0, bits // 8), np.uint8), empty
+    return np.concatenate(chunks), (np.concatenate(outputs) if keep_outputs else None)

@@ -50,10 +50,12 @@ def codes_table(
     model_id: str,
     extra: dict[str, str] | None = None,
     image_hash: np.ndarray | None = None,
+    columns_after: dict[str, pa.Array] | None = None,
 ) -> pa.Table:
     """Arrow table (row_id int64, code fixed_size_binary(bits/8)[, image_hash int64]) with the docs/ARCHITECTURE.md
     key-value metadata. ``image_hash`` (first 8 bytes of the image's sha256) lets an incremental encode
-    tell a changed image from an unchanged one."""
+    tell a changed image from an unchanged one; ``columns_after`` are more per-row columns (the stored
+    embeddings of ``storage.embeddings``)."""
     nbytes = bits // 8
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     if codes.ndim != 2 or codes.shape[1] != nbytes:
@@ -68,6 +70,10 @@ def codes_table(
         if len(image_hash) != len(codes):
             raise ValueError(f"{len(image_hash)} image hashes for {len(codes)} codes")
         columns["image_hash"] = pa.array(np.asarray(image_hash, dtype=np.int64), pa.int64())
+    for name, col in (columns_after or {}).items():
+        if len(col) != len(codes):
+            raise ValueError(f"{len(col)} values of column {name!r} for {len(codes)} codes")
+        columns[name] = col
     table = pa.table(columns)
     meta = {
         b"model_id": model_id.encode(),
@@ -156,7 +162,13 @@ class PartWriter:
         self._file = self._cm.__enter__()
         self._writer: pq.ParquetWriter | None = None
 
-    def write(self, row_ids: np.ndarray, codes: np.ndarray, image_hash: np.ndarray | None = None) -> None:
+    def write(
+        self,
+        row_ids: np.ndarray,
+        codes: np.ndarray,
+        image_hash: np.ndarray | None = None,
+        columns_after: dict[str, pa.Array] | None = None,
+    ) -> None:
         if self.with_image_hash and image_hash is None:
             raise ValueError("this part carries image hashes: pass image_hash")
         table = codes_table(
@@ -167,6 +179,7 @@ class PartWriter:
             self.model_id,
             self.extra,
             image_hash if self.with_image_hash else None,
+            columns_after,
         )
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._file, table.schema, compression="zstd")
@@ -402,16 +415,17 @@ def rewrite_without(
     inference: rows are copied). Returns (part name, rows written)."""
     extra = read_codes_meta(root, catalogue, model_id).writer_extra
     dataset, _ = codes_dataset(root, catalogue, model_id)
-    has_hash = "image_hash" in dataset.schema.names
+    names = dataset.schema.names
+    has_hash = "image_hash" in names
+    after = [n for n in names if n not in ("row_id", "code", "image_hash")]  # e.g. stored embeddings
     writer = PartWriter(root, catalogue, model_id, bits, extra, with_image_hash=has_hash)
     try:
-        for batch in iter_codes(
-            root, catalogue, model_id, batch_rows, columns=("row_id", "code", "image_hash")
-        ):
+        for batch in iter_codes(root, catalogue, model_id, batch_rows, columns=tuple(names)):
             r, c = codes_to_numpy(batch)
             keep = ~np.isin(r, drop)
             h = batch.column("image_hash").to_numpy()[keep] if has_hash else None
-            writer.write(r[keep], c[keep], h)
+            mask = pa.array(keep)
+            writer.write(r[keep], c[keep], h, {n: batch.column(n).filter(mask) for n in after})
         return writer.close(), writer.rows
     except BaseException:
         writer.abort()

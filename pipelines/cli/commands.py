@@ -42,7 +42,9 @@ def cmd_search(args) -> int:
     from pipelines.cli.search import run_search
 
     root, _ = locations(args)
-    return run_search(root, args.catalogue, args.queries, args.k, args.device, args.json)
+    return run_search(
+        root, args.catalogue, args.queries, args.k, args.device, args.json, args.rerank, args.oversample
+    )
 
 
 def cmd_bench(args) -> int:
@@ -79,6 +81,32 @@ def cmd_bench_quality(args) -> int:
         train_limit=args.train_limit,
         query_limit=args.query_limit,
         budget_minutes=args.budget_minutes,
+        json_path=args.json,
+        copies=args.copies,
+    )
+
+
+def cmd_bench_rerank(args) -> int:
+    from bench.rerank import run_rerank_bench
+
+    root, db = locations(args)
+    try:
+        oversamples = [int(x) for x in args.oversample.split(",") if x.strip()]
+    except ValueError:
+        print(f"vitrieve bench rerank: --oversample {args.oversample!r}: expected integers", file=sys.stderr)
+        return 2
+    return run_rerank_bench(
+        root,
+        db,
+        args.catalogue,
+        device=args.device,
+        oversamples=oversamples,
+        k=args.k,
+        copies=args.copies,
+        transforms=args.copy_transforms,
+        seed=args.seed,
+        query_limit=args.query_limit,
+        large_batch=args.large_batch,
         json_path=args.json,
     )
 
@@ -164,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "doctor":
         return cmd_doctor(args)
     if args.verb == "bench":
-        return {"quality": cmd_bench_quality, "faults": cmd_bench_faults}.get(args.bench, cmd_bench)(args)
+        return {"quality": cmd_bench_quality, "faults": cmd_bench_faults, "rerank": cmd_bench_rerank}.get(
+            args.bench, cmd_bench
+        )(args)
     raise AssertionError(args.verb)
 
 

@@ -26,11 +26,11 @@ ASSET_OF_VERB = {
 }
 # The assets whose config each materialising verb sets from its options (``run`` materialises everything).
 CONFIGURES = {
-    "run": ("catalogue", "hashing_model", "binary_index"),
+    "run": ("catalogue", "hashing_model", "packed_codes", "model_evaluation", "binary_index"),
     "ingest": ("catalogue",),
     "train": ("hashing_model",),
-    "encode": (),
-    "evaluate": (),
+    "encode": ("packed_codes",),
+    "evaluate": ("model_evaluation",),
     "index": ("binary_index",),
 }
 RUNS_TORCH = ("run", "train", "encode", "evaluate")  # the verbs that take --device
@@ -38,11 +38,15 @@ CONFIG_CLASS = {
     "catalogue": ("assets.catalogue", "CatalogueConfig"),
     "hashing_model": ("assets.model", "HashingModelConfig"),
     "binary_index": ("assets.index", "IndexConfig"),
+    "packed_codes": ("assets.codes", "CodesConfig"),
+    "model_evaluation": ("assets.evaluation", "EvaluationConfig"),
 }
 GROUPS = {
     "catalogue": ("catalogue", "the source of the images and the split protocol"),
     "hashing_model": ("training", "model, loss and recipe; every option left unset comes from --profile"),
     "binary_index": ("index", "the FAISS binary index published for search"),
+    "packed_codes": ("codes", "the packed codes (and optional embeddings) of every catalogue image"),
+    "model_evaluation": ("evaluation", "label metrics, and the instance (copies) protocol when asked"),
 }
 
 
@@ -71,6 +75,8 @@ CHOICES = {
     "preset": LazyChoices("ml.model_spec", "PRESET_NAMES"),
     "optimizer": LazyChoices("ml.train_config", "OPTIMIZERS"),
     "index_kind": LazyChoices("storage.index", "KINDS"),
+    "embedding_dtype": LazyChoices("ml.rerank", "EMBEDDING_DTYPES"),
+    "scorer": LazyChoices("ml.rerank", "SCORERS"),
 }
 
 
@@ -121,6 +127,12 @@ OPTIONS = (
     Option("hashing_model", "epochs"),
     Option("hashing_model", "force", always=True),
     Option("binary_index", "kind", flag="--index-kind", choices="index_kind"),
+    Option("packed_codes", "embeddings", choices="embedding_dtype"),
+    Option("model_evaluation", "copy_protocol"),
+    Option("model_evaluation", "copies"),
+    Option("model_evaluation", "copy_transforms"),
+    Option("model_evaluation", "rerank"),
+    Option("model_evaluation", "oversample"),
 )
 # --seed seeds every configured asset that has a seed field (the catalogue's splits, the training)
 SEEDED = ("catalogue", "hashing_model")
@@ -146,8 +158,14 @@ def _add_option(group, opt: Option, *flags: str) -> None:
     field = config_fields(opt.asset)[opt.field]
     about = field.description or opt.field.replace("_", " ")
     kind, repeat = _value_type(field.annotation)
-    if kind is bool:
-        group.add_argument(*(flags or (opt.option,)), dest=opt.dest, action="store_true", help=about)
+    if kind is bool:  # unset (None) unless given, so that the run config names only what was asked
+        group.add_argument(
+            *(flags or (opt.option,)),
+            dest=opt.dest,
+            action="store_true",
+            default=False if opt.always else None,
+            help=about,
+        )
         return
     default = field.get_default(call_default_factory=True) if opt.always else None
     if field.default not in (None, "", [], {}) and not opt.always and not opt.choices:
@@ -285,8 +303,29 @@ def _bench_verbs(sub) -> None:
     p.add_argument("--train-limit", type=int, default=None, help="seeded subset of training images")
     p.add_argument("--query-limit", type=int, default=None, help="seeded subset of query images")
     p.add_argument(
+        "--copies",
+        type=int,
+        default=2000,
+        help="database images copied into instance queries (copy recall columns; 0 = none; 200 with --quick)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="CI: one 1-epoch run on 2,000 train / 500 query images, checked"
     )
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p = bench.add_parser(
+        "rerank",
+        help="re-ranking none / asymmetric / stored at several oversamplings: label mAP@100, copy recall@1, "
+        "QPS, bytes per image, on a published catalogue",
+    )
+    _common(p)
+    p.add_argument("--device", default=_device_default())
+    p.add_argument("--oversample", default="1,2,4,8", help="comma-separated oversampling factors")
+    p.add_argument("-k", type=int, default=100)
+    p.add_argument("--copies", type=int, default=2000, help="database images copied into instance queries")
+    p.add_argument("--copy-transforms", default="easy+hard", help="families of the copies: easy, hard, '+'")
+    p.add_argument("--seed", type=int, default=0, help="seed of the copies and of --query-limit")
+    p.add_argument("--query-limit", type=int, default=None, help="seeded subset of the label queries")
+    p.add_argument("--large-batch", type=int, default=256, help="batch of the large-batch QPS")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p = bench.add_parser("faults", help="SIGKILL the pipeline at random moments; count corrupt states")
     _common(p)
@@ -312,6 +351,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--rerank",
+        default="none",
+        choices=CHOICES["scorer"],
+        metavar="SCORER",
+        help="%(choices)s: re-score the index's top oversample x k by the query's real-valued output "
+        "against the codes (asymmetric) or the stored embeddings (stored)",
+    )
+    p.add_argument("--oversample", type=int, default=4, help="re-ranked shortlist = oversample x k")
     _bench_verbs(sub)
     p = sub.add_parser("doctor", help="check a storage root for leftovers of interrupted or superseded runs")
     p.add_argument("--root", default=None, help="storage root URI (default $VITRIEVE_ROOT or ./data)")

@@ -1,4 +1,5 @@
-"""``vitrieve search``: row ids or image files -> top-k row ids, distances and labels from the published index."""
+"""``vitrieve search``: row ids or image files -> top-k row ids, distances and labels from the published index;
+``--rerank asymmetric|stored`` re-scores the index's top ``--oversample x k`` (``ml.rerank``)."""
 
 from __future__ import annotations
 
@@ -34,34 +35,104 @@ def query_codes(
     return np.stack(out), own
 
 
-def _encode_files(root: StorageRoot, model_id: str, paths: list[str], device: str) -> np.ndarray:
-    from imaging.decode import decode_images
-    from ml.checkpoint import model_from_checkpoint
-    from ml.device import resolve_device
-    from ml.encode import encode_images
-    from storage.model_store import read_card, read_weights
-
+def _read_files(paths: list[str]) -> list[bytes]:
     blobs = []
     for path in paths:
         if not os.path.isfile(path):
             raise SystemExit(f"vitrieve search: {path!r} is neither a row id nor an image file")
         with open(path, "rb") as f:
             blobs.append(f.read())
+    return blobs
+
+
+def _encode_blobs(
+    root: StorageRoot, model_id: str, blobs: list[bytes], device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, real-valued outputs) of encoded images, from one pass of the model."""
+    from imaging.decode import decode_images
+    from ml.checkpoint import model_from_checkpoint
+    from ml.device import resolve_device
+    from ml.encode import encode_outputs
+    from storage.model_store import read_card, read_weights
+
     dev = resolve_device(device)
     model = model_from_checkpoint(read_card(root, model_id), read_weights(root, model_id), dev)
     try:
         images = decode_images(blobs, model.spec.img_size, model.spec.in_chans)
     except Exception as err:
         raise SystemExit(f"vitrieve search: cannot decode query image: {err}") from err
-    return encode_images(model, images, dev)
+    return encode_outputs(model, images, dev)
 
 
-def run_search(root_uri: str, catalogue: str, queries: list[str], k: int, device: str, as_json: bool) -> int:
+def _encode_files(root: StorageRoot, model_id: str, paths: list[str], device: str) -> np.ndarray:
+    return _encode_blobs(root, model_id, _read_files(paths), device)[0]
+
+
+def query_outputs(
+    root: StorageRoot, catalogue: str, model_id: str, queries: list[str], device: str
+) -> np.ndarray:
+    """Real-valued outputs of the queries (row ids: their catalogue image; files: the file), one model pass."""
+    from storage.images import encoded_images
+
+    rows = [int(q) for q in queries if q.lstrip("-").isdigit()]
+    blobs: dict[str, bytes] = {}
+    if rows:
+        table, _ = read_catalogue(root, catalogue, columns=["row_id", "image", "uri", "sha256"])
+        pos = np.searchsorted(table["row_id"].to_numpy(), rows)
+        blobs |= {str(r): b for r, b in zip(rows, encoded_images(table.take(pos)), strict=True)}
+    files = [q for q in queries if not q.lstrip("-").isdigit()]
+    blobs |= dict(zip(files, _read_files(files), strict=True))
+    return _encode_blobs(root, model_id, [blobs[q] for q in queries], device)[1]
+
+
+def candidate_table(root: StorageRoot, catalogue: str, model_id: str, scorer: str):
+    """The stored codes (and, for ``stored``, the dequantised embeddings) by row_id, for ``ml.rerank``."""
+    from ml.rerank import CandidateTable, dequantise
+
+    row_ids, codes, meta = read_codes(root, catalogue, model_id)
+    emb = None
+    if scorer == "stored":
+        from storage.embeddings import read_embeddings
+
+        try:
+            e_ids, data, scale, dtype = read_embeddings(root, catalogue, model_id)
+        except FileNotFoundError as err:
+            raise SystemExit(f"vitrieve search: {err}") from err
+        if not np.array_equal(e_ids, row_ids):
+            raise SystemExit(
+                f"vitrieve search: embeddings of {model_id} do not cover its codes; encode again"
+            )
+        emb = dequantise(data, scale, dtype)
+    return CandidateTable(row_ids, codes, meta.bits, emb)
+
+
+def run_search(
+    root_uri: str,
+    catalogue: str,
+    queries: list[str],
+    k: int,
+    device: str,
+    as_json: bool,
+    rerank: str = "none",
+    oversample: int = 4,
+) -> int:
     root = StorageRoot(root_uri)
     model_id = current(root, catalogue)["model_id"]
     index, _ = load_index(root, catalogue)
     codes, own = query_codes(root, catalogue, model_id, queries, device)
-    dist, ids = search(index, codes, k)
+    scores = None
+    if rerank == "none":
+        dist, ids = search(index, codes, k)
+    else:
+        from ml.rerank import rerank_search
+
+        if oversample < 1:
+            raise SystemExit(f"vitrieve search: --oversample must be >= 1, got {oversample}")
+        u = query_outputs(root, catalogue, model_id, queries, device)
+        table = candidate_table(root, catalogue, model_id, rerank)
+        ids, scores, dist = rerank_search(
+            lambda c, r: search(index, c, r), codes, u, k, oversample, rerank, table
+        )
     table, info = read_catalogue(root, catalogue, columns=["row_id", "image_id", "labels", "in_database"])
     cat_rows = table["row_id"].to_numpy()
     labels = table["labels"].to_pylist()
@@ -70,22 +141,27 @@ def run_search(root_uri: str, catalogue: str, queries: list[str], k: int, device
     results = []
     for q, (d, i, self_id) in enumerate(zip(dist, ids, own, strict=True)):
         d, i = list(map(int, d)), list(map(int, i))
+        sc = [None] * len(i) if scores is None else [float(x) for x in scores[q]]
         if self_id is not None and in_db[int(np.searchsorted(cat_rows, self_id))]:
             # A database image searched by its own row id is listed first (distance 0), then the rest.
-            pairs = [(0, self_id)] + [(dd, rid) for dd, rid in zip(d, i, strict=True) if rid != self_id]
-            d, i = [p[0] for p in pairs], [p[1] for p in pairs]
+            rest = [(dd, rid, s) for dd, rid, s in zip(d, i, sc, strict=True) if rid != self_id]
+            pairs = [(0, self_id, None if scores is None else 0.0)] + rest
+            d, i, sc = [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
         hits = []
-        for dd, rid in zip(d[:k], i[:k], strict=True):
+        for dd, rid, s in zip(d[:k], i[:k], sc[:k], strict=True):
+            if rid < 0:
+                continue
             pos = int(np.searchsorted(cat_rows, rid))
             hits.append(
                 {
                     "row_id": rid,
                     "distance": dd,
+                    **({} if s is None else {"score": s}),
                     "image_id": image_ids[pos],
                     "labels": [info.label_names[x] for x in labels[pos]],
                 }
             )
-        results.append({"query": queries[q], "model_id": model_id, "hits": hits})
+        results.append({"query": queries[q], "model_id": model_id, "rerank": rerank, "hits": hits})
     if as_json:
         print(json.dumps(results, indent=2))
     else:

@@ -10,6 +10,7 @@ from storage.diagnostics.db import DatabaseBusyError, DiagnosticsDB
 from storage.diagnostics.guard import ReadOnlyQueryError, check_read_only
 from storage.diagnostics.rows import (
     insert_bit_stats,
+    insert_instance_metrics,
     insert_metrics,
     insert_per_class,
     insert_pr_curve,
@@ -34,6 +35,7 @@ __all__ = [
     "apply_migrations",
     "check_read_only",
     "insert_bit_stats",
+    "insert_instance_metrics",
     "insert_metrics",
     "insert_per_class",
     "insert_pr_curve",

@@ -19,6 +19,7 @@ from storage.diagnostics.schema import utcnow
 __all__ = [
     "mark_run_finished",
     "insert_bit_stats",
+    "insert_instance_metrics",
     "insert_metrics",
     "insert_per_class",
     "insert_pr_curve",
@@ -86,6 +87,29 @@ def insert_metrics(
             "name": ("VARCHAR", [str(r[0]) for r in rows]),
             "k": ("INTEGER", [_opt_int(r[1]) for r in rows]),
             "value": ("DOUBLE", [_opt_float(r[2]) for r in rows]),
+        },
+    )
+
+
+def insert_instance_metrics(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    rows: Iterable[tuple[str, str, str, str, int | None, float]],
+) -> int:
+    """Insert ``(scorer, family, rule, name, k, value)`` rows of the instance (copy) protocol
+    (``ml.instance_metrics.metric_rows``)."""
+    rows = list(rows)
+    return _insert_columns(
+        con,
+        "instance_metrics",
+        run_id,
+        {
+            "scorer": ("VARCHAR", [str(r[0]) for r in rows]),
+            "family": ("VARCHAR", [str(r[1]) for r in rows]),
+            "rule": ("VARCHAR", [str(r[2]) for r in rows]),
+            "name": ("VARCHAR", [str(r[3]) for r in rows]),
+            "k": ("INTEGER", [_opt_int(r[4]) for r in rows]),
+            "value": ("DOUBLE", [_opt_float(r[5]) for r in rows]),
         },
     )
 

@@ -123,12 +123,86 @@ _V4_QUALITY_BENCH: tuple[str, ...] = (
     ORDER BY map_at_100 DESC NULLS LAST, r.finished_at DESC""",
 )
 
+# The instance (copy-detection) protocol beside the label metrics: one row per (scorer, transform family,
+# tie rule, metric, k); tie statistics have rule ''. The leaderboards gain, as last columns, its headline numbers (Hamming
+# ranking, every family): copy recall@1 under the expected and the listed (row_id order) rank, and the
+# share of queries whose first result ties with >= 99 others.
+_INSTANCE_HEADLINE = """
+        max(i.value) FILTER (WHERE i.rule = 'expected' AND i.name = 'recall' AND i.k = 1) AS copy_recall_at_1,
+        max(i.value) FILTER (WHERE i.rule = 'listed' AND i.name = 'recall' AND i.k = 1) AS copy_recall_at_1_listed,
+        max(i.value) FILTER (WHERE i.rule = 'expected' AND i.name = 'mrr') AS copy_mrr,
+        max(i.value) FILTER (WHERE i.name = 'first_ties_ge_99') AS first_ties_ge_99"""
+_INSTANCE_JOIN = (
+    "LEFT JOIN (SELECT * FROM instance_metrics WHERE scorer = 'none' AND family = 'all') i USING (run_id)"
+)
+
+_V5_INSTANCE_METRICS: tuple[str, ...] = (
+    """CREATE TABLE instance_metrics (
+        run_id VARCHAR NOT NULL, scorer VARCHAR NOT NULL, family VARCHAR NOT NULL, rule VARCHAR NOT NULL,
+        name VARCHAR NOT NULL, k INTEGER, value DOUBLE
+    )""",
+    f"""CREATE OR REPLACE VIEW leaderboard AS
+    WITH label AS (
+        SELECT
+            e.catalogue,
+            e.model_id,
+            max(m.value) FILTER (WHERE m.name = 'map' AND m.k = 100) AS map_at_100,
+            max(m.value) FILTER (WHERE m.name = 'map' AND m.k = 1000) AS map_at_1000,
+            max(m.value) FILTER (WHERE m.name = 'map' AND m.k IS NULL) AS map_at_all,
+            max(m.value) FILTER (WHERE m.name = 'precision' AND m.k = 1) AS p_at_1,
+            max(m.value) FILTER (WHERE m.name = 'precision' AND m.k = 100) AS p_at_100,
+            e.finished_at,
+            e.run_id
+        FROM latest_evaluation_runs e LEFT JOIN metrics m USING (run_id)
+        GROUP BY e.catalogue, e.model_id, e.finished_at, e.run_id
+    )
+    SELECT
+        label.catalogue, label.model_id, label.map_at_100, label.map_at_1000, label.map_at_all,
+        label.p_at_1, label.p_at_100, label.finished_at, label.run_id,{_INSTANCE_HEADLINE}
+    FROM label {_INSTANCE_JOIN}
+    GROUP BY ALL
+    ORDER BY label.catalogue, label.map_at_all DESC NULLS LAST, label.model_id""",
+    f"""CREATE OR REPLACE VIEW quality_leaderboard AS
+    WITH label AS (
+        SELECT
+            r.model_id AS config,
+            r.config ->> '$.spec.model' AS model,
+            r.config ->> '$.train.loss' AS loss,
+            CAST(r.config ->> '$.spec.bits' AS INTEGER) AS bits,
+            max(m.value) FILTER (WHERE m.name = 'map' AND m.k = 100) AS map_at_100,
+            max(m.value) FILTER (WHERE m.name = 'map' AND m.k = 1000) AS map_at_1000,
+            max(m.value) FILTER (WHERE m.name = 'precision' AND m.k = 1) AS p_at_1,
+            max(m.value) FILTER (WHERE m.name = 'precision' AND m.k = 100) AS p_at_100,
+            max(m.value) FILTER (WHERE m.name = 'mean_ones_rate') AS mean_ones_rate,
+            max(m.value) FILTER (WHERE m.name = 'mean_entropy') AS mean_entropy,
+            max(m.value) FILTER (WHERE m.name = 'intra_class_hamming') AS intra_class_hamming,
+            max(m.value) FILTER (WHERE m.name = 'inter_class_hamming') AS inter_class_hamming,
+            max(m.value) FILTER (WHERE m.name = 'best_val_map') AS best_val_map,
+            max(m.value) FILTER (WHERE m.name = 'epochs_run') AS epochs_run,
+            max(m.value) FILTER (WHERE m.name = 'train_minutes') AS train_minutes,
+            max(m.value) FILTER (WHERE m.name = 'train_images_per_s') AS train_images_per_s,
+            r.catalogue, r.finished_at, r.run_id
+        FROM runs r LEFT JOIN metrics m USING (run_id)
+        WHERE r.kind = 'bench-quality' AND r.status = 'success'
+        GROUP BY r.model_id, r.config, r.catalogue, r.finished_at, r.run_id
+    )
+    SELECT
+        label.config, label.model, label.loss, label.bits, label.map_at_100, label.map_at_1000,
+        label.p_at_1, label.p_at_100, label.mean_ones_rate, label.mean_entropy,
+        label.intra_class_hamming, label.inter_class_hamming, label.best_val_map, label.epochs_run,
+        label.train_minutes, label.train_images_per_s, label.catalogue, label.finished_at, label.run_id,{_INSTANCE_HEADLINE}
+    FROM label {_INSTANCE_JOIN}
+    GROUP BY ALL
+    ORDER BY label.map_at_100 DESC NULLS LAST, label.finished_at DESC""",
+)
+
 #: Ordered (version, statements) pairs. Append only; never edit or reorder a released entry.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, _V1_TABLES),
     (2, _V2_COLUMNS_AND_VIEWS),
     (3, _V3_INGEST),
     (4, _V4_QUALITY_BENCH),
+    (5, _V5_INSTANCE_METRICS),
 )
 CURRENT_SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 

@@ -77,6 +77,13 @@ def test_quick_bench_records_each_config_and_ranks_them(tmp_path, capsys):
         "SELECT count(*) FROM training_log JOIN runs USING (run_id) WHERE kind = 'bench-quality' AND val_map IS NOT NULL"
     )
     assert logs == [(2,)]
+    assert "copy R@1" in out  # the copies protocol beside the label metrics
+    _, copy_rows = DiagnosticsDB(str(db)).query("SELECT copy_recall_at_1, copy_mrr FROM quality_leaderboard")
+    assert len(copy_rows) == 2 and all(0 <= v <= 1 for r in copy_rows for v in r)
+    _, n = DiagnosticsDB(str(db)).query(
+        "SELECT DISTINCT value FROM instance_metrics WHERE name = 'queries' AND family = 'all'"
+    )
+    assert n == [(200.0,)]
 
 
 def test_format_leaderboard_sorts_by_map():
