@@ -77,6 +77,7 @@ CHOICES = {
     "index_kind": LazyChoices("storage.index", "KINDS"),
     "embedding_dtype": LazyChoices("ml.rerank", "EMBEDDING_DTYPES"),
     "scorer": LazyChoices("ml.rerank", "SCORERS"),
+    "training": LazyChoices("assets.model", "TRAINING_MODES"),
 }
 
 
@@ -126,6 +127,8 @@ OPTIONS = (
     Option("hashing_model", "lr"),
     Option("hashing_model", "epochs"),
     Option("hashing_model", "force", always=True),
+    Option("hashing_model", "training", choices="training"),
+    Option("hashing_model", "patience"),
     Option("binary_index", "kind", flag="--index-kind", choices="index_kind"),
     Option("packed_codes", "embeddings", choices="embedding_dtype"),
     Option("model_evaluation", "copy_protocol"),
