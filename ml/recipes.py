@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ml.model_spec import PRESETS, ModelSpec
+from ml.model_spec import NO_WEIGHTS, PRESET_WEIGHTS, PRESETS, ModelSpec
 from ml.train_config import TrainConfig
 
 ARCHITECTURE_FIELDS = ("preset", "head_hidden", "head_dropout")
@@ -72,11 +72,24 @@ def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:
 def build_run(profile: str, num_classes: int, in_chans: int, **given: Any) -> tuple[ModelSpec, TrainConfig]:
     """The validated ``ModelSpec`` and ``TrainConfig`` of one training run: ``resolve_profile(profile, **given)``
     (a field left ``None`` takes the profile's value, else the dataclass default) plus the catalogue's classes and
-    channels."""
+    channels. Paper and transfer presets take their ImageNet weights unless ``pretrained`` names others or
+    ``"none"``."""
     r = resolve_profile(profile, **given)
+    r |= preset_weights(r["preset"], r.get("pretrained"))
     spec = ModelSpec(**_fields_of(ModelSpec, r), num_classes=num_classes, in_chans=in_chans)
     spec.validate()
     return spec, TrainConfig(**_fields_of(TrainConfig, r))
+
+
+def preset_weights(preset: str, pretrained: str | None) -> dict[str, Any]:
+    """``pretrained`` (and ``pretrained_strict``) of a run: the weights it names, none for ``"none"``, else
+    (unset or empty) the preset's ImageNet weights (``ml.model_spec.PRESET_WEIGHTS``; none for CPU presets)."""
+    if pretrained and pretrained.strip().lower() == NO_WEIGHTS:
+        return {"pretrained": ""}
+    if pretrained:
+        return {"pretrained": pretrained}
+    name, strict = PRESET_WEIGHTS.get(preset, ("", True))
+    return {"pretrained": name, "pretrained_strict": strict}
 
 
 def _fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
