@@ -12,13 +12,22 @@ import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field, create_model
 
-from assets.common import file_facts, lineage, model_inputs, remove_stale_temps, rows_where, tag_run
+from assets.common import (
+    file_facts,
+    labels_matrix,
+    lineage,
+    model_inputs,
+    remove_stale_temps,
+    rows_where,
+    tag_run,
+)
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, DiagnosticsResource, StorageResource
 from ml.model_spec import ModelSpec
 from ml.recipes import PROFILE_FIELDS, RUN_FIELDS, build_run
 from ml.train_config import TrainConfig
 from storage.catalogue import fingerprint, read_catalogue
+from storage.codes import image_hash_of
 from storage.diagnostics import insert_training_log
 from storage.model_store import card_bits, has_model, read_card, write_model
 
@@ -144,15 +153,31 @@ def hashing_model(
             f"catalogue {name!r} has no validation images; model selection needs a held-out slice"
         )
     size, ch = spec.img_size, spec.in_chans
-    _, x_train, y_train = model_inputs(train_rows, size, ch, num_classes)
-    _, x_vq, y_vq = model_inputs(val_q, size, ch, num_classes)
-    _, x_vdb, y_vdb = model_inputs(val_db, size, ch, num_classes)
-    data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
+    from ml.transfer import TransferData, TransferRows, is_transfer, train_transfer
+
+    transfer = is_transfer(spec)
+    if transfer:  # a frozen backbone: features cached by row_id, images decoded only for rows not cached yet
+        rows = [
+            TransferRows(
+                t["row_id"].to_numpy(),
+                labels_matrix(t, num_classes),
+                lambda pos, t=t: model_inputs(t.take(pos), size, ch, num_classes)[1],
+                image_hash_of(t["sha256"]),
+            )
+            for t in (train_rows, val_q, val_db)
+        ]
+        data = TransferData(root, name, *rows)
+    else:
+        _, x_train, y_train = model_inputs(train_rows, size, ch, num_classes)
+        _, x_vq, y_vq = model_inputs(val_q, size, ch, num_classes)
+        _, x_vdb, y_vdb = model_inputs(val_db, size, ch, num_classes)
+        data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
     context.log.info(
-        f"training {model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs"
+        f"training {model_id} on {device}: {train_rows.num_rows} images, {train_cfg.epochs} epochs"
         + (f" + {train_cfg.clean_epochs} clean" if train_cfg.clean_epochs else "")
         + ", "
-        f"validation {len(x_vq)} queries x {len(x_vdb)} database"
+        f"validation {val_q.num_rows} queries x {val_db.num_rows} database"
+        + (" (frozen backbone, cached features)" if transfer else "")
     )
     store = diagnostics.get()
     run_id = store.start_run(
@@ -161,7 +186,7 @@ def hashing_model(
     last = ("models", model_id, "last.pt")  # full training state after each epoch, for resuming after a crash
     resume = root.read_bytes(*last) if root.exists(*last) and not config.force else None
     try:
-        result = train_hashing_model(
+        result = (train_transfer if transfer else train_hashing_model)(
             spec,
             train_cfg,
             data,
@@ -183,7 +208,7 @@ def hashing_model(
 
     import time
 
-    sample = x_vdb[:2048]
+    sample = model_inputs(val_db.slice(0, 2048), size, ch, num_classes)[1] if transfer else x_vdb[:2048]
     t = time.perf_counter()
     encode_images(result.model, sample, device)
     infer_ips = len(sample) / (time.perf_counter() - t)
@@ -212,10 +237,12 @@ def hashing_model(
         code_version=CODE_VERSION,
         created_at=datetime.now(UTC).isoformat(),
         dagster_run_id=context.run.run_id,
+        **(dict(feature_cache=result.cache_key, features_extracted=result.extracted) if transfer else {}),
     )
     write_model(root, model_id, weights_to_bytes(result.model.state_dict()), card)
     store.finish_run(run_id)
-    root.fs.rm(root.path(*last))
+    if root.exists(*last):  # a transfer run keeps none
+        root.fs.rm(root.path(*last))
     return dg.MaterializeResult(metadata=_card_metadata(context, root, card, reused=False))
 
 

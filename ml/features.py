@@ -3,10 +3,11 @@
 A transfer model (``vts-cls`` with a ``transfer-*`` preset: ``frozen_split``) splits into a frozen front (patch
 embedding, position embedding and every block but the last ``train_blocks``) and a trainable tail (those blocks,
 the final norm, the cls token's hash layer). The front's output of each row is computed once and kept in
-``features/<catalogue>/<key>/part-NNNNN.parquet`` (columns ``row_id``, ``feature``); ``<key>`` names the backbone
+``features/<catalogue>/<key>/part-NNNNN.parquet`` (columns ``row_id``, ``image_hash``, ``feature``); ``<key>`` names the backbone
 weights, image size, channels and split point and ends with a digest of the frozen tensors, so that other weights,
-another size or another split make another cache. Row ids are never reused by a catalogue, so a row's features
-stay valid; an incremental catalogue extracts its new rows only, into a new part (``storage.fs.StorageRoot.atomic_open``).
+another size or another split make another cache. Entries are keyed by (row_id, image hash), so an incremental
+catalogue extracts its new rows and the rows whose image changed only, into a new part
+(``storage.fs.StorageRoot.atomic_open``).
 """
 
 from __future__ import annotations
@@ -123,24 +124,26 @@ class FeatureCache:
         self.root, self.parts = root, ("features", catalogue, key)
         self.extracted = 0  # rows extracted by this object (the rest were read from the cache)
 
-    def _read(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def _read(self) -> tuple[list[tuple[int, int]], np.ndarray | None]:
         tables = [
             pq.read_table(io.BytesIO(self.root.read_bytes(*self.parts, name)))
             for name in self.root.names(*self.parts)
             if name.startswith("part-") and name.endswith(".parquet")
         ]
         if not tables:
-            return np.zeros(0, np.int64), None
+            return [], None
         table = pa.concat_tables(tables)
         shape = json.loads(table.schema.metadata[b"vitrieve.feature_shape"])
         col = table["feature"].combine_chunks()
-        return table["row_id"].to_numpy(), col.flatten().to_numpy().reshape(-1, *shape)
+        keys = list(zip(table["row_id"].to_pylist(), table["image_hash"].to_pylist(), strict=True))
+        return keys, col.flatten().to_numpy().reshape(-1, *shape)
 
-    def _write(self, row_ids: np.ndarray, features: np.ndarray) -> None:
+    def _write(self, row_ids: np.ndarray, hashes: np.ndarray, features: np.ndarray) -> None:
         flat = pa.array(features.reshape(-1))
         table = pa.table(
             {
                 "row_id": pa.array(row_ids, pa.int64()),
+                "image_hash": pa.array(hashes, pa.int64()),
                 "feature": pa.FixedSizeListArray.from_arrays(flat, int(np.prod(features.shape[1:]))),
             },
             metadata={"vitrieve.feature_shape": json.dumps(list(features.shape[1:]))},
@@ -153,24 +156,35 @@ class FeatureCache:
         with self.root.atomic_open(*self.parts, name) as f:
             f.write(buf.getvalue())
 
-    def features(self, row_ids: np.ndarray, load: Callable[[np.ndarray], np.ndarray],
-                 compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:  # fmt: skip
-        """Features of ``row_ids`` in their order: cached rows read, the others' images loaded (``load`` gets
-        positions into ``row_ids``), ``compute``d and appended to the cache as one new part."""
+    def features(
+        self,
+        row_ids: np.ndarray,
+        load: Callable[[np.ndarray], np.ndarray],
+        compute: Callable[[np.ndarray], np.ndarray],
+        image_hashes: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Features of ``row_ids`` (with their ``image_hashes``, default 0) in their order: cached entries read;
+        for the others the images are loaded (``load`` gets positions into ``row_ids``), ``compute``d and added
+        to the cache as one new part."""
         row_ids = np.asarray(row_ids, np.int64)
-        have_ids, have = self._read()
-        pos = {int(r): i for i, r in enumerate(have_ids)}
-        missing = np.array([i for i, r in enumerate(row_ids) if int(r) not in pos], np.int64)
+        hashes = np.zeros_like(row_ids) if image_hashes is None else np.asarray(image_hashes, np.int64)
+        wanted = list(zip(row_ids.tolist(), hashes.tolist(), strict=True))
+        have_keys, have = self._read()
+        pos = {key: i for i, key in enumerate(have_keys)}
+        first: dict[tuple[int, int], int] = {}  # each missing entry once, at its first position
+        for i, key in enumerate(wanted):
+            if key not in pos:
+                first.setdefault(key, i)
+        missing = np.array(list(first.values()), np.int64)
         if len(missing):
-            new_ids, first = np.unique(row_ids[missing], return_index=True)
-            new = compute(load(missing[first]))
-            self._write(new_ids, new)
-            self.extracted += len(new_ids)
-            pos |= {int(r): len(have_ids) + i for i, r in enumerate(new_ids)}
+            new = compute(load(missing))
+            self._write(row_ids[missing], hashes[missing], new)
+            self.extracted += len(missing)
+            pos |= {wanted[i]: len(have_keys) + j for j, i in enumerate(missing)}
             have = new if have is None else np.concatenate([have, new])
         if have is None:  # no rows asked, none cached
             return np.zeros((0,), np.float32)
-        return have[[pos[int(r)] for r in row_ids]]
+        return have[[pos[key] for key in wanted]]
 
 
 def cached_features(
@@ -181,15 +195,17 @@ def cached_features(
     load: Callable[[np.ndarray], np.ndarray],
     device: torch.device,
     progress: bool = False,
+    image_hashes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, FeatureCache]:
     """``front`` features of a catalogue's ``row_ids`` through its ``FeatureCache`` (``load(positions)`` gives
-    the uint8 images of the rows not cached yet), and the cache."""
+    the uint8 images of the rows not cached yet, ``image_hashes`` tell changed images), and the cache."""
     k = frozen_split(model.spec)
     if k is None:
         raise ValueError(
             f"{model.spec.model} preset {model.spec.preset!r} has no frozen backbone (train_blocks)"
         )
     cache = FeatureCache(root, catalogue, cache_key(model, k))
-    return cache.features(
-        row_ids, load, lambda images: extract(model, images, k, device, progress=progress)
-    ), cache
+    features = cache.features(
+        row_ids, load, lambda images: extract(model, images, k, device, progress=progress), image_hashes
+    )
+    return features, cache

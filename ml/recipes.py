@@ -50,6 +50,22 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ema": 0.999,
         "clean_epochs": 10,
     },
+    # a frozen ImageNet ViT-S/16 at 224 px (its features cached per catalogue, ml.features), the cls token's hash
+    # layer trained on them: photos of 32-224 px on CPUs; --preset transfer-vitt16 for 3.5x the extraction rate
+    "transfer": {
+        **_HYBRID_VTS,
+        "model": "vts-cls",
+        "preset": "transfer-vits16",
+        **_RECIPE,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "warmup_steps": 50,
+        "flip_tta": False,
+        "epochs": 30,
+        "erase": 0.0,
+        "ema": 0.0,
+        "clean_epochs": 0,
+    },
 }
 PROFILE_FIELDS = tuple(PROFILES["quick"])  # the run fields a profile fills (every profile sets the same ones)
 # The other fields a run sets (no profile does); the remaining ones come from the catalogue or keep their default.

@@ -35,12 +35,14 @@ from ml.train_config import TrainConfig
 
 @dataclass
 class TransferRows:
-    """One split: catalogue ``row_ids``, bool multi-hot ``labels`` (n, C), and ``load(positions)`` -> the uint8
-    images (m, c, s, s) of those rows (called for rows whose features are not cached yet)."""
+    """One split: catalogue ``row_ids``, bool multi-hot ``labels`` (n, C), ``load(positions)`` -> the uint8
+    images (m, c, s, s) of those rows (called for rows whose features are not cached yet), and int64 image
+    hashes (a changed image under the same row_id is extracted again)."""
 
     row_ids: np.ndarray
     labels: np.ndarray
     load: Callable[[np.ndarray], np.ndarray]
+    image_hashes: np.ndarray | None = None
 
 
 @dataclass
@@ -96,9 +98,14 @@ def train_transfer(
     log: Callable[[str], None] = print,
     progress: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    checkpoint: Callable[[bytes], None] | None = None,
+    resume: bytes | None = None,
 ) -> TransferResult:
     """Train the head (and last blocks) of the transfer model ``spec`` on cached features; keep the epoch with
-    the best validation mAP@100 (codes of the validation queries against the validation database)."""
+    the best validation mAP@100 (codes of the validation queries against the validation database).
+
+    Called as ``ml.train.train_hashing_model`` is; ``checkpoint`` and ``resume`` are accepted and unused: a rerun
+    reads the cached features and retrains the head, in seconds to minutes."""
     k = frozen_split(spec)
     if k is None:
         raise ValueError(f"{spec.model} preset {spec.preset!r} is not a transfer preset (no train_blocks)")
@@ -111,7 +118,7 @@ def train_transfer(
     for name in ("train", "val_query", "val_db"):
         rows: TransferRows = getattr(data, name)
         feats[name], cache = cached_features(
-            data.root, data.catalogue, model, rows.row_ids, rows.load, device, progress
+            data.root, data.catalogue, model, rows.row_ids, rows.load, device, progress, rows.image_hashes
         )
         extracted, key = extracted + cache.extracted, cache.parts[-1]
     feature_seconds = time.perf_counter() - start

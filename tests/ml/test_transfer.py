@@ -86,8 +86,18 @@ def test_cache_hit_miss_and_incremental_rows(tmp_path):
     assert np.array_equal(grown[:20], first)
     fresh = ml.features.extract(net, x, 0, CPU)
     assert np.allclose(grown, fresh, atol=1e-6)
+    # an image changed under its row_id (another image hash): extracted again, the others read
+    x[3] = 255 - x[3]
+    loaded.clear()
+    hashes = np.zeros(30, np.int64)
+    hashes[3] = 7
+    changed, cache = cached_features(root, "cat", net, ids, load_from(ids), CPU, image_hashes=hashes)
+    assert cache.extracted == 1 and loaded == [103]
+    assert np.array_equal(np.delete(changed, 3, 0), np.delete(grown, 3, 0)) and not np.allclose(
+        changed[3], grown[3]
+    )
     parts = root.names("features", "cat", cache.parts[-1])
-    assert len([p for p in parts if p.endswith(".parquet")]) == 2
+    assert len([p for p in parts if p.endswith(".parquet")]) == 3
     # another backbone (other weights), size or split: another cache
     keys = {cache_key(net, 0), cache_key(model(seed=1), 0), cache_key(model(1), 1)}
     torch.manual_seed(0)
