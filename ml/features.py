@@ -120,8 +120,8 @@ def extract(model: nn.Module, images: np.ndarray, k: int, device: torch.device, 
 class FeatureCache:
     """The cached front features of one catalogue for one (backbone, size, channels, split)."""
 
-    def __init__(self, root: FileStore, catalogue: str, key: str):
-        self.root, self.parts = root, ("features", catalogue, key)
+    def __init__(self, root: FileStore, catalogue: str, key: str, chunk_rows: int = 1024):
+        self.root, self.parts, self.chunk_rows = root, ("features", catalogue, key), chunk_rows
         self.extracted = 0  # rows extracted by this object (the rest were read from the cache)
 
     def _read(self) -> tuple[list[tuple[int, int]], np.ndarray | None]:
@@ -176,8 +176,13 @@ class FeatureCache:
             if key not in pos:
                 first.setdefault(key, i)
         missing = np.array(list(first.values()), np.int64)
-        if len(missing):
-            new = compute(load(missing))
+        if len(missing):  # loaded and computed in chunks: images of ``chunk_rows`` rows in memory at a time
+            new = np.concatenate(
+                [
+                    compute(load(missing[s : s + self.chunk_rows]))
+                    for s in range(0, len(missing), self.chunk_rows)
+                ]
+            )
             self._write(row_ids[missing], hashes[missing], new)
             self.extracted += len(missing)
             pos |= {wanted[i]: len(have_keys) + j for j, i in enumerate(missing)}
