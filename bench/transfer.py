@@ -38,8 +38,10 @@ def run_transfer_bench(
     source: str | None = None,
     root: str | None = None,
     json_path: str | None = None,
+    overrides: dict | None = None,
 ) -> int:
-    """Measure and record one transfer run (see the module doc); prints one JSON row; returns the exit code."""
+    """Measure and record one transfer run (see the module doc); prints one JSON row; returns the exit code.
+    ``overrides``: preset fields to replace (tests shrink the backbone with them)."""
     import torch
 
     from bench.training import load_slice, upscale
@@ -58,6 +60,7 @@ def run_transfer_bench(
             epochs=epochs,
             bits=bits,
             seed=seed,
+            overrides=overrides,
         )
     except ValueError as err:
         print(f"vitrieve bench transfer: {err}", file=sys.stderr)
