@@ -1,13 +1,12 @@
-"""Frozen-backbone features of catalogue rows, cached under the storage root and keyed by ``row_id``.
+"""Frozen-backbone features of catalogue rows, cached under the storage root, keyed by (row_id, image hash).
 
 A transfer model (``vts-cls`` with a ``transfer-*`` preset: ``frozen_split``) splits into a frozen front (patch
 embedding, position embedding and every block but the last ``train_blocks``) and a trainable tail (those blocks,
 the final norm, the cls token's hash layer). The front's output of each row is computed once and kept in
-``features/<catalogue>/<key>/part-NNNNN.parquet`` (columns ``row_id``, ``image_hash``, ``feature``); ``<key>`` names the backbone
-weights, image size, channels and split point and ends with a digest of the frozen tensors, so that other weights,
-another size or another split make another cache. Entries are keyed by (row_id, image hash), so an incremental
-catalogue extracts its new rows and the rows whose image changed only, into a new part
-(``storage.fs.StorageRoot.atomic_open``).
+``features/<catalogue>/<key>/part-*.parquet`` (columns ``row_id``, ``image_hash``, ``feature``). ``<key>`` names
+the backbone weights, image size, channels and split point and ends with a digest of the frozen tensors, so
+that other weights, another size or another split make another cache. An incremental catalogue extracts its new
+rows and the rows whose image changed only, into a new part (``storage.fs.StorageRoot.atomic_open``).
 """
 
 from __future__ import annotations
@@ -97,8 +96,14 @@ def cache_key(model: nn.Module, k: int) -> str:
 
 
 @torch.inference_mode()
-def extract(model: nn.Module, images: np.ndarray, k: int, device: torch.device, batch_size: int = 64,
-            progress: bool = False) -> np.ndarray:  # fmt: skip
+def extract(
+    model: nn.Module,
+    images: np.ndarray,
+    k: int,
+    device: torch.device,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
     """``front`` features of uint8 images (n, c, s, s): float32 (n, C) for ``k == 0``, float16 tokens
     (n, T, C) otherwise; bf16 autocast where ``ml.encode`` uses it."""
     was_training = model.training
