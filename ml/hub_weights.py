@@ -24,7 +24,7 @@ _TRUE = {"1", "on", "yes", "true"}
 
 
 class WeightsNotCachedError(FileNotFoundError):
-    """Offline, and the named weights are not in the Hugging Face cache."""
+    """The named weights are not in the Hugging Face cache, and offline mode (or no connection) keeps them out."""
 
 
 def hub_cache_dir() -> str:
@@ -103,8 +103,11 @@ def create_pretrained(name: str, **kwargs) -> nn.Module:
         with _offline_if_asked(offline):
             return timm.create_model(name, pretrained=True, cache_dir=cache, **kwargs)
     except LocalEntryNotFoundError:
-        if not offline:
-            raise
+        if not offline:  # online, but the hub could not be reached
+            raise WeightsNotCachedError(
+                f"weights for {name} could not be fetched from the Hugging Face hub (repo {_hub_id(name)}) and "
+                f"are not in its cache at {cache}; check the connection or pass a file"
+            ) from None
         raise WeightsNotCachedError(
             f"weights for {name} are not in the Hugging Face cache at {cache} (repo {_hub_id(name)}) and "
             "HF_HUB_OFFLINE is set; run once online or pass a file"
