@@ -21,7 +21,8 @@ import pyarrow as pa
 from assets.inputs import file_facts, model_inputs, rows_where
 from ml.model_spec import ModelSpec
 from ml.train_config import TrainConfig
-from storage.catalogue import CatalogueInfo, fingerprint, read_catalogue
+from storage.catalogue import CatalogueInfo, fingerprint, labels_matrix, read_catalogue
+from storage.codes import image_hash_of
 from storage.fs import StorageRoot
 from storage.model_store import card_bits, write_model
 
@@ -88,6 +89,7 @@ def train_and_store(
     from ml.checkpoint import weights_to_bytes
     from ml.encode import encode_images
     from ml.train import TrainData, UnsafeStateError, train_hashing_model, validation_pick
+    from ml.transfer import TransferData, TransferRows, is_transfer, train_transfer
 
     spec, train_cfg = ModelSpec(**request.spec), TrainConfig(**request.train)
     num_classes = len(info.label_names)
@@ -102,19 +104,33 @@ def train_and_store(
             f"catalogue {request.catalogue!r} has no validation images; model selection needs a held-out slice"
         )
     size, ch = spec.img_size, spec.in_chans
-    _, x_train, y_train = model_inputs(train_rows, size, ch, num_classes)
-    _, x_vq, y_vq = model_inputs(val_q, size, ch, num_classes)
-    _, x_vdb, y_vdb = model_inputs(val_db, size, ch, num_classes)
-    data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
+    transfer = is_transfer(spec)
+    if transfer:  # a frozen backbone: features cached by row_id, images decoded only for rows not cached yet
+        rows = [
+            TransferRows(
+                t["row_id"].to_numpy(),
+                labels_matrix(t, num_classes),
+                lambda pos, t=t: model_inputs(t.take(pos), size, ch, num_classes)[1],
+                image_hash_of(t["sha256"]),
+            )
+            for t in (train_rows, val_q, val_db)
+        ]
+        data = TransferData(root, request.catalogue, *rows)
+    else:
+        _, x_train, y_train = model_inputs(train_rows, size, ch, num_classes)
+        _, x_vq, y_vq = model_inputs(val_q, size, ch, num_classes)
+        _, x_vdb, y_vdb = model_inputs(val_db, size, ch, num_classes)
+        data = TrainData(x_train, y_train, x_vq, y_vq, x_vdb, y_vdb)
     log(
-        f"training {request.model_id} on {device}: {len(x_train)} images, {train_cfg.epochs} epochs"
+        f"training {request.model_id} on {device}: {train_rows.num_rows} images, {train_cfg.epochs} epochs"
         + (f" + {train_cfg.clean_epochs} clean" if train_cfg.clean_epochs else "")
-        + f", validation {len(x_vq)} queries x {len(x_vdb)} database"
+        + f", validation {val_q.num_rows} queries x {val_db.num_rows} database"
+        + (" (frozen backbone, cached features)" if transfer else "")
     )
     last = ("models", request.model_id, "last.pt")  # full training state after each epoch, for resuming
     resume = root.read_bytes(*last) if root.exists(*last) and not request.force else None
     try:
-        result = train_hashing_model(
+        result = (train_transfer if transfer else train_hashing_model)(
             spec,
             train_cfg,
             data,
@@ -130,7 +146,7 @@ def train_and_store(
             f"{root.url(*last)}: {err}; delete it, or train from scratch with force=true (vitrieve train --force)"
         ) from None
 
-    sample = x_vdb[:2048]
+    sample = model_inputs(val_db.slice(0, 2048), size, ch, num_classes)[1] if transfer else x_vdb[:2048]
     t = time.perf_counter()
     encode_images(result.model, sample, device)
     infer_ips = len(sample) / (time.perf_counter() - t)
@@ -156,9 +172,11 @@ def train_and_store(
         code_version=request.code_version,
         created_at=datetime.now(UTC).isoformat(),
         dagster_run_id=request.dagster_run_id,
+        **(dict(feature_cache=result.cache_key, features_extracted=result.extracted) if transfer else {}),
     )
     write_model(root, request.model_id, weights_to_bytes(result.model.state_dict()), card)
-    root.fs.rm(root.path(*last))
+    if root.exists(*last):  # a transfer run keeps none
+        root.fs.rm(root.path(*last))
     return card
 
 

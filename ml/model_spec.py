@@ -81,6 +81,28 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     },
 }
+# Transfer presets (``ml.transfer``): a timm ViT at 224 px with ImageNet weights, kept frozen; ``train_blocks`` of its
+# last blocks train with the hash head (0: the head alone, on cached features). For photos of 32-224 px on CPUs
+# (images are resized to 224 px): ViT-Ti/16 (1.3 GFLOPs an image) and ViT-S/16 (4.6 GFLOPs).
+_VIT_TI16 = dict(
+    img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, train_blocks=0
+)
+_VIT_S16 = dict(
+    img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, train_blocks=0
+)
+PRESETS["vts-cls"] |= {"transfer-vitt16": _VIT_TI16, "transfer-vits16": _VIT_S16}
+# The ImageNet weights each preset takes, as its paper does, unless a run names others (``--pretrained``, a
+# timm name, hub id, file or URI) or ``none``: (timm name, strict key match; HybridHash's backbone and timm's
+# NesT-B differ in a few keys).
+NO_WEIGHTS = "none"
+PRESET_WEIGHTS: dict[str, tuple[str, bool]] = {
+    "vit-b16": ("vit_base_patch16_224.augreg_in21k_ft_in1k", True),
+    "vit-b32": ("vit_base_patch32_224.augreg_in21k_ft_in1k", True),
+    "deit-s": ("deit_small_patch16_224.fb_in1k", True),
+    "nest-b": ("nest_base_jx.goog_in1k", False),
+    "transfer-vitt16": ("vit_tiny_patch16_224.augreg_in21k_ft_in1k", True),
+    "transfer-vits16": ("vit_small_patch16_224.augreg_in21k_ft_in1k", True),
+}
 # Every preset name of any model, CPU presets first (``--preset`` choices; ``ModelSpec`` checks the pair).
 PRESET_NAMES = tuple(dict.fromkeys(name for presets in PRESETS.values() for name in presets))
 # The paper preset each model is published with (``default_preset(model, gpu=True)``).
@@ -136,7 +158,10 @@ class ModelSpec:
     )
     pretrained: str = field(
         default="",
-        metadata={"description": "local path or fsspec URI of timm backbone weights (.safetensors / .pth)"},
+        metadata={
+            "description": "backbone weights: a timm name or hf-hub: id (Hugging Face cache), a .safetensors / "
+            ".pth path or fsspec URI, or none; unset: the preset's ImageNet weights (paper and transfer presets)"
+        },
     )
     pretrained_strict: bool = field(
         default=True,

@@ -1,7 +1,10 @@
-"""Backbone weights from a local path or any fsspec URI; never from a model hub.
+"""Backbone weights from a local path, any fsspec URI, or a timm model name / Hugging Face hub id.
 
 ``load_pretrained(model, "s3://bucket/deit_small_patch16_224.safetensors")`` reads a timm-style state dict
-(``.safetensors``, or ``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``) into ``model.backbone``
+(``.safetensors``, or ``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``);
+``load_pretrained(model, "deit_small_patch16_224.fb_in1k")`` (or ``"hf-hub:timm/..."``) takes the weights of
+``timm.create_model(name, pretrained=True)`` (``ml.hub_weights``: Hugging Face cache, ``HF_HUB_OFFLINE``).
+Either goes into ``model.backbone``
 (the timm ``VisionTransformer`` or ``Nest``; the whole model when it has no ``backbone``). Checks are by key and
 shape; with ``adapt`` (default) three common differences are bridged with timm's own helpers and reported:
 classifier keys (``head.*``, ``head_dist.*``) that the headless backbone lacks are dropped; a patch-embedding
@@ -122,15 +125,18 @@ def _prefix_hint(unexpected: list[str], own: dict) -> str:
 def load_pretrained(
     model: nn.Module, uri: str, strict: bool = True, prefix: str = "", adapt: bool = True
 ) -> LoadReport:
-    """Load timm-style backbone weights from ``uri`` into ``model.backbone`` (or ``model``); never downloads.
+    """Load timm-style backbone weights from ``uri`` into ``model.backbone`` (or ``model``). ``uri``: a path or
+    fsspec URI of a weights file, or a timm model name / ``hf-hub:`` id (fetched once into the Hugging Face cache).
 
     ``prefix``: only file keys starting with it are used, with it removed (e.g. ``"backbone."`` to take the
     backbone out of a full vitrieve checkpoint, ``"module."`` for a DDP save). ``strict``: raise
     ``PretrainedMismatchError`` naming the first missing keys, unexpected keys and shape mismatches; otherwise
     load every tensor that fits and return the report. Raises in both modes when no tensor fits at all.
     """
+    from ml.hub_weights import is_timm_name, timm_state_dict
+
     target = getattr(model, "backbone", model)
-    state = read_state_dict(uri)
+    state = timm_state_dict(uri) if is_timm_name(uri) else read_state_dict(uri)
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     own = target.state_dict()

@@ -46,7 +46,7 @@ def _finding(root: StorageRoot, problem: str, parts: tuple[str, ...], detail: st
 
 def _temps(root: StorageRoot, older_than_s: float) -> list[Finding]:
     found = []
-    for top in ("catalogues", "models", "codes", "indexes"):
+    for top in ("catalogues", "models", "codes", "indexes", "features"):
         for path in root.stale_temps(top, older_than_s=older_than_s):
             rel = posixpath.relpath(path.replace("\\", "/"), root.root.replace("\\", "/"))
             found.append(_finding(root, "stale-temp", tuple(rel.split("/")), "left by an interrupted write"))

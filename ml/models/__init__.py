@@ -1,4 +1,4 @@
-"""Hashing models on timm backbones (``pretrained=False``; weights only from a user-given path or URI).
+"""Hashing models on timm backbones (random init; ``spec.pretrained`` weights: a path, URI or timm name).
 
 Every model maps images (n, in_chans, img_size, img_size) to real-valued ``u`` of shape (n, bits) (no tanh: the
 losses squash; codes are ``u >= 0``) and keeps its ``ModelSpec`` as ``model.spec``; timm weights go in
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ml.model_spec import MODELS, PAPER_PRESETS, PRESETS, ModelSpec, check_model, default_preset
+from ml.model_spec import MODELS, NO_WEIGHTS, PAPER_PRESETS, PRESETS, ModelSpec, check_model, default_preset
 from ml.models.hybridhash import HybridHash
 from ml.models.transhash import TransHash
 from ml.models.vts import VTSHash
@@ -48,7 +48,7 @@ def build_model(spec: ModelSpec, load_pretrained: bool = True) -> nn.Module:
     spec.validate()
     # channels-last convolutions: 1.3x the training rate of the conv-stem models on 2 CPU cores (BENCHMARKS.md)
     model = _CLASSES[spec.model](spec).to(memory_format=torch.channels_last)
-    if spec.pretrained and load_pretrained:
+    if spec.pretrained and spec.pretrained.lower() != NO_WEIGHTS and load_pretrained:
         from ml.pretrained import load_pretrained as load
 
         load(model, spec.pretrained, strict=spec.pretrained_strict)

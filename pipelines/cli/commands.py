@@ -124,6 +124,27 @@ def cmd_bench_faults(args) -> int:
     return run_fault_bench(db, kills, args.seed, storages, args.workdir, args.json)
 
 
+def cmd_bench_transfer(args) -> int:
+    from bench.transfer import run_transfer_bench
+
+    _, db = locations(args)
+    return run_transfer_bench(
+        db,
+        images=args.images,
+        val_queries=args.val_queries,
+        preset=args.preset,
+        pretrained=args.pretrained,
+        channels=args.channels,
+        epochs=args.epochs,
+        bits=args.bits,
+        device=args.device,
+        seed=args.seed,
+        source=args.source,
+        root=args.cache_root,
+        json_path=args.json,
+    )
+
+
 def cmd_sql(args) -> int:
     from tabulate import tabulate
 
@@ -192,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "doctor":
         return cmd_doctor(args)
     if args.verb == "bench":
-        return {"quality": cmd_bench_quality, "faults": cmd_bench_faults, "rerank": cmd_bench_rerank}.get(
-            args.bench, cmd_bench
-        )(args)
+        return {
+            "quality": cmd_bench_quality,
+            "faults": cmd_bench_faults,
+            "rerank": cmd_bench_rerank,
+            "transfer": cmd_bench_transfer,
+        }.get(args.bench, cmd_bench)(args)
     raise AssertionError(args.verb)
 
 

@@ -330,6 +330,26 @@ def _bench_verbs(sub) -> None:
     p.add_argument("--query-limit", type=int, default=None, help="seeded subset of the label queries")
     p.add_argument("--large-batch", type=int, default=256, help="batch of the large-batch QPS")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p = bench.add_parser(
+        "transfer", help="frozen-backbone transfer: feature extraction img/s and head training time"
+    )
+    _common(p)
+    p.add_argument("--images", type=int, default=10_000, help="training images (Fashion-MNIST, resized)")
+    p.add_argument("--val-queries", type=int, default=500, help="held-out validation queries")
+    p.add_argument("--preset", default="transfer-vits16", help="transfer preset (default ViT-S/16, 224 px)")
+    p.add_argument(
+        "--pretrained",
+        default="none",
+        help="backbone weights (timm name, file, URI); none: random, same timing",
+    )
+    p.add_argument("--channels", type=int, default=3, help="image channels (grey repeated)")
+    p.add_argument("--epochs", type=int, default=None, help="head epochs (default: the transfer profile's)")
+    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--device", default=_device_default())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
+    p.add_argument("--cache-root", default=None, help="feature cache root (default: a temporary folder)")
+    p.add_argument("--json", default=None, help="also write the row to this JSON file")
     p = bench.add_parser("faults", help="SIGKILL the pipeline at random moments; count corrupt states")
     _common(p)
     p.add_argument("--kills", type=int, default=200, help="kills in the campaign")
