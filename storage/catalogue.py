@@ -49,6 +49,7 @@ class CatalogueInfo:
     source: str
     next_row_id: int | None = None  # first row_id never used yet (row_ids of removed rows are not reused)
     label_splits: list[dict] | None = None  # per label: images, query, train, validation, database, note
+    image_checks: int | None = None  # version of the checks its images passed (storage.images.IMAGE_CHECKS)
 
     def to_metadata(self) -> dict[bytes, bytes]:
         meta = {
@@ -61,6 +62,8 @@ class CatalogueInfo:
             meta[b"vitrieve.next_row_id"] = str(self.next_row_id).encode()
         if self.label_splits is not None:
             meta[b"vitrieve.label_splits"] = json.dumps(self.label_splits).encode()
+        if self.image_checks is not None:
+            meta[b"vitrieve.image_checks"] = str(self.image_checks).encode()
         return meta
 
     @classmethod

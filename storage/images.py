@@ -15,7 +15,18 @@ from imaging.decode import model_channels, to_model_array
 from imaging.formats import FORMATS, HEAD_BYTES, sniff_format
 from imaging.integrity import container_problem
 
-__all__ = ["FORMATS", "ImageFacts", "RejectedImage", "encoded_images", "inspect_image", "read_files"]
+__all__ = [
+    "FORMATS",
+    "IMAGE_CHECKS",
+    "ImageFacts",
+    "RejectedImage",
+    "encoded_images",
+    "inspect_image",
+    "read_files",
+]
+# Version of inspect_image's checks, stored with each catalogue: images that passed an older version are
+# inspected again on re-ingest (2: content sniffing, container and checksum checks of damaged images).
+IMAGE_CHECKS = 2
 
 
 class RejectedImage(ValueError):

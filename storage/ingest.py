@@ -13,7 +13,8 @@ towards ``max_reject_fraction``. A file is an image by its content, whatever its
 
 Re-ingesting keeps the ``row_id``, roles and ``ingested_at`` of every image whose id is unchanged, so an
 unchanged source gives an identical table; new images get new row_ids (never reused: the next free id is
-stored with the catalogue); images gone from the source are dropped. Only new or changed files are decoded.
+stored with the catalogue); images gone from the source are dropped. Only new or changed files are decoded
+(all of them when the catalogue's images passed an older version of the checks, ``IMAGE_CHECKS``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pyarrow as pa
 from imaging.formats import HEAD_BYTES, sniff_format
 from storage.catalogue import SCHEMA, CatalogueInfo
 from storage.folder_rules import Skip
-from storage.images import ImageFacts, RejectedImage, inspect_image, read_files
+from storage.images import IMAGE_CHECKS, ImageFacts, RejectedImage, inspect_image, read_files
 from storage.protocols import Membership, Protocol, assign, split_per_label
 from storage.sources import Item, Source, natural_sorted
 
@@ -172,9 +173,11 @@ def ingest(
         prev_table, prev_info = previous
         for row in prev_table.select([c for c in SCHEMA.names if c != "image"]).to_pylist():
             prev_rows[row["image_id"]] = row
+    same_checks = prev_info is not None and prev_info.image_checks == IMAGE_CHECKS
     known = {
-        k: (r["sha256"], ImageFacts(r["width"], r["height"], r["channels"])) for k, r in prev_rows.items()
-    }
+        k: (r["sha256"], ImageFacts(r["width"], r["height"], r["channels"]))
+        for k, r in (prev_rows.items() if same_checks else ())
+    }  # images that passed these checks before are not decoded again
     accepted, bad = _read_and_check(source, candidates, limits, known, chunk, log)
     rejected += bad
 
@@ -256,12 +259,14 @@ def ingest(
         source=source.uri,
         next_row_id=next_id,
         label_splits=split_per_label(labels, roles, label_names, min_images),
+        image_checks=IMAGE_CHECKS,
     )
     unchanged = (
         previous is not None
         and _same(previous[0], table)
         and prev_info.label_names == label_names
         and same_protocol
+        and same_checks
         and prev_info.source == source.uri
     )
     return IngestResult(

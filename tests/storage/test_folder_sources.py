@@ -3,17 +3,22 @@ recognised by content whatever their names, include / exclude globs, and labels 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from storage.folder_rules import folder_labels, listing_skip, skip_counts
+from storage.images import IMAGE_CHECKS
 from storage.ingest import Limits, ingest
 from storage.protocols import Protocol
 from storage.sources import SourceError, list_folder
-from tests.catalogue_factory import class_image
+from tests.catalogue_factory import class_image, write_folder
 
 STRICT = Limits(max_reject_fraction=0.0)  # any reject fails: the sidecars must be skipped, not rejected
 TINY = Protocol(query_per_label=1, validation_size=1)
@@ -162,3 +167,30 @@ def test_real_icon_theme_with_sidecars(tmp_path):
     assert all(
         s["query"] >= 1 and s["train"] + s["validation"] >= 1 for k, s in splits.items() if k != "apps"
     )
+
+
+def test_images_that_passed_older_checks_are_inspected_again(tmp_path):
+    """A catalogue written before the damaged-image checks may hold a half-written PNG (decoded then as
+    black). Re-ingest under the current checks rejects it; under the same checks it is not decoded again."""
+    src = write_folder(tmp_path / "src", per_class=8)
+    proto = Protocol(train_per_label=4, query_per_label=2, validation_size=2)
+    first = ingest("pets", list_folder(str(src)), proto)
+    assert first.info.image_checks == IMAGE_CHECKS
+    cut = src / "cat" / "005.png"
+    cut.write_bytes(cut.read_bytes()[:-12])  # no IEND any more
+    hit = pc.equal(first.table["image_id"], "cat/005.png")
+    sha = pa.scalar(hashlib.sha256(cut.read_bytes()).digest(), pa.binary(32))
+    old_table = first.table.set_column(
+        first.table.schema.get_field_index("sha256"), "sha256", pc.if_else(hit, sha, first.table["sha256"])
+    )  # as if the cut file had been accepted
+    same = ingest("pets", list_folder(str(src)), proto, Limits(), previous=(old_table, first.info))
+    assert same.rejected == [] and same.unchanged  # trusted: these checks passed it
+    older = ingest(
+        "pets",
+        list_folder(str(src)),
+        proto,
+        Limits(),
+        previous=(old_table, replace(first.info, image_checks=None)),
+    )
+    assert [(x.item, x.reason) for x in older.rejected] == [("cat/005.png", "truncated")]
+    assert not older.unchanged and older.info.image_checks == IMAGE_CHECKS
