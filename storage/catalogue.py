@@ -77,6 +77,7 @@ class CatalogueInfo:
             label_splits=json.loads(meta[b"vitrieve.label_splits"])
             if b"vitrieve.label_splits" in meta
             else None,
+            image_checks=int(meta[b"vitrieve.image_checks"]) if b"vitrieve.image_checks" in meta else None,
         )
 
 

@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from imaging.formats import HEAD_BYTES, sniff_format
+from imaging.formats import FORMATS, HEAD_BYTES, sniff_format
 from storage.catalogue import SCHEMA, CatalogueInfo
-from storage.folder_rules import Skip
+from storage.folder_rules import Skip, skip_counts
 from storage.images import IMAGE_CHECKS, ImageFacts, RejectedImage, inspect_image, read_files
 from storage.protocols import Membership, Protocol, assign, split_per_label
 from storage.sources import Item, Source, natural_sorted
@@ -196,6 +196,11 @@ def ingest(
     listed = len(source.items) + len(source.skipped)
     skipped.sort(key=lambda k: (k.reason, k.item))
     check_rejects(rejected, listed - len(skipped), limits.max_reject_fraction, listed, skipped)
+    if not unique:
+        raise ValueError(
+            f"{source.uri}: no image among {listed} files ({len(rejected)} rejected, {len(skipped)} skipped: "
+            f"{skip_counts(skipped)}); images are recognised by content: {', '.join(FORMATS)}"
+        )
 
     old_names = list(prev_info.label_names) if prev_info is not None else []
     new_names = natural_sorted({n for item, _, _ in unique for n in item.labels} - set(old_names))

@@ -10,6 +10,7 @@ import pytest
 from assets.catalogue import CatalogueConfig, idx_arguments
 from storage.catalogue import read_catalogue
 from storage.fs import StorageRoot
+from storage.images import IMAGE_CHECKS
 from tests.catalogue_factory import class_image, write_folder
 from tests.tiny_graph import failure_messages, resources
 
@@ -49,6 +50,7 @@ def test_fifty_images_ingest_with_the_source_alone(tmp_path):
     meta = result.asset_materializations_for_node("catalogue")[0].metadata
     table, info = read_catalogue(StorageRoot(tmp_path / "data"), "mine")
     assert table.num_rows == 50 and info.protocol["query_fraction"] == 0.1
+    assert info.image_checks == IMAGE_CHECKS  # stored with the catalogue, read back
     assert [(s["label"], s["images"], s["query"]) for s in info.label_splits] == [(c, 10, 1) for c in "abcde"]
     assert sum(s["validation"] for s in info.label_splits) >= 1
     assert "5 query, " in meta["split_summary"].value and "| a | 10 | 1 |" in meta["label_splits"].value

@@ -194,3 +194,14 @@ def test_images_that_passed_older_checks_are_inspected_again(tmp_path):
     )
     assert [(x.item, x.reason) for x in older.rejected] == [("cat/005.png", "truncated")]
     assert not older.unchanged and older.info.image_checks == IMAGE_CHECKS
+
+
+def test_a_folder_of_unsupported_files_says_what_it_skipped(tmp_path):
+    d = tmp_path / "phone" / "holiday"
+    d.mkdir(parents=True)
+    for i in range(3):
+        (d / f"IMG_{i}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    with pytest.raises(
+        ValueError, match=r"no image among 3 files \(0 rejected, 3 skipped: \{'not-an-image': 3\}\)"
+    ):
+        ingest("phone", list_folder(str(tmp_path / "phone")), TINY)
