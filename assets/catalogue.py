@@ -92,7 +92,8 @@ class CatalogueConfig(dg.Config):
         "(database only, reported per label)",
     )
     database: str = Field(
-        default="all", description="all (every non-query image) | rest (neither query nor train)"
+        default="all",
+        description="all (every non-query image) | rest (neither query nor train; with rest, lower train_fraction)",
     )
     validation_fraction: float = Field(
         default=0.1, description="share of the training images held out for model selection (at least one)"
@@ -173,7 +174,7 @@ def _record(
     partitions_def=catalogues,
     group_name="vitrieve",
     kinds={"parquet"},
-    code_version="catalogue-v2",
+    code_version="catalogue-v3",
     description="Validated catalogue table: images, labels, train/query/database protocol (Parquet); rejected "
     "items in the diagnostics DB.",
 )
