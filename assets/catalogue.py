@@ -8,6 +8,7 @@ from assets.common import file_facts, lineage, remove_stale_temps
 from assets.partitions import catalogues
 from assets.resources import DiagnosticsResource, StorageResource
 from storage.catalogue import CatalogueInfo, catalogue_parts, fingerprint, read_catalogue, write_catalogue
+from storage.folder_rules import FOLDER_LABELS, Skip, skip_counts
 from storage.ingest import (
     Limits,
     Rejection,
@@ -16,7 +17,8 @@ from storage.ingest import (
     reject_reasons,
     rejected_markdown,
 )
-from storage.ingest_idx import FASHION_MNIST_DIR, idx_catalogue
+from storage.ingest_idx import FASHION_MNIST_DIR, IDX_VALIDATION_SIZE, idx_catalogue
+from storage.label_report import label_splits_markdown, split_summary, table_label_splits
 from storage.protocols import Protocol
 from storage.sources import SourceError, detect_kind, list_folder, list_manifest
 
@@ -48,17 +50,60 @@ class CatalogueConfig(dg.Config):
     source_root: str = Field(
         default="", description="manifest: images must lie under this URI (default: the manifest's folder)"
     )
+    folder_labels: str = Field(
+        default="top",
+        description="folder: " + " | ".join(FOLDER_LABELS) + "; the label of a file in nested folders: the "
+        "top folder below the root, the folder holding it (named by its path), or every level (several "
+        "labels per image)",
+    )
+    include: list[str] = Field(
+        default=[],
+        description="folder: only files matching these globs (e.g. '*.jpg' or 'cats/*'; repeatable)",
+    )
+    exclude: list[str] = Field(
+        default=[], description="folder: skip files matching these globs (e.g. '*_mask.png'; repeatable)"
+    )
     protocol: str = Field(
         default="auto",
         description="auto | explicit (splits from the source) | per_label; auto: "
         "explicit if a split column is given, else per_label (IDX: its train/test protocol)",
     )
-    train_per_label: int = Field(default=500, description="per_label: training images drawn per label")
-    query_per_label: int = Field(default=100, description="per_label: query images drawn per label")
-    database: str = Field(
-        default="all", description="all (every non-query image) | rest (neither query nor train)"
+    query_fraction: float = Field(
+        default=0.1, description="per_label: share of each label's images drawn as queries (at least one)"
     )
-    validation_size: int = Field(default=5000, description="held-out training images for model selection")
+    max_queries: int = Field(
+        default=10_000,
+        description="per_label: at most this many queries in all (the share is lowered evenly)",
+    )
+    train_fraction: float = Field(
+        default=1.0, description="per_label: share of each label's other images drawn for training"
+    )
+    max_train: int = Field(default=50_000, description="per_label: at most this many training images in all")
+    query_per_label: int | None = Field(
+        default=None, description="per_label: exactly this many queries per label, instead of query_fraction"
+    )
+    train_per_label: int | None = Field(
+        default=None,
+        description="per_label: exactly this many training images per label, instead of train_fraction",
+    )
+    min_label_images: int = Field(
+        default=2,
+        description="per_label: labels with fewer images get no query and no training image "
+        "(database only, reported per label)",
+    )
+    database: str = Field(
+        default="all",
+        description="all (every non-query image) | rest (neither query nor train; with rest, lower train_fraction)",
+    )
+    validation_fraction: float = Field(
+        default=0.1, description="share of the training images held out for model selection (at least one)"
+    )
+    max_validation: int = Field(default=5_000, description="at most this many held-out validation images")
+    validation_size: int | None = Field(
+        default=None,
+        description=f"exactly this many held-out validation images, instead of validation_fraction "
+        f"(IDX: default {IDX_VALIDATION_SIZE})",
+    )
     seed: int = Field(default=0, description="seed of the sampled subsets and splits")
     train_limit: int | None = Field(default=None, description="IDX only: seeded subset of training images")
     query_limit: int | None = Field(default=None, description="IDX only: seeded subset of test images")
@@ -83,6 +128,23 @@ def _protocol(config: CatalogueConfig) -> Protocol:
         database=config.database,
         validation_size=config.validation_size,
         seed=config.seed,
+        query_fraction=config.query_fraction,
+        max_queries=config.max_queries,
+        train_fraction=config.train_fraction,
+        max_train=config.max_train,
+        validation_fraction=config.validation_fraction,
+        max_validation=config.max_validation,
+        min_label_images=config.min_label_images,
+    )
+
+
+def idx_arguments(config: CatalogueConfig) -> dict:
+    """``idx_catalogue``'s protocol arguments: the IDX train/test protocol, with its own validation size."""
+    return dict(
+        validation_size=IDX_VALIDATION_SIZE if config.validation_size is None else config.validation_size,
+        seed=config.seed,
+        train_limit=config.train_limit,
+        query_limit=config.query_limit,
     )
 
 
@@ -112,7 +174,7 @@ def _record(
     partitions_def=catalogues,
     group_name="vitrieve",
     kinds={"parquet"},
-    code_version="catalogue-v2",
+    code_version="catalogue-v3",
     description="Validated catalogue table: images, labels, train/query/database protocol (Parquet); rejected "
     "items in the diagnostics DB.",
 )
@@ -132,16 +194,11 @@ def catalogue(
     root = storage.get()
     remove_stale_temps(context, root, *catalogue_parts(name)[:-1])
     rejected: list[Rejection] = []
+    skipped: list[Skip] = []
     extra: dict = {}
     if kind == "idx":
-        table, info = idx_catalogue(
-            name,
-            source,
-            validation_size=config.validation_size,
-            seed=config.seed,
-            train_limit=config.train_limit,
-            query_limit=config.query_limit,
-        )
+        table, info = idx_catalogue(name, source, **idx_arguments(config))
+        info.label_splits = table_label_splits(table, info.label_names)
         previous = _previous(root, name)
         unchanged = (
             previous is not None
@@ -152,7 +209,13 @@ def catalogue(
     elif kind in ("folder", "manifest"):
         try:
             if kind == "folder":
-                src = list_folder(source, explicit_splits=_protocol(config).kind == "explicit")
+                src = list_folder(
+                    source,
+                    explicit_splits=_protocol(config).kind == "explicit",
+                    labels=config.folder_labels,
+                    include=config.include,
+                    exclude=config.exclude,
+                )
             else:
                 src = list_manifest(
                     source,
@@ -180,8 +243,9 @@ def catalogue(
         except TooManyRejects as err:
             counts = {
                 "listed": err.listed,
-                "accepted": err.listed - len(err.rejected),
+                "accepted": err.listed - len(err.skipped) - len(err.rejected),
                 "rejected": len(err.rejected),
+                "skipped": len(err.skipped),
             }
             _record(diagnostics, context, name, config, err.rejected, counts, "failed")
             raise dg.Failure(
@@ -191,14 +255,15 @@ def catalogue(
                     "reject_reasons": dg.MetadataValue.md(_reasons_markdown(err.rejected)),
                 },
             ) from err
-        table, info, rejected, unchanged, listed = (
+        table, info, rejected, unchanged, listed, skipped = (
             result.table,
             result.info,
             result.rejected,
             result.unchanged,
             result.listed,
+            result.skipped,
         )
-        extra = {"added_rows": result.added, "removed_rows": result.removed}
+        extra = {"skipped": len(skipped), "added_rows": result.added, "removed_rows": result.removed}
     else:
         raise ValueError(f"catalogue source kind {kind!r} is not one of auto, idx, folder, manifest")
 
@@ -213,7 +278,10 @@ def catalogue(
         **file_facts(root, *catalogue_parts(name)),
         "lineage": lineage(context, source=source, fingerprint=fingerprint(table)),
     }
-    return dg.MaterializeResult(metadata=_metadata(table, info, uri, unchanged, counts, rejected) | facts)
+    metadata = _metadata(table, info, uri, unchanged, counts, rejected) | _split_metadata(
+        table, info, skipped
+    )
+    return dg.MaterializeResult(metadata=metadata | facts)
 
 
 def _reasons_markdown(rejected: list[Rejection]) -> str:
@@ -239,9 +307,25 @@ def _metadata(
             "| membership | images |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in flags.items())
         ),
         "label_names": dg.MetadataValue.json(info.label_names),
-        **{f"{k}_items" if k in ("listed", "accepted", "rejected") else k: v for k, v in counts.items()},
+        **{
+            f"{k}_items" if k in ("listed", "accepted", "rejected", "skipped") else k: v
+            for k, v in counts.items()
+        },
         "rejected": dg.MetadataValue.md(rejected_markdown(rejected) if rejected else "no item rejected"),
         "reject_reasons": dg.MetadataValue.md(
             _reasons_markdown(rejected) if rejected else "no item rejected"
         ),
+    }
+
+
+def _split_metadata(table, info: CatalogueInfo, skipped: list[Skip]) -> dict:
+    """The split per label (stored with the catalogue, or counted from the table) and the skipped files."""
+    splits = info.label_splits or table_label_splits(table, info.label_names)
+    roles = {name: int(pc.sum(table[f"in_{name}"]).as_py() or 0) for name in ("query", "train", "validation")}
+    totals = ", ".join(f"{n} {name}" for name, n in roles.items())
+    skips = ", ".join(f"{n} {reason}" for reason, n in skip_counts(skipped).items())
+    return {
+        "split_summary": f"{totals}; " + split_summary(splits) + (f"; skipped {skips}" if skips else ""),
+        "label_splits": dg.MetadataValue.md(label_splits_markdown(splits)),
+        "skip_reasons": dg.MetadataValue.json(skip_counts(skipped)),
     }

@@ -48,6 +48,8 @@ class CatalogueInfo:
     protocol: dict
     source: str
     next_row_id: int | None = None  # first row_id never used yet (row_ids of removed rows are not reused)
+    label_splits: list[dict] | None = None  # per label: images, query, train, validation, database, note
+    image_checks: int | None = None  # version of the checks its images passed (storage.images.IMAGE_CHECKS)
 
     def to_metadata(self) -> dict[bytes, bytes]:
         meta = {
@@ -58,6 +60,10 @@ class CatalogueInfo:
         }
         if self.next_row_id is not None:
             meta[b"vitrieve.next_row_id"] = str(self.next_row_id).encode()
+        if self.label_splits is not None:
+            meta[b"vitrieve.label_splits"] = json.dumps(self.label_splits).encode()
+        if self.image_checks is not None:
+            meta[b"vitrieve.image_checks"] = str(self.image_checks).encode()
         return meta
 
     @classmethod
@@ -68,6 +74,10 @@ class CatalogueInfo:
             protocol=json.loads(meta[b"vitrieve.protocol"]),
             source=meta[b"vitrieve.source"].decode(),
             next_row_id=int(meta[b"vitrieve.next_row_id"]) if b"vitrieve.next_row_id" in meta else None,
+            label_splits=json.loads(meta[b"vitrieve.label_splits"])
+            if b"vitrieve.label_splits" in meta
+            else None,
+            image_checks=int(meta[b"vitrieve.image_checks"]) if b"vitrieve.image_checks" in meta else None,
         )
 
 

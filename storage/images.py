@@ -9,12 +9,24 @@ from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 
 from imaging.decode import model_channels, to_model_array
+from imaging.formats import FORMATS, HEAD_BYTES, sniff_format
+from imaging.integrity import container_problem
 
-# Formats Pillow may decode at ingest; everything else is "not-an-image" (smaller attack surface).
-FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+__all__ = [
+    "FORMATS",
+    "IMAGE_CHECKS",
+    "ImageFacts",
+    "RejectedImage",
+    "encoded_images",
+    "inspect_image",
+    "read_files",
+]
+# Version of inspect_image's checks, stored with each catalogue: images that passed an older version are
+# inspected again on re-ingest (2: content sniffing, container and checksum checks of damaged images).
+IMAGE_CHECKS = 2
 
 
 class RejectedImage(ValueError):
@@ -32,41 +44,73 @@ class ImageFacts:
     channels: int  # what the model needs for it: 1 (grey modes) or 3
 
 
+def _damage(err: Exception) -> str:
+    return "truncated" if "truncated" in str(err).lower() else "corrupt"
+
+
 def inspect_image(blob: bytes, max_pixels: int) -> ImageFacts:
     """Fully decode ``blob`` and run it through the model conversion; raise :class:`RejectedImage` if it is
-    empty, not an image, too many pixels (decompression bomb), corrupt or truncated, or of an unusable mode.
-    Width and height are after EXIF orientation."""
+    empty, not an image (by its content, see ``imaging.formats``), too many pixels (decompression bomb),
+    cut short or damaged (``imaging.integrity``, Pillow's ``verify()`` with the PNG chunk checksums, then a
+    decode of every frame with truncated images refused), or of an unusable mode. Width and height are after
+    EXIF orientation."""
     if not blob:
         raise RejectedImage("empty-file", "zero bytes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    fmt = sniff_format(blob[:HEAD_BYTES])
+    if fmt is None:
+        raise RejectedImage("not-an-image", f"not a {'/'.join(FORMATS)} image")
+    problem = container_problem(blob, fmt)
+    if problem:
+        raise RejectedImage(*problem)
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # never decode a cut-short stream into blank pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode_checked(blob, fmt, max_pixels)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _open(blob: bytes, fmt: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(blob), formats=[fmt])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RejectedImage("decompression-bomb", str(err)) from err
+    except UnidentifiedImageError as err:  # the signature said fmt, the header does not parse
+        raise RejectedImage("corrupt", f"{fmt} signature but no readable {fmt} header") from err
+    except Exception as err:  # broken headers raise anything from SyntaxError to struct.error
+        raise RejectedImage(_damage(err), f"{type(err).__name__}: {err}") from err
+
+
+def _decode_checked(blob: bytes, fmt: str, max_pixels: int) -> ImageFacts:
+    with _open(blob, fmt) as img:
+        if img.width * img.height > max_pixels:
+            raise RejectedImage(
+                "decompression-bomb", f"{img.width}x{img.height} pixels > max_pixels {max_pixels}"
+            )
         try:
-            img = Image.open(io.BytesIO(blob), formats=FORMATS)
-        except UnidentifiedImageError as err:
-            raise RejectedImage("not-an-image", f"not a {'/'.join(FORMATS)} image") from err
+            img.verify()  # PNG: every chunk's CRC and the end chunk
+        except Exception as err:
+            raise RejectedImage(_damage(err), f"{type(err).__name__}: {err}") from err
+    with _open(blob, fmt) as img:
+        try:
+            for frame in ImageSequence.Iterator(img):  # every frame of a GIF / TIFF / WebP / APNG
+                frame.load()
+            img.seek(0)
+            img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise RejectedImage("decompression-bomb", str(err)) from err
-        except Exception as err:  # broken headers raise anything from SyntaxError to struct.error
-            raise RejectedImage("corrupt", f"{type(err).__name__}: {err}") from err
-        with img:
-            if img.width * img.height > max_pixels:
-                raise RejectedImage(
-                    "decompression-bomb", f"{img.width}x{img.height} pixels > max_pixels {max_pixels}"
-                )
-            try:
-                img.load()
-            except Exception as err:
-                reason = "truncated" if "truncated" in str(err).lower() else "corrupt"
-                raise RejectedImage(reason, f"{type(err).__name__}: {err}") from err
-            try:
-                upright = ImageOps.exif_transpose(img)
-                channels = model_channels(upright.mode)
-                to_model_array(upright, 8, channels)
-            except Exception as err:
-                raise RejectedImage(
-                    "unsupported-mode", f"mode {img.mode}: {type(err).__name__}: {err}"
-                ) from err
-            return ImageFacts(upright.width, upright.height, channels)
+        except Exception as err:
+            raise RejectedImage(_damage(err), f"{type(err).__name__}: {err}") from err
+        try:
+            upright = ImageOps.exif_transpose(img)
+            channels = model_channels(upright.mode)
+            to_model_array(upright, 8, channels)
+        except Exception as err:
+            raise RejectedImage("unsupported-mode", f"mode {img.mode}: {type(err).__name__}: {err}") from err
+        return ImageFacts(upright.width, upright.height, channels)
 
 
 def encoded_images(rows: pa.Table | pa.RecordBatch) -> list[bytes]:

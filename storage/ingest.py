@@ -7,9 +7,14 @@ Reasons: ``missing``, ``unreadable``, ``empty-file``, ``too-large``, ``not-an-im
 ``bad-id``, ``bad-row`` (a manifest line that does not parse). Past ``max_reject_fraction`` of the listed
 items, :func:`ingest` raises :class:`TooManyRejects` naming the worst reasons (and carrying the rejections).
 
+Files of a folder that are not images (sidecars, system and hidden files, files left out by globs) are
+*skipped*, not rejected: they are counted apart (:class:`storage.folder_rules.Skip`) and do not count
+towards ``max_reject_fraction``. A file is an image by its content, whatever its name.
+
 Re-ingesting keeps the ``row_id``, roles and ``ingested_at`` of every image whose id is unchanged, so an
 unchanged source gives an identical table; new images get new row_ids (never reused: the next free id is
-stored with the catalogue); images gone from the source are dropped. Only new or changed files are decoded.
+stored with the catalogue); images gone from the source are dropped. Only new or changed files are decoded
+(all of them when the catalogue's images passed an older version of the checks, ``IMAGE_CHECKS``).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
+from imaging.formats import FORMATS, HEAD_BYTES, sniff_format
 from storage.catalogue import SCHEMA, CatalogueInfo
-from storage.images import ImageFacts, RejectedImage, inspect_image, read_files
-from storage.protocols import Membership, Protocol, assign
-from storage.sources import Source, natural_sorted
+from storage.folder_rules import Skip, skip_counts
+from storage.images import IMAGE_CHECKS, ImageFacts, RejectedImage, inspect_image, read_files
+from storage.protocols import Membership, Protocol, assign, split_per_label
+from storage.sources import Item, Source, natural_sorted
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,14 @@ class Rejection:
 
 
 class TooManyRejects(ValueError):
-    """More than ``max_reject_fraction`` of the source's ``listed`` items were ``rejected``."""
+    """More than ``max_reject_fraction`` of the source's ``listed`` items (less the ``skipped`` ones) were
+    ``rejected``."""
 
-    def __init__(self, message: str, rejected: list[Rejection], listed: int) -> None:
+    def __init__(
+        self, message: str, rejected: list[Rejection], listed: int, skipped: list[Skip] | None = None
+    ) -> None:
         super().__init__(message)
-        self.rejected, self.listed = rejected, listed
+        self.rejected, self.listed, self.skipped = rejected, listed, skipped or []
 
 
 @dataclass
@@ -57,10 +67,26 @@ class IngestResult:
     table: pa.Table
     info: CatalogueInfo
     rejected: list[Rejection]
-    listed: int
+    listed: int  # every file or manifest row looked at: accepted + rejected + skipped
     added: int
     removed: int
     unchanged: bool
+    skipped: list[Skip]
+
+
+def _not_images(source: Source, items: list[Item], chunk: int) -> set[str]:
+    """Ids of the ``items`` whose first bytes are no image format (a head that cannot be read is left to the
+    full read, which rejects it with its reason)."""
+    out = set()
+    for start in range(0, len(items), chunk):
+        batch = items[start : start + chunk]
+        heads = source.fs.cat_ranges(
+            [it.path for it in batch], [0] * len(batch), [HEAD_BYTES] * len(batch), on_error="return"
+        )
+        for item, head in zip(batch, heads, strict=True):
+            if not isinstance(head, Exception) and sniff_format(head) is None:
+                out.add(item.image_id)
+    return out
 
 
 def _read_and_check(
@@ -120,10 +146,14 @@ def ingest(
     if channels not in (0, 1, 3):
         raise ValueError(f"channels must be 0 (from the images), 1 or 3, not {channels}")
     rejected: list[Rejection] = []
+    skipped = list(source.skipped)
+    not_images = _not_images(source, [it for it in source.items if it.sniff], chunk)
     seen: set[str] = set()
     candidates = []
     for item in sorted(source.items, key=lambda it: it.image_id):
-        if item.reject:
+        if item.image_id in not_images:
+            skipped.append(Skip(item.image_id, "not-an-image"))
+        elif item.reject:
             rejected.append(Rejection(item.image_id, *item.reject))
         elif item.image_id in seen:
             rejected.append(
@@ -143,9 +173,11 @@ def ingest(
         prev_table, prev_info = previous
         for row in prev_table.select([c for c in SCHEMA.names if c != "image"]).to_pylist():
             prev_rows[row["image_id"]] = row
+    same_checks = prev_info is not None and prev_info.image_checks == IMAGE_CHECKS
     known = {
-        k: (r["sha256"], ImageFacts(r["width"], r["height"], r["channels"])) for k, r in prev_rows.items()
-    }
+        k: (r["sha256"], ImageFacts(r["width"], r["height"], r["channels"]))
+        for k, r in (prev_rows.items() if same_checks else ())
+    }  # images that passed these checks before are not decoded again
     accepted, bad = _read_and_check(source, candidates, limits, known, chunk, log)
     rejected += bad
 
@@ -161,7 +193,14 @@ def ingest(
             unique.append((item, sha, facts))
     unique.sort(key=lambda a: a[0].image_id)
     rejected.sort(key=lambda r: (r.reason, r.item))
-    check_rejects(rejected, len(source.items), limits.max_reject_fraction)
+    listed = len(source.items) + len(source.skipped)
+    skipped.sort(key=lambda k: (k.reason, k.item))
+    check_rejects(rejected, listed - len(skipped), limits.max_reject_fraction, listed, skipped)
+    if not unique:
+        raise ValueError(
+            f"{source.uri}: no image among {listed} files ({len(rejected)} rejected, {len(skipped)} skipped: "
+            f"{skip_counts(skipped)}); images are recognised by content: {', '.join(FORMATS)}"
+        )
 
     old_names = list(prev_info.label_names) if prev_info is not None else []
     new_names = natural_sorted({n for item, _, _ in unique for n in item.labels} - set(old_names))
@@ -186,6 +225,7 @@ def ingest(
     flag = lambda f: np.array([bool(prev_rows.get(it.image_id, {}).get(f)) for it, _, _ in unique], bool)  # noqa: E731
     kept = Membership(flag("in_train"), flag("in_validation"), flag("in_query"), flag("in_database"))
     roles = assign(protocol, labels, [it.split for it, _, _ in unique], kept, kept_mask)
+    min_images = protocol.min_label_images if protocol.kind == "per_label" else 0
 
     now = datetime.now(UTC)
     same_file = [
@@ -223,19 +263,23 @@ def ingest(
         protocol=protocol.to_dict(),
         source=source.uri,
         next_row_id=next_id,
+        label_splits=split_per_label(labels, roles, label_names, min_images),
+        image_checks=IMAGE_CHECKS,
     )
     unchanged = (
         previous is not None
         and _same(previous[0], table)
         and prev_info.label_names == label_names
         and same_protocol
+        and same_checks
         and prev_info.source == source.uri
     )
     return IngestResult(
         table=table,
         info=info,
         rejected=rejected,
-        listed=len(source.items),
+        skipped=skipped,
+        listed=listed,
         added=sum(it.image_id not in prev_rows for it, _, _ in unique),
         removed=len(set(prev_rows) - {it.image_id for it, _, _ in unique}),
         unchanged=unchanged,
@@ -258,17 +302,26 @@ def reject_reasons(rejected: list[Rejection]) -> list[tuple[str, int, Rejection]
     return [(reason, n, example[reason]) for reason, n in counts.most_common()]
 
 
-def check_rejects(rejected: list[Rejection], listed: int, max_fraction: float) -> None:
-    """Raise :class:`TooManyRejects` if more than ``max_fraction`` of ``listed`` items were rejected."""
-    if listed and len(rejected) / listed > max_fraction:
+def check_rejects(
+    rejected: list[Rejection],
+    candidates: int,
+    max_fraction: float,
+    listed: int | None = None,
+    skipped: list[Skip] | None = None,
+) -> None:
+    """Raise :class:`TooManyRejects` if more than ``max_fraction`` of the ``candidates`` (listed items less
+    the skipped ones) were rejected."""
+    if candidates and len(rejected) / candidates > max_fraction:
         worst = "; ".join(
             f"{reason} x{n} (e.g. {ex.item!r}: {ex.detail})" for reason, n, ex in reject_reasons(rejected)[:3]
         )
+        also = f" ({len(skipped)} other files skipped, not counted)" if skipped else ""
         raise TooManyRejects(
-            f"{len(rejected)} of {listed} items rejected ({len(rejected) / listed:.1%} > max_reject_fraction "
-            f"{max_fraction:.1%}); worst reasons: {worst}",
+            f"{len(rejected)} of {candidates} items rejected ({len(rejected) / candidates:.1%} > "
+            f"max_reject_fraction {max_fraction:.1%}); worst reasons: {worst}{also}",
             rejected,
-            listed,
+            candidates if listed is None else listed,
+            skipped,
         )
 
 

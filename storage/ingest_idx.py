@@ -15,6 +15,7 @@ from storage.catalogue import CatalogueInfo
 from storage.idx import read_idx
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_VALIDATION_SIZE = 5000  # training images held out for model selection (the Fashion-MNIST protocol)
 FASHION_MNIST_LABELS = [
     "T-shirt/top",
     "Trouser",
@@ -55,7 +56,7 @@ def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
 def idx_catalogue(
     name: str,
     source_dir: str = FASHION_MNIST_DIR,
-    validation_size: int = 5000,
+    validation_size: int = IDX_VALIDATION_SIZE,
     seed: int = 0,
     train_limit: int | None = None,
     query_limit: int | None = None,

@@ -1,6 +1,8 @@
 """Catalogue sources: list the items (file, labels, split) of an image folder or a CSV / Parquet manifest.
 
-Listing reads no image. An item with a problem of its own (a path that escapes the source root, a label that
+Listing reads no image. In a folder, files that are not images are skipped, not rejected (see
+``storage.folder_rules``): hidden and system files and those left out by ``include`` / ``exclude`` globs when
+listing, others by their content at ingest (``Item.sniff``). An item with a problem of its own (a path that escapes the source root, a label that
 does not parse) comes back marked with a rejection; a source unusable as a whole raises :class:`SourceError`.
 Local paths and any fsspec URI (``s3://bucket/key``; endpoint and credentials from the usual environment
 variables) are read the same way.
@@ -19,6 +21,9 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+from imaging.formats import has_image_extension
+from storage.folder_rules import FOLDER_LABELS, Skip, folder_labels, listing_skip, skip_counts
 
 # Split names a source may use, and the protocol role each maps to.
 SPLIT_NAMES = {
@@ -50,16 +55,18 @@ class Item:
     split: str | None = None
     size: int | None = None
     reject: tuple[str, str] | None = None
+    sniff: bool = False  # a folder file not named like an image: skipped at ingest unless its content is one
 
 
 @dataclass
 class Source:
-    """Listed items and the filesystem their ``path`` lives in."""
+    """Listed items, the files skipped while listing, and the filesystem their ``path`` lives in."""
 
     uri: str
     kind: str
     fs: fsspec.AbstractFileSystem
     items: list[Item]
+    skipped: list[Skip] = field(default_factory=list)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -91,36 +98,55 @@ def natural_sorted(names) -> list[str]:
 # -------------------------------------------------------------------------------------------- folders
 
 
-def list_folder(uri: str, explicit_splits: bool = False) -> Source:
+def list_folder(
+    uri: str,
+    explicit_splits: bool = False,
+    labels: str = "top",
+    include: list[str] | tuple[str, ...] = (),
+    exclude: list[str] | tuple[str, ...] = (),
+) -> Source:
     """Items of ``<root>/<class>/**/<file>`` (or ``<root>/<split>/<class>/**/<file>`` with ``explicit_splits``).
-    The class is the first folder below the root (or below the split); hidden files and folders are skipped.
-    Files outside a class folder and symlinks leading out of the root are rejected."""
+
+    ``labels``: ``top`` (the first folder below the root or split), ``deepest`` (the folder holding the file)
+    or ``every_level`` (one label per folder level: several labels per image); see
+    ``storage.folder_rules.folder_labels``. Hidden files and folders, system files (Thumbs.db, .DS_Store,
+    desktop.ini, ...) and files left out by the ``include`` / ``exclude`` globs are skipped (``skipped``);
+    files not named like an image are marked ``sniff``. Files outside a class folder and symlinks leading
+    out of the root are rejected."""
+    if labels not in FOLDER_LABELS:
+        raise SourceError(f"folder labels {labels!r} is not one of {FOLDER_LABELS}")
     fs, root = fsspec.core.url_to_fs(uri)
     root = os.path.abspath(root) if _is_local(fs) else root.rstrip("/")
     if not fs.isdir(root):
         raise SourceError(f"image folder {uri!r} does not exist or is not a folder")
-    items = []
+    items, skipped = [], []
     for path, size in _walk(fs, root):
         rel = os.path.relpath(path, root).replace(os.sep, "/") if _is_local(fs) else path[len(root) + 1 :]
         parts = rel.split("/")
-        if any(p.startswith(".") for p in parts):
+        why = listing_skip(parts, include, exclude)
+        if why:
+            skipped.append(Skip(rel, why))
             continue
         item = Item(image_id=rel, uri=_uri(fs, path), path=path, size=size)
         depth = 2 if explicit_splits else 1
         if not _under(fs, path, root):
             item.reject = ("escapes-root", f"symlink resolves to {os.path.realpath(path)}, outside {root}")
-        elif len(parts) <= depth:
+            items.append(item)
+            continue
+        item.sniff = not has_image_extension(parts[-1])
+        if len(parts) <= depth:
             where = "<split>/<class>/" if explicit_splits else "<class>/"
             item.reject = ("no-label", f"not inside a {where} folder")
         elif explicit_splits and parts[0].lower() not in SPLIT_NAMES:
             item.reject = ("bad-split", f"split folder {parts[0]!r} is not one of {sorted(SPLIT_NAMES)}")
         else:
             item.split = SPLIT_NAMES[parts[0].lower()] if explicit_splits else None
-            item.labels = [parts[depth - 1]]
+            item.labels = folder_labels(parts[depth - 1 : -1], labels)
         items.append(item)
     if not items:
-        raise SourceError(f"image folder {uri!r} holds no files")
-    return Source(uri=_uri(fs, root), kind="folder", fs=fs, items=items)
+        also = f" besides {len(skipped)} skipped ({skip_counts(skipped)})" if skipped else ""
+        raise SourceError(f"image folder {uri!r} holds no files{also}")
+    return Source(uri=_uri(fs, root), kind="folder", fs=fs, items=items, skipped=skipped)
 
 
 def _walk(fs: fsspec.AbstractFileSystem, root: str):

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 # a path-like token ending in a source or document extension; URLs, globs and templates are left out below
 CITED = re.compile(r"(?<![\w/.<{*-])((?:[\w.-]+/)*[\w.-]+\.(?:md|py|sh|ya?ml|toml|txt|cfg|ini))\b")
 # file names the product writes or reads at run time, not files of this repository
-RUNTIME = {"dagster.yaml", "pyvenv.cfg", "requirements.txt"}
+RUNTIME = {"dagster.yaml", "pyvenv.cfg", "requirements.txt", "desktop.ini"}
 SELF = "tests/test_references.py"  # its own examples cite missing files on purpose
 
 

@@ -43,6 +43,13 @@ def print_summary(
         )
     )
     rows = [("catalogue", catalogue), ("model", model.get("model_id", "?"))]
+    cat = md.get("catalogue", {})
+    if "split_summary" in cat:
+        counts = (f"{cat.get(f'{k}_items', 0)} {k}" for k in ("accepted", "rejected", "skipped"))
+        rows += [
+            ("images", f"{cat['listed_items']} listed: " + ", ".join(counts)),
+            ("split", cat["split_summary"]),
+        ]
     if ev:
         proto = ev.get("protocol", {})
         rows += [

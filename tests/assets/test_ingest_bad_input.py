@@ -52,7 +52,7 @@ def bad_folder(tmp_path):
     (src / "cat" / "corrupt.png").write_bytes(_corrupt_png(good))
     (src / "cat" / "truncated.png").write_bytes(good[: len(good) // 2])
     (src / "cat" / "empty.png").write_bytes(b"")
-    (src / "cat" / "notes.txt").write_text("not an image")
+    (src / "cat" / "notes.txt").write_text("not an image")  # not an image by content: skipped, not rejected
     (src / "dog" / "bomb.png").write_bytes(_bomb_png(100_000, 100_000))
     class_image(1, 77, size=300).save(src / "dog" / "huge.png")  # over max_pixels=50_000 below
     (src / "dog" / "copy.png").write_bytes((src / "dog" / "003.png").read_bytes())
@@ -62,7 +62,7 @@ def bad_folder(tmp_path):
     class_image(2, 99).save(outside / "secret.png")
     os.symlink(outside / "secret.png", src / "fox" / "link.png")
     os.symlink(outside, src / "fox" / "linked-dir")
-    (src / ".DS_Store").write_bytes(b"junk")  # hidden: skipped, not rejected
+    (src / ".DS_Store").write_bytes(b"junk")  # a system file: skipped, not rejected
     return src
 
 
@@ -70,7 +70,6 @@ EXPECTED_FOLDER = {
     "cat/corrupt.png": "corrupt",
     "cat/truncated.png": "truncated",
     "cat/empty.png": "empty-file",
-    "cat/notes.txt": "not-an-image",
     "dog/bomb.png": "decompression-bomb",
     "dog/huge.png": "decompression-bomb",
     "dog/copy.png": "duplicate-image",
@@ -78,13 +77,15 @@ EXPECTED_FOLDER = {
     "fox/link.png": "escapes-root",
     "fox/linked-dir": "escapes-root",
 }
+SKIPPED_FOLDER = {"cat/notes.txt": "not-an-image", ".DS_Store": "system-file"}
 
 
 def test_every_bad_folder_item_is_rejected_with_its_reason(tmp_path):
     src = bad_folder(tmp_path)
     r = ingest("zoo", list_folder(str(src)), TINY, Limits(max_pixels=50_000, max_reject_fraction=1.0))
     assert {x.item: x.reason for x in r.rejected} == EXPECTED_FOLDER
-    assert r.table.num_rows == 24 and r.listed == 34
+    assert {x.item: x.reason for x in r.skipped} == SKIPPED_FOLDER
+    assert r.table.num_rows == 24 and r.listed == 24 + len(EXPECTED_FOLDER) + len(SKIPPED_FOLDER)
     copy = next(x for x in r.rejected if x.item == "dog/copy.png")
     assert "dog/003.png" in copy.detail  # names the image it duplicates
 
@@ -227,7 +228,9 @@ def test_asset_reports_rejects_in_duckdb_and_metadata(tmp_path):
     assert result.success, failure_messages(result)
     meta = result.asset_materializations_for_node("catalogue")[0].metadata
     assert meta["unchanged"].value  # the second ingest of the unchanged source wrote nothing
-    assert meta["rejected_items"].value == 10 and meta["accepted_items"].value == 24
+    assert meta["rejected_items"].value == 9 and meta["accepted_items"].value == 24
+    assert meta["skipped_items"].value == 2 and meta["listed_items"].value == 35
+    assert meta["skip_reasons"].value == {"not-an-image": 1, "system-file": 1}
     assert "| cat/truncated.png | truncated |" in meta["rejected"].value
     assert "| decompression-bomb | 2 |" in meta["reject_reasons"].value
     db = DiagnosticsDB(tmp_path / "diag.duckdb")
@@ -248,11 +251,12 @@ def test_too_many_rejects_fail_naming_the_worst_reasons(tmp_path):
     )
     assert not result.success
     (message,) = failure_messages(result)
-    assert "13 of 37 items rejected" in message and "max_reject_fraction 20.0%" in message
+    assert "12 of 36 items rejected" in message and "max_reject_fraction 20.0%" in message
+    assert "2 other files skipped" in message
     assert "worst reasons: corrupt x4" in message and "decompression-bomb x2" in message
     db = DiagnosticsDB(tmp_path / "diag.duckdb")
     assert db.query("SELECT status, count(*) FROM runs JOIN rejected USING (run_id) GROUP BY 1")[1] == [
-        ("failed", 13)
+        ("failed", 12)
     ]
     assert not StorageRoot(tmp_path / "data").exists("catalogues", "zoo", "catalogue.parquet")
 
@@ -287,7 +291,7 @@ def test_cli_ingest_flags_and_reject_report(tmp_path, monkeypatch, capsys):
         "2",
     ]
     assert main(args) == 1
-    assert "9 of 34 items rejected" in capsys.readouterr().err  # huge.png passes the default max_pixels
+    assert "8 of 33 items rejected" in capsys.readouterr().err  # huge.png passes the default max_pixels
     assert main([*args, "--max-reject-fraction", "0.5"]) == 0
     table, info = read_catalogue(StorageRoot(tmp_path / "data"), "zoo")
     assert table.num_rows == 25 and info.protocol["train_per_label"] == 4

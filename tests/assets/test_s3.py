@@ -18,7 +18,7 @@ from storage.index import current, load_index
 from storage.ingest import Limits, ingest
 from storage.protocols import Protocol
 from storage.sources import list_folder, list_manifest
-from tests.catalogue_factory import write_folder, write_multilabel
+from tests.catalogue_factory import class_image, png, write_folder, write_multilabel
 from tests.s3_server import moto_s3, new_bucket
 from tests.tiny_graph import failure_messages, run_graph, tiny_catalogue_config
 
@@ -32,7 +32,10 @@ def s3(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("s3src")
     with moto_s3() as url:
         fs = new_bucket("images")
-        fs.put(str(write_folder(tmp / "pets", per_class=10)), "images/pets", recursive=True)
+        pets = write_folder(tmp / "pets", per_class=10)
+        (pets / "cat" / "000.json").write_text('{"caption": "a cat"}')  # a sidecar, skipped by its content
+        (pets / "dog" / "IMG_0001").write_bytes(png(class_image(1, 500)))  # an image without an extension
+        fs.put(str(pets), "images/pets", recursive=True)
         write_multilabel(tmp / "scenes", n=40)
         fs.put(str(tmp / "scenes"), "images/scenes", recursive=True)
         yield fs, url
@@ -41,7 +44,8 @@ def s3(tmp_path_factory):
 def test_folder_and_manifest_sources_on_s3(s3):
     fs, _ = s3
     folder = ingest("pets", list_folder("s3://images/pets"), TINY)
-    assert folder.rejected == [] and folder.table.num_rows == 30
+    assert folder.rejected == [] and folder.table.num_rows == 31  # first bytes read from S3 to sniff
+    assert [(k.item, k.reason) for k in folder.skipped] == [("cat/000.json", "not-an-image")]
     assert folder.info.label_names == ["cat", "dog", "fox"]
     assert all(u.startswith("s3://images/pets/") for u in folder.table["uri"].to_pylist())
     blobs = encoded_images(folder.table.slice(0, 3))  # downstream reads the objects back, sha256-checked
