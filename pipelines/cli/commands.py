@@ -42,7 +42,7 @@ def cmd_search(args) -> int:
     from pipelines.cli.search import run_search
 
     root, _ = locations(args)
-    return run_search(root, args.catalogue, args.queries, args.k, args.device, args.json)
+    return run_search(root, args.catalogue, args.queries, args.k, args.device, args.json, args.where)
 
 
 def cmd_bench(args) -> int:

@@ -312,6 +312,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--where",
+        default=None,
+        help="SQL predicate over the catalogue's columns (DuckDB), e.g. \"label = 3\" or \"split = 'database' "
+        "AND label_name = 'Bag'\": only matching rows are returned",
+    )
     _bench_verbs(sub)
     p = sub.add_parser("doctor", help="check a storage root for leftovers of interrupted or superseded runs")
     p.add_argument("--root", default=None, help="storage root URI (default $VITRIEVE_ROOT or ./data)")

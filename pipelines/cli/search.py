@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
 from storage.catalogue import read_catalogue
 from storage.codes import read_codes
 from storage.fs import StorageRoot
-from storage.index import current, load_index, search
+from storage.index import current, load_index, read_tombstones, rows_where, search_published
 
 
 def query_codes(
@@ -56,12 +57,36 @@ def _encode_files(root: StorageRoot, model_id: str, paths: list[str], device: st
     return encode_images(model, images, dev)
 
 
-def run_search(root_uri: str, catalogue: str, queries: list[str], k: int, device: str, as_json: bool) -> int:
+def run_search(
+    root_uri: str,
+    catalogue: str,
+    queries: list[str],
+    k: int,
+    device: str,
+    as_json: bool,
+    where: str | None = None,
+) -> int:
+    """Print the top-k of each query; deleted rows are hidden, and ``where`` (SQL over the catalogue's columns)
+    keeps only the rows it matches."""
     root = StorageRoot(root_uri)
     model_id = current(root, catalogue)["model_id"]
+    allow = None
+    if where:
+        try:
+            allow = rows_where(root, catalogue, where)
+        except ValueError as err:
+            print(f"vitrieve search: {err}", file=sys.stderr)
+            return 2
     index, _ = load_index(root, catalogue)
     codes, own = query_codes(root, catalogue, model_id, queries, device)
-    dist, ids = search(index, codes, k)
+    stones = read_tombstones(root, catalogue)
+    hidden = stones.deleted if stones else np.zeros(0, np.int64)
+    if stones and stones.model_id == model_id:  # a row id query searches with its updated code
+        for j, self_id in enumerate(own):
+            at = np.searchsorted(stones.updated, self_id) if self_id is not None else len(stones.updated)
+            if at < len(stones.updated) and stones.updated[at] == self_id:
+                codes[j] = stones.codes[at]
+    dist, ids = search_published(root, catalogue, codes, k, allow, index)
     table, info = read_catalogue(root, catalogue, columns=["row_id", "image_id", "labels", "in_database"])
     cat_rows = table["row_id"].to_numpy()
     labels = table["labels"].to_pylist()
@@ -70,12 +95,15 @@ def run_search(root_uri: str, catalogue: str, queries: list[str], k: int, device
     results = []
     for q, (d, i, self_id) in enumerate(zip(dist, ids, own, strict=True)):
         d, i = list(map(int, d)), list(map(int, i))
-        if self_id is not None and in_db[int(np.searchsorted(cat_rows, self_id))]:
+        shown = self_id is not None and (allow is None or self_id in allow) and self_id not in hidden
+        if shown and in_db[int(np.searchsorted(cat_rows, self_id))]:
             # A database image searched by its own row id is listed first (distance 0), then the rest.
             pairs = [(0, self_id)] + [(dd, rid) for dd, rid in zip(d, i, strict=True) if rid != self_id]
             d, i = [p[0] for p in pairs], [p[1] for p in pairs]
         hits = []
         for dd, rid in zip(d[:k], i[:k], strict=True):
+            if rid < 0:  # an approximate kind found fewer than k rows
+                continue
             pos = int(np.searchsorted(cat_rows, rid))
             hits.append(
                 {

@@ -52,6 +52,8 @@ class Tombstones:
         """Rows the index served by ``pointer`` (CURRENT) may hold but must not return."""
         if pointer.get("sha256") == self.index_sha256:
             return self.pending
+        if pointer.get("model_id") != self.model_id:  # another model's index: its codes of updated rows stand
+            return self.deleted
         return np.union1d(self.deleted, self.updated)
 
     def served(self, pointer: dict) -> tuple[np.ndarray, np.ndarray]:
