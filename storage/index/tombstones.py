@@ -50,10 +50,10 @@ class Tombstones:
     # - what a search applies
     def hidden(self, pointer: dict) -> np.ndarray:
         """Rows the index served by ``pointer`` (CURRENT) may hold but must not return."""
-        if pointer.get("sha256") == self.index_sha256:
-            return self.pending
         if pointer.get("model_id") != self.model_id:  # another model's index: its codes of updated rows stand
             return self.deleted
+        if pointer.get("sha256") == self.index_sha256:
+            return self.pending
         return np.union1d(self.deleted, self.updated)
 
     def served(self, pointer: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +66,7 @@ class Tombstones:
     # - changes
     def _touch(self, pointer: dict, rows: np.ndarray) -> Tombstones:
         """The tombstones after changing ``rows`` on top of the index served by ``pointer``."""
-        same = pointer.get("sha256") == self.index_sha256
+        same = pointer.get("sha256") == self.index_sha256 and pointer.get("model_id") == self.model_id
         return replace(
             self,
             index_sha256=self.index_sha256 if same else "",
@@ -140,10 +140,12 @@ def _start(root: StorageRoot, catalogue: str) -> tuple[dict, Tombstones]:
     from storage.codes import read_codes_meta
 
     stones = read_tombstones(root, catalogue)
-    if stones is None or stones.model_id != model_id:
+    if stones is None:  # the published index holds every row: it is the one later changes apply on
         bits = read_codes_meta(root, catalogue, model_id).bits
-        deleted = stones.deleted if stones is not None else np.zeros(0, np.int64)
-        stones = Tombstones(model_id=model_id, bits=bits, deleted=deleted)
+        stones = Tombstones(model_id=model_id, bits=bits, index_sha256=pointer["sha256"])
+    elif stones.model_id != model_id:  # unknown which deletes the index holds: all are hidden
+        bits = read_codes_meta(root, catalogue, model_id).bits
+        stones = Tombstones(model_id=model_id, bits=bits, deleted=stones.deleted)
     return pointer, stones
 
 

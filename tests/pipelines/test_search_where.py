@@ -35,4 +35,6 @@ def test_where_restricts_the_hits_and_deletes_hide_rows(store):  # noqa: F811
     assert code == 0 and json.loads(out)[0]["hits"] == []
     code, out, err = _run([*base, "--where", "colour = 'red'", str(int(db_rows[0]))])
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith("vitrieve search: --where \"colour = 'red'\": Binder Error")
+    assert err.count("\n") == 1 and err.startswith(
+        "vitrieve search: --where \"colour = 'red'\": Binder Error"
+    )
