@@ -63,6 +63,21 @@ class Tombstones:
         pick = np.isin(self.updated, self.hidden(pointer))
         return self.updated[pick], self.codes[pick]
 
+    def held(self, pointer: dict, row_ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row_ids, codes) the index served by ``pointer`` holds, from the database's stored rows and codes
+        (sorted by row_id): the compacted deletes left out, the compacted updates in place."""
+        if pointer.get("model_id") != self.model_id or pointer.get("sha256") != self.index_sha256:
+            return row_ids, codes  # an index these tombstones were never compacted into
+        keep = ~np.isin(row_ids, np.setdiff1d(self.deleted, self.pending))
+        row_ids, codes = row_ids[keep], np.array(codes[keep])
+        done = ~np.isin(self.updated, self.pending)
+        rows, new = self.updated[done], self.codes[done]
+        pos = np.searchsorted(row_ids, rows)
+        hit = pos < len(row_ids)
+        hit[hit] = row_ids[pos[hit]] == rows[hit]
+        codes[pos[hit]] = new[hit]
+        return row_ids, codes
+
     # - changes
     def _touch(self, pointer: dict, rows: np.ndarray) -> Tombstones:
         """The tombstones after changing ``rows`` on top of the index served by ``pointer``."""

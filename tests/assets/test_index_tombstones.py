@@ -11,17 +11,20 @@ from tests.storage.test_index_tombstones import store  # noqa: F401  (the fixtur
 
 
 def _index(root, instance, kind: str) -> dict:
+    from assets.checks import index_consistent
     from assets.index import binary_index
     from assets.resources import StorageResource
 
     result = dg.materialize(
-        [binary_index],
+        [binary_index, index_consistent],
         partition_key="cat",
         instance=instance,
         resources={"storage": StorageResource(root=root.uri)},
         run_config={"ops": {"binary_index": {"config": {"model_id": "m1", "kind": kind}}}},
     )
     assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert [c.passed for c in checks] == [True], [dict(c.metadata) for c in checks]
     event = result.get_asset_materialization_events()[0]
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
@@ -44,3 +47,6 @@ def test_the_reindex_compacts_deletes_and_updates(store):  # noqa: F811
         assert len(stones.pending) == 0 and np.array_equal(stones.deleted, gone)
         md = _index(root, instance, "")
         assert md["mode"] == "unchanged" and not md["published"]
+        delete_rows(root, "cat", db_rows[20:22])  # pending deletes: the published index still holds them
+        update_rows(root, "cat", db_rows[30:31], ~db_codes[30:31])
+        assert _index(root, instance, "")["mode"] == "incremental"

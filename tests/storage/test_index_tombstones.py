@@ -27,6 +27,7 @@ from storage.index import (
     rows_where,
     search_published,
     update_rows,
+    verify_index,
     write_index,
 )
 
@@ -174,6 +175,10 @@ def test_updates_are_served_then_merged_and_a_reencoded_row_supersedes_them(stor
     got = served(root, probes, 12)
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
     assert reindex(root, "flat", db_rows).mode == "unchanged"  # the update lasts
+    pointer, index = current(root, "cat"), load_index(root, "cat")[0]
+    assert verify_index(index, db_rows, db_codes)  # the stored codes alone no longer describe the index
+    delete_rows(root, "cat", db_rows[20:23])  # pending: the index still holds these rows
+    assert verify_index(index, *read_tombstones(root, "cat").held(pointer, db_rows, db_codes)) == []
 
     stored = codes.copy()  # the image of row changed[0] was re-encoded: its stored code moves on
     stored[np.searchsorted(rows, changed[0])] ^= 1
