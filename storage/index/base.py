@@ -38,18 +38,34 @@ def add_chunked(fidx, row_ids: np.ndarray, codes: np.ndarray, order: np.ndarray 
             fidx.add_with_ids(np.ascontiguousarray(codes[pick]), np.ascontiguousarray(row_ids[pick]))
 
 
+def id_set_selector(ids: np.ndarray) -> tuple:
+    """(selector, objects to keep alive) of the sorted int64 ``ids``: a bitmap when it stays small (at most
+    1 MiB or 8 bytes per id; faster to probe), else faiss' hash set."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    top = int(ids[-1]) if len(ids) else 0
+    if len(ids) and int(ids[0]) >= 0 and top < max(1 << 23, 64 * len(ids)):
+        bits = np.zeros(top // 8 + 1, np.uint8)
+        np.bitwise_or.at(bits, ids >> 3, (1 << (ids & 7)).astype(np.uint8))
+        sel = faiss.IDSelectorBitmap(bits)
+        return sel, (sel, bits)
+    sel = faiss.IDSelectorBatch(ids)
+    return sel, (sel,)
+
+
 def row_selector(allow: np.ndarray | None, exclude: np.ndarray | None) -> tuple:
-    """(selector, objects to keep alive) selecting row_ids in ``allow`` (None = all) and not in ``exclude``."""
+    """(selector, objects to keep alive) selecting row_ids in ``allow`` (None = all) and not in ``exclude``
+    (sorted int64 arrays)."""
     import faiss
 
     if allow is not None:
         if exclude is not None and len(exclude):
-            allow = np.setdiff1d(allow, exclude)
-        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allow, dtype=np.int64))
-        return sel, (sel,)
-    inner = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
+            allow = np.setdiff1d(allow, exclude, assume_unique=True)
+        return id_set_selector(allow)
+    inner, alive = id_set_selector(exclude)
     sel = faiss.IDSelectorNot(inner)
-    return sel, (sel, inner)
+    return sel, (sel, *alive)
 
 
 def id_mapped(inner):

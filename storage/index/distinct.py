@@ -59,7 +59,7 @@ class DistinctRows:
     def _restricted_rows(self, allow: np.ndarray | None, exclude: np.ndarray | None, params):
         """A view keeping only the rows in ``allow`` (None = all) and not in ``exclude``: each distinct code's
         rows are filtered, and ``params`` gets a selector over the distinct codes that keep a row."""
-        import faiss
+        from storage.index.base import id_set_selector
 
         keep = np.ones(len(self.rows), bool) if allow is None else np.isin(self.rows, allow)
         if exclude is not None and len(exclude):
@@ -72,8 +72,8 @@ class DistinctRows:
         view = copy.copy(self)
         view._set_rows(np.asarray(self.rows)[keep], np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
         live = np.flatnonzero(counts > 0).astype(np.int64)
-        view._keep_alive = faiss.IDSelectorBatch(live)  # positions of the distinct codes
-        params.sel = view._keep_alive
+        sel, view._keep_alive = id_set_selector(live)  # positions of the distinct codes
+        params.sel = sel
         view.search_params = params
         return view
 

@@ -1,10 +1,12 @@
 """Search restricted to some rows: deleted rows hidden, catalogue filters (``--where``), updated codes served
 beside the index.
 
-Kinds with ``selector_search`` (flat, flat-dedup, hnsw) search through a faiss IDSelector; the others (ivf,
-multihash: faiss 1.15 takes no selector there) oversample and drop the hidden rows, or scan the allowed rows'
-codes exactly for an allow-list. Results rank by (Hamming distance, row_id) like the index's own search, and
-are as wide as the most rows any query found (at most k): a filter matching nothing gives (nq, 0) arrays.
+An allow-list (a ``--where`` filter) is searched by scanning the allowed rows' codes exactly, except on
+``hnsw``, which searches through a faiss IDSelector over its distinct codes. Hidden rows (deletes) are dropped
+from the top k + hidden rows the index returns, or, when there are more than ``OVERSAMPLE_MAX`` of them,
+filtered by an IDSelector on the kinds with ``selector_search`` (flat, flat-dedup, hnsw; faiss 1.15 takes no
+selector in a binary IVF or multi-hash search). Exact kinds stay exact, ties ranked by row_id; results are as
+wide as the most rows any query found (at most k): a filter matching nothing gives (nq, 0) arrays.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from storage.fs import StorageRoot
 from storage.index.base import BinaryIndex, sort_rows, u8
 
 MISSING = np.iinfo(np.int32).max  # distance of a missing result (id -1)
+# Hidden rows up to which asking the index for k + hidden rows beats an IDSelector (faiss' binary flat scan
+# slows down several times with a selector); beyond it, kinds with a selector use it
+OVERSAMPLE_MAX = 1024
 
 
 def exact_search(
@@ -83,12 +88,12 @@ def search_rows(
         dist, ids = np.zeros((nq, 0), np.int32), np.zeros((nq, 0), np.int64)
     elif allow is None and exclude is None:
         dist, ids = index.search(queries, k)
-    elif index.selector_search:
-        dist, ids = index.restricted(allow, exclude).search(queries, k)
-    elif allow is not None:  # no selector: scan the allowed rows' codes
-        rows, codes = index.row_codes()
+    elif allow is not None and (index.exact or not index.selector_search):
+        rows, codes = index.row_codes()  # scan the allowed rows' codes: exact, and cheaper than a selector
         pick = np.isin(rows, allow)
         dist, ids = exact_search(rows[pick], codes[pick], queries, k)
+    elif index.selector_search and (allow is not None or len(exclude) > OVERSAMPLE_MAX):
+        dist, ids = index.restricted(allow, exclude).search(queries, k)
     else:
         dist, ids = _oversampled(index, queries, k, exclude)
     if extra is not None and len(extra[0]):

@@ -149,11 +149,11 @@ def write_tombstones(root: StorageRoot, catalogue: str, stones: Tombstones) -> s
 
 
 def _start(root: StorageRoot, catalogue: str) -> tuple[dict, Tombstones]:
-    """(CURRENT, the tombstones to change): a model change drops the updates of the old model."""
-    pointer = current(root, catalogue)
-    model_id = pointer["model_id"]
+    """(CURRENT, the tombstones to change); a model change drops the old model's updates."""
     from storage.codes import read_codes_meta
 
+    pointer = current(root, catalogue)
+    model_id = pointer["model_id"]
     stones = read_tombstones(root, catalogue)
     if stones is None:  # the published index holds every row: it is the one later changes apply on
         bits = read_codes_meta(root, catalogue, model_id).bits

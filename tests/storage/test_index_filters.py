@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from storage.index import KINDS, build_index, get_kind
+from storage.index import filters as filters_module
 from storage.index.filters import exact_search, search_rows
 
 BITS = 64
@@ -58,8 +59,12 @@ def tied():
     return ids, codes, queries
 
 
+@pytest.mark.parametrize("oversample_max", [1024, 0])  # 0: through the kind's selector where it has one
 @pytest.mark.parametrize("kind", KINDS)
-def test_deletes_then_search_equal_brute_force_over_the_remaining_rows(kind, tied):
+def test_deletes_then_search_equal_brute_force_over_the_remaining_rows(
+    kind, oversample_max, tied, monkeypatch
+):
+    monkeypatch.setattr(filters_module, "OVERSAMPLE_MAX", oversample_max)
     ids, codes, queries = tied
     queries = near(kind, queries)
     index = build_index(ids, codes, BITS, kind, PARAMS.get(kind))
@@ -149,6 +154,28 @@ def test_unordered_flat_with_a_filter_stays_exact(tied):
     assert not index.ordered
     allow = ids[::4]
     pick = np.isin(ids, allow)
+    view = index.restricted(np.sort(allow), None)  # the selector path re-ranks ties by range search
     for k in (5, 80, 400):  # 400 > the 300 allowed rows: short rows are completed, not padded
-        got = search_rows(index, queries, k, allow=allow)
-        assert_equals_brute_force("flat", got, ids[pick], codes[pick], queries, min(k, int(pick.sum())))
+        ref_k = min(k, int(pick.sum()))
+        assert_equals_brute_force(
+            "flat", search_rows(index, queries, k, allow=allow), ids[pick], codes[pick], queries, ref_k
+        )
+        got = filters_module._trim(*view.search(queries, k))
+        assert_equals_brute_force("flat", got, ids[pick], codes[pick], queries, ref_k)
+
+
+@pytest.mark.parametrize("offset", [0, 1 << 40])  # small row_ids: bitmap selector; huge ones: hash set
+@pytest.mark.parametrize("kind", [k for k in KINDS if get_kind(k).selector_search])
+def test_selector_views_equal_brute_force(kind, offset, tied):
+    ids, codes, queries = tied
+    ids = ids + offset
+    index = build_index(ids, codes, BITS, kind, PARAMS.get(kind))
+    allow, gone = ids[::3], ids[::5]
+    for a, e in ((allow, None), (None, gone), (allow, gone)):
+        pick = np.ones(len(ids), bool) if a is None else np.isin(ids, a)
+        pick &= True if e is None else ~np.isin(ids, e)
+        view = index.restricted(None if a is None else np.sort(a), None if e is None else np.sort(e))
+        for k in (1, 25, 500):
+            got = filters_module._trim(*view.search(queries, k))
+            assert_equals_brute_force(kind, got, ids[pick], codes[pick], queries, min(k, int(pick.sum())))
+    assert index.search(queries, 5)[1].shape == (len(queries), 5)  # the index itself is not restricted

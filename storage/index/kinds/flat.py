@@ -63,8 +63,7 @@ class FlatIndex(BinaryIndex):
         super().add(row_ids, codes)
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        params = self._call_params()
-        dist, ids = self.index.search(queries, k, params=params)
+        dist, ids = self.index.search(queries, k, params=self._call_params())
         if self._ordered:
             return dist, ids
         return rerank_by_range(self.index, queries, dist, ids, k, self._call_params())
@@ -87,7 +86,6 @@ class FlatIndex(BinaryIndex):
         return remove_from_idmap(self, row_ids)
 
     def restricted(self, allow: np.ndarray | None, exclude: np.ndarray | None) -> FlatIndex:
-
         view = copy.copy(self)
         view._selector, view._keep_alive = row_selector(allow, exclude)
         return view
