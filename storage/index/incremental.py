@@ -37,9 +37,13 @@ def _apply_overrides(row_ids, codes, overrides):
     return codes
 
 
-def _changed_codes(prev: BinaryIndex, row_ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Rows ``prev`` holds with another code than ``codes`` (a changed image re-encoded, an update)."""
-    held, held_codes = prev.row_codes()
+def _changed_codes(prev: BinaryIndex, row_ids: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
+    """Rows ``prev`` holds with another code than ``codes`` (a changed image re-encoded, an update); None
+    when its kind cannot list its codes."""
+    try:
+        held, held_codes = prev.row_codes()
+    except NotImplementedError:
+        return None
     held = np.asarray(held)
     pos = np.searchsorted(row_ids, held)
     there = pos < len(row_ids)
@@ -86,19 +90,15 @@ def index_from_codes(
             and manifest.params
             == resolve_params(kind, {**manifest.params, **(params or {})}, len(row_ids), bits, item)
         )
-        if same:
+        changed = _changed_codes(prev, row_ids, codes) if same else None
+        if changed is not None:  # else rebuild: the codes it holds are unknown
             old = np.sort(prev.ids())
-            stale = np.union1d(
-                np.setdiff1d(old, row_ids, assume_unique=True),
-                _changed_codes(prev, row_ids, codes),
-            )
+            stale = np.union1d(np.setdiff1d(old, row_ids, assume_unique=True), changed)
             new = ~np.isin(row_ids, np.setdiff1d(old, stale, assume_unique=True), assume_unique=True)
             if not len(stale) and not new.any():
                 return prev, row_ids, codes, BuildReport("unchanged", len(row_ids), 0, read_s, 0.0)
-            in_place = (not len(stale) or prev.removable) and (not new.any() or prev.incremental_add)
-            if (
-                in_place
-            ):  # kinds that re-sort every row on add, or cannot remove, build from the codes instead
+            # kinds that re-sort every row on add, or cannot remove, build from the codes instead
+            if (not len(stale) or prev.removable) and (not new.any() or prev.incremental_add):
                 removed = prev.remove(stale) if len(stale) else 0
                 if new.any():
                     prev.add(row_ids[new], codes[new])
