@@ -3,8 +3,10 @@
 The kind (flat | flat-dedup | hnsw | ivf | multihash) and its parameters are chosen per catalogue in the
 config; left empty, the kind and parameters published for the catalogue are kept (else ``flat``), so the
 nightly job keeps each catalogue's choice. With the model unchanged and only new rows in the codes, the
-previous index of the same model, kind and parameters is extended with the new rows; otherwise it is rebuilt
-from the stored codes (never by encoding again).
+previous index of the same model, kind and parameters is extended with the new rows (rows gone or changed are
+dropped in place where the kind can remove); otherwise it is rebuilt from the stored codes (never by encoding
+again). Tombstones (``storage/index/tombstones.py``) are compacted: deleted rows are left out, updated codes
+merged in.
 """
 
 import json
@@ -21,6 +23,7 @@ from storage.codes import read_codes
 from storage.fs import StorageRoot
 from storage.index import (
     DEFAULT_KIND,
+    compact_tombstones,
     current,
     get_kind,
     index_dir,
@@ -29,6 +32,7 @@ from storage.index import (
     load_index,
     param_fields,
     publish,
+    read_tombstones,
     set_search_threads,
     verify_index,
     write_index,
@@ -117,14 +121,26 @@ def binary_index(
             context.log.warning(
                 f"previous {kind} index of {name!r} unusable ({err}); rebuilding from the codes"
             )
+    db_rows, stones = database_rows(root, name), read_tombstones(root, name)  # deletes/updates to compact
+    overrides = stones.overrides(root, name, model_id) if stones else None
     index, row_ids, codes, report = index_from_codes(
-        root, name, model_id, kind, params, keep_rows=database_rows(root, name), previous=previous, item=item
+        root,
+        name,
+        model_id,
+        kind,
+        params,
+        keep_rows=stones.keep(db_rows) if stones else db_rows,
+        previous=previous,
+        item=item,
+        overrides=overrides,
     )
     pointer = _pointer_or_none(root, name)
     if report.mode == "unchanged":
         manifest = previous[1]
         if pointer and pointer["sha256"] == manifest.sha256:
             context.log.info(f"{kind} index of {name!r} already holds every database row; CURRENT unchanged")
+            if stones:
+                compact_tombstones(root, name, stones, manifest, db_rows, overrides[0])
             return _result(context, root, name, manifest, report, threads, published=False)
     problems = verify_index(index, row_ids, codes, probes=config.probes)
     if problems:
@@ -153,6 +169,8 @@ def binary_index(
             f"written index for {name!r} failed verification, CURRENT left unchanged: {'; '.join(problems)}"
         )
     publish(root, manifest)
+    if stones:  # the published index holds the deletes and updates read above
+        compact_tombstones(root, name, stones, manifest, db_rows, overrides[0])
     context.log.info(
         f"published {kind} index of {manifest.ntotal} codes for {name!r} ({model_id}, {report.mode}, "
         f"{report.added_rows} rows added in {report.build_seconds:.2f}s)"
@@ -183,6 +201,7 @@ def _result(context, root, name, manifest, report, threads: int, published: bool
             "read_seconds": report.read_seconds,
             "mode": report.mode,
             "added_rows": report.added_rows,
+            "removed_rows": report.removed_rows,
             "threads": threads,
             "published": published,
             "manifest": dg.MetadataValue.json(json.loads(json.dumps(manifest.__dict__))),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from storage.codes import PARTS_FILE
 from storage.fs import STALE_TEMP_SECONDS, TEMP_NAME, StorageRoot
 from storage.index import current, published_manifest
+from storage.index.tombstones import TOMBSTONES
 
 PROBLEMS = ("stale-temp", "orphan-part", "unpublished-index", "stale-resume-state", "orphan-weights")
 
@@ -89,7 +90,7 @@ def _indexes(root: StorageRoot) -> list[Finding]:
         model_id, keep = _served_files(root, catalogue)
         for name in root.names("indexes", catalogue):
             parts = ("indexes", catalogue, name)
-            if name == "CURRENT" or TEMP_NAME.match(name):
+            if name in ("CURRENT", TOMBSTONES) or TEMP_NAME.match(name):
                 continue
             if name != model_id:
                 found.append(_finding(root, "unpublished-index", parts, "not the published model's index"))

@@ -43,7 +43,15 @@ def cmd_search(args) -> int:
 
     root, _ = locations(args)
     return run_search(
-        root, args.catalogue, args.queries, args.k, args.device, args.json, args.rerank, args.oversample
+        root,
+        args.catalogue,
+        args.queries,
+        args.k,
+        args.device,
+        args.json,
+        args.rerank,
+        args.oversample,
+        where=args.where,
     )
 
 

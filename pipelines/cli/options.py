@@ -393,6 +393,12 @@ def parser() -> argparse.ArgumentParser:
         "against the codes (asymmetric) or the stored embeddings (stored)",
     )
     p.add_argument("--oversample", type=int, default=4, help="re-ranked shortlist = oversample x k")
+    p.add_argument(
+        "--where",
+        default=None,
+        help="SQL predicate over the catalogue's columns (DuckDB), e.g. \"label = 3\" or \"split = 'database' "
+        "AND label_name = 'Bag'\": only matching rows are returned",
+    )
     _bench_verbs(sub)
     p = sub.add_parser("doctor", help="check a storage root for leftovers of interrupted or superseded runs")
     p.add_argument("--root", default=None, help="storage root URI (default $VITRIEVE_ROOT or ./data)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
 from storage.catalogue import read_catalogue
 from storage.codes import read_codes
 from storage.fs import StorageRoot
-from storage.index import current, load_index, search
+from storage.index import current, load_index, read_tombstones, rows_where, search_published
 
 
 def query_codes(
@@ -115,14 +116,35 @@ def run_search(
     as_json: bool,
     rerank: str = "none",
     oversample: int = 4,
+    where: str | None = None,
 ) -> int:
+    """Print the top-k of each query; deleted rows are hidden, ``where`` (SQL over the catalogue's columns) keeps
+    only the rows it matches, and ``rerank`` re-scores the top ``oversample x k`` of that search."""
     root = StorageRoot(root_uri)
     model_id = current(root, catalogue)["model_id"]
+    allow = None
+    if where:
+        try:
+            allow = rows_where(root, catalogue, where)
+        except ValueError as err:
+            print(f"vitrieve search: {err}", file=sys.stderr)
+            return 2
     index, _ = load_index(root, catalogue)
     codes, own = query_codes(root, catalogue, model_id, queries, device)
+    stones = read_tombstones(root, catalogue)
+    hidden = stones.deleted if stones else np.zeros(0, np.int64)
+    if stones and stones.model_id == model_id:  # a row id query searches with its updated code
+        for j, self_id in enumerate(own):
+            at = np.searchsorted(stones.updated, self_id) if self_id is not None else len(stones.updated)
+            if at < len(stones.updated) and stones.updated[at] == self_id:
+                codes[j] = stones.codes[at]
+
+    def search(c: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        return search_published(root, catalogue, c, r, allow, index)
+
     scores = None
     if rerank == "none":
-        dist, ids = search(index, codes, k)
+        dist, ids = search(codes, k)
     else:
         from ml.rerank import rerank_search
 
@@ -130,9 +152,7 @@ def run_search(
             raise SystemExit(f"vitrieve search: --oversample must be >= 1, got {oversample}")
         u = query_outputs(root, catalogue, model_id, queries, device)
         table = candidate_table(root, catalogue, model_id, rerank)
-        ids, scores, dist = rerank_search(
-            lambda c, r: search(index, c, r), codes, u, k, oversample, rerank, table
-        )
+        ids, scores, dist = rerank_search(search, codes, u, k, oversample, rerank, table)
     table, info = read_catalogue(root, catalogue, columns=["row_id", "image_id", "labels", "in_database"])
     cat_rows = table["row_id"].to_numpy()
     labels = table["labels"].to_pylist()
@@ -142,14 +162,15 @@ def run_search(
     for q, (d, i, self_id) in enumerate(zip(dist, ids, own, strict=True)):
         d, i = list(map(int, d)), list(map(int, i))
         sc = [None] * len(i) if scores is None else [float(x) for x in scores[q]]
-        if self_id is not None and in_db[int(np.searchsorted(cat_rows, self_id))]:
+        shown = self_id is not None and (allow is None or self_id in allow) and self_id not in hidden
+        if shown and in_db[int(np.searchsorted(cat_rows, self_id))]:
             # A database image searched by its own row id is listed first (distance 0), then the rest.
             rest = [(dd, rid, s) for dd, rid, s in zip(d, i, sc, strict=True) if rid != self_id]
             pairs = [(0, self_id, None if scores is None else 0.0)] + rest
             d, i, sc = [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
         hits = []
         for dd, rid, s in zip(d[:k], i[:k], sc[:k], strict=True):
-            if rid < 0:
+            if rid < 0:  # an approximate kind found fewer than k rows
                 continue
             pos = int(np.searchsorted(cat_rows, rid))
             hits.append(

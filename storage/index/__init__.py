@@ -8,12 +8,15 @@ by (distance, row_id) among what they return. Adding a kind is one class with ``
 Modules: ``registry`` (kind name -> class, parameters), ``base`` (``BinaryIndex``), ``kinds``, ``distinct``
 (search over distinct codes), ``threads`` (search thread pool), ``build`` (build, verify, search),
 ``publish`` (files, manifests, ``CURRENT``), ``load`` (sha256-checked, memory-mapped, cached loading),
-``incremental`` (index from the stored codes, adding only new rows). No Dagster in here.
+``incremental`` (index from the stored codes, adding only new rows), ``filters`` (search with rows hidden or
+restricted, ``--where``), ``tombstones`` (deletes and updates visible at once, compacted at the re-index).
+No Dagster in here.
 """
 
 from storage.index import kinds as _kinds  # noqa: F401  (registers the built-in kinds)
 from storage.index.base import BinaryIndex
 from storage.index.build import build_index, resolve_params, search, verify_index
+from storage.index.filters import rows_where, search_published, search_rows
 from storage.index.incremental import BuildReport, index_from_codes
 from storage.index.load import cache_dir, load_index, load_index_cached, read_index_file
 from storage.index.publish import (
@@ -35,6 +38,13 @@ from storage.index.registry import (
     unregister_kind,
 )
 from storage.index.threads import default_query_batch, run_chunked, search_threads, set_search_threads
+from storage.index.tombstones import (
+    Tombstones,
+    compact_tombstones,
+    delete_rows,
+    read_tombstones,
+    update_rows,
+)
 
 KINDS = kind_names()  # the built-in kinds, for callers that want a tuple
 
@@ -45,10 +55,13 @@ __all__ = [
     "BuildReport",
     "IndexManifest",
     "Param",
+    "Tombstones",
     "build_index",
     "cache_dir",
+    "compact_tombstones",
     "current",
     "default_query_batch",
+    "delete_rows",
     "get_kind",
     "index_dir",
     "index_from_codes",
@@ -60,13 +73,18 @@ __all__ = [
     "published_manifest",
     "read_index_file",
     "read_manifest",
+    "read_tombstones",
     "register_kind",
     "resolve_params",
+    "rows_where",
     "run_chunked",
     "search",
+    "search_published",
+    "search_rows",
     "search_threads",
     "set_search_threads",
     "unregister_kind",
+    "update_rows",
     "verify_index",
     "write_index",
 ]

@@ -38,6 +38,36 @@ def add_chunked(fidx, row_ids: np.ndarray, codes: np.ndarray, order: np.ndarray 
             fidx.add_with_ids(np.ascontiguousarray(codes[pick]), np.ascontiguousarray(row_ids[pick]))
 
 
+def id_set_selector(ids: np.ndarray) -> tuple:
+    """(selector, objects to keep alive) of the sorted int64 ``ids``: a bitmap when it stays small (at most
+    1 MiB or 8 bytes per id; faster to probe), else faiss' hash set."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    top = int(ids[-1]) if len(ids) else 0
+    if len(ids) and int(ids[0]) >= 0 and top < max(1 << 23, 64 * len(ids)):
+        bits = np.zeros(top // 8 + 1, np.uint8)
+        np.bitwise_or.at(bits, ids >> 3, (1 << (ids & 7)).astype(np.uint8))
+        sel = faiss.IDSelectorBitmap(bits)
+        return sel, (sel, bits)
+    sel = faiss.IDSelectorBatch(ids)
+    return sel, (sel,)
+
+
+def row_selector(allow: np.ndarray | None, exclude: np.ndarray | None) -> tuple:
+    """(selector, objects to keep alive) selecting row_ids in ``allow`` (None = all) and not in ``exclude``
+    (sorted int64 arrays)."""
+    import faiss
+
+    if allow is not None:
+        if exclude is not None and len(exclude):
+            allow = np.setdiff1d(allow, exclude, assume_unique=True)
+        return id_set_selector(allow)
+    inner, alive = id_set_selector(exclude)
+    sel = faiss.IDSelectorNot(inner)
+    return sel, (sel, *alive)
+
+
 def id_mapped(inner):
     """``inner`` wrapped in an IndexBinaryIDMap that owns it."""
     import faiss
@@ -80,6 +110,8 @@ class BinaryIndex:
     incremental_add: ClassVar[bool] = True  # add() appends rows; False: index_from_codes rebuilds instead
     param_specs: ClassVar[tuple[Param, ...]] = ()
     companion_name: ClassVar[str] = ""  # a companion array written beside the faiss file ("" = none)
+    removable: ClassVar[bool] = False  # remove() drops rows in place (faiss remove_ids); else rebuild
+    selector_search: ClassVar[bool] = False  # restricted() searches through a faiss IDSelector
 
     def __init__(self, faiss_index, bits: int, params: dict):
         self.index = faiss_index
@@ -88,6 +120,7 @@ class BinaryIndex:
         self.params = dict(params)
         self.query_batch = default_query_batch()
         self.threads = 0  # 0 = search_threads()
+        self.search_params = None  # faiss SearchParameters (an IDSelector) of a restricted() view
         self.configure()
 
     # - the kind: parameters, build, read
@@ -129,7 +162,7 @@ class BinaryIndex:
         """Apply runtime search parameters (after build or load)."""
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        dist, ids = self.index.search(queries, k)
+        dist, ids = self.index.search(queries, k, params=self.search_params)
         return sort_rows(dist, ids)
 
     def ids(self) -> np.ndarray:
@@ -180,6 +213,20 @@ class BinaryIndex:
                 f"(need {min_self_found:.0%})"
             ]
         return []
+
+    # - deletes and filters
+    def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row_ids, codes) of every row the index holds (views where the kind allows: read, never write)."""
+        raise NotImplementedError(f"{self.kind} indexes do not list their codes")
+
+    def remove(self, row_ids: np.ndarray) -> int:
+        """Drop ``row_ids`` in place (kinds with ``removable``); returns how many rows the index held."""
+        raise NotImplementedError(f"{self.kind} indexes cannot remove rows in place; rebuild them")
+
+    def restricted(self, allow: np.ndarray | None, exclude: np.ndarray | None) -> BinaryIndex:
+        """A view of this index whose searches return only rows in ``allow`` (None = any) and not in
+        ``exclude`` (sorted int64 row_ids), through a faiss IDSelector (kinds with ``selector_search``)."""
+        raise NotImplementedError(f"{self.kind} indexes do not search through ID selectors")
 
     def memory_bytes(self) -> int:
         """Approximate resident size of the index structures."""

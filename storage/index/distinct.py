@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from storage.index.threads import run_chunked, search_threads
@@ -53,6 +55,27 @@ class DistinctRows:
 
     def _distinct_search(self, uq: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def _restricted_rows(self, allow: np.ndarray | None, exclude: np.ndarray | None, params):
+        """A view keeping only the rows in ``allow`` (None = all) and not in ``exclude``: each distinct code's
+        rows are filtered, and ``params`` gets a selector over the distinct codes that keep a row."""
+        from storage.index.base import id_set_selector
+
+        keep = np.ones(len(self.rows), bool) if allow is None else np.isin(self.rows, allow)
+        if exclude is not None and len(exclude):
+            keep &= ~np.isin(self.rows, exclude)
+        counts = (
+            np.add.reduceat(keep.astype(np.int64), self.offsets[:-1])
+            if self.n_unique
+            else np.zeros(0, np.int64)
+        )
+        view = copy.copy(self)
+        view._set_rows(np.asarray(self.rows)[keep], np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
+        live = np.flatnonzero(counts > 0).astype(np.int64)
+        sel, view._keep_alive = id_set_selector(live)  # positions of the distinct codes
+        params.sel = sel
+        view.search_params = params
+        return view
 
     def _distinct_range(self, uq: np.ndarray, radius: int):
         return None

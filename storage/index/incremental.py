@@ -21,6 +21,35 @@ class BuildReport:
     added_rows: int
     read_seconds: float
     build_seconds: float
+    removed_rows: int = 0  # rows dropped in place (faiss remove_ids) from the previous index
+
+
+def _apply_overrides(row_ids, codes, overrides):
+    """Codes with the ``overrides`` (row_ids, codes) put in place for the rows they name that are present."""
+    if overrides is None or not len(overrides[0]):
+        return codes
+    o_rows, o_codes = np.asarray(overrides[0], np.int64), np.asarray(overrides[1], np.uint8)
+    pos = np.searchsorted(row_ids, o_rows)
+    hit = pos < len(row_ids)
+    hit[hit] = row_ids[pos[hit]] == o_rows[hit]
+    codes = codes.copy()
+    codes[pos[hit]] = o_codes[hit]
+    return codes
+
+
+def _changed_codes(prev: BinaryIndex, row_ids: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
+    """Rows ``prev`` holds with another code than ``codes`` (a changed image re-encoded, an update); None
+    when its kind cannot list its codes."""
+    try:
+        held, held_codes = prev.row_codes()
+    except NotImplementedError:
+        return None
+    held = np.asarray(held)
+    pos = np.searchsorted(row_ids, held)
+    there = pos < len(row_ids)
+    there[there] = row_ids[pos[there]] == held[there]
+    differs = np.any(np.asarray(held_codes)[there] != codes[pos[there]], axis=1)
+    return np.sort(held[there][differs])
 
 
 def index_from_codes(
@@ -32,20 +61,24 @@ def index_from_codes(
     keep_rows: np.ndarray | None = None,
     previous: tuple[BinaryIndex, IndexManifest] | None = None,
     item: str | None = None,
+    overrides: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[BinaryIndex, np.ndarray, np.ndarray, BuildReport]:
     """Build (or extend) an index from the stored codes of (catalogue, model), streamed from Parquet in batches.
 
-    ``keep_rows`` (sorted row_ids) restricts the index to those rows (the database). With ``previous`` (an
+    ``keep_rows`` (sorted row_ids) restricts the index to those rows (the database less deleted rows);
+    ``overrides`` (row_ids, codes) replace the stored codes of those rows (updates). With ``previous`` (an
     index of the same model, kind and parameters, loaded with ``mmap=False``), rows it already holds are not
-    re-added: when it holds a subset of the rows, only the new rows are added ("incremental"); when it holds
-    exactly the rows, it is returned as is ("unchanged"); anything else (rows deleted) rebuilds. Codes are read,
-    never re-encoded. Returns (index, row_ids, codes, report) where row_ids/codes are the indexed rows."""
+    re-added: when it holds exactly the rows with their codes, it is returned as is ("unchanged"); when it
+    holds a subset, only the new rows are added ("incremental"); rows it holds that are gone or whose code
+    changed are dropped in place where the kind is ``removable`` ("incremental"), else it is rebuilt. Codes are
+    read, never re-encoded. Returns (index, row_ids, codes, report) where row_ids/codes are the indexed rows."""
     from storage.codes import read_code_arrays, read_codes_meta
 
     item = item or f"binary_index of {catalogue!r}"
     t0 = time.perf_counter()
     bits = read_codes_meta(root, catalogue, model_id).bits
     row_ids, codes = read_code_arrays(root, catalogue, model_id, keep=keep_rows)
+    codes = _apply_overrides(row_ids, codes, overrides)
     read_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if previous is not None:
@@ -57,19 +90,22 @@ def index_from_codes(
             and manifest.params
             == resolve_params(kind, {**manifest.params, **(params or {})}, len(row_ids), bits, item)
         )
-        old = np.sort(prev.ids()) if same else None
-        if same and len(old) <= len(row_ids) and bool(np.isin(old, row_ids, assume_unique=True).all()):
-            new = ~np.isin(row_ids, old, assume_unique=True)
-            if not new.any():
+        changed = _changed_codes(prev, row_ids, codes) if same else None
+        if changed is not None:  # else rebuild: the codes it holds are unknown
+            old = np.sort(prev.ids())
+            stale = np.union1d(np.setdiff1d(old, row_ids, assume_unique=True), changed)
+            new = ~np.isin(row_ids, np.setdiff1d(old, stale, assume_unique=True), assume_unique=True)
+            if not len(stale) and not new.any():
                 return prev, row_ids, codes, BuildReport("unchanged", len(row_ids), 0, read_s, 0.0)
-        if same and not prev.incremental_add:
-            same = False  # this kind re-sorts every row on add: build from the codes instead
-        if same and len(old) <= len(row_ids) and bool(np.isin(old, row_ids, assume_unique=True).all()):
-            prev.add(row_ids[new], codes[new])
-            report = BuildReport(
-                "incremental", len(row_ids), int(new.sum()), read_s, time.perf_counter() - t1
-            )
-            return prev, row_ids, codes, report
+            # kinds that re-sort every row on add, or cannot remove, build from the codes instead
+            if (not len(stale) or prev.removable) and (not new.any() or prev.incremental_add):
+                removed = prev.remove(stale) if len(stale) else 0
+                if new.any():
+                    prev.add(row_ids[new], codes[new])
+                report = BuildReport(
+                    "incremental", len(row_ids), int(new.sum()), read_s, time.perf_counter() - t1, removed
+                )
+                return prev, row_ids, codes, report
     index = build_index(row_ids, codes, bits, kind, params, item)
     return (
         index,

@@ -10,6 +10,7 @@ import numpy as np
 from storage.index.base import BinaryIndex, add_chunked, flat_codes_view, idmap_ids, u8
 from storage.index.build import build_index
 from storage.index.distinct import DistinctRows, order_by_code, run_starts
+from storage.index.kinds.flat import remove_from_idmap
 from storage.index.registry import register_kind
 
 
@@ -20,6 +21,8 @@ class DedupFlatIndex(DistinctRows, BinaryIndex):
     kind = "flat-dedup"
     exact = True
     incremental_add = False
+    removable = True  # remove_ids keeps the (code, row_id) order; the distinct codes are re-read
+    selector_search = True  # over the distinct codes that keep at least one row
 
     @classmethod
     def from_codes(cls, row_ids, codes, bits, params, increasing, seed) -> DedupFlatIndex:
@@ -49,10 +52,24 @@ class DedupFlatIndex(DistinctRows, BinaryIndex):
         self.uniq = uniq
 
     def _distinct_search(self, uq, kk):
-        return self.uniq.search(uq, kk)
+        return self.uniq.search(uq, kk, params=self.search_params)
 
     def _distinct_range(self, uq, radius):
-        return self.uniq.range_search(uq, radius)
+        return self.uniq.range_search(uq, radius, params=self.search_params)
+
+    def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        codes = flat_codes_view(faiss.downcast_IndexBinary(self.index.index), self.ntotal, self.nbytes)
+        return idmap_ids(self.index, copy=False), codes
+
+    def remove(self, row_ids: np.ndarray) -> int:
+        return remove_from_idmap(self, row_ids)
+
+    def restricted(self, allow: np.ndarray | None, exclude: np.ndarray | None) -> DedupFlatIndex:
+        import faiss
+
+        return self._restricted_rows(allow, exclude, faiss.SearchParameters())
 
     def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
         """Merge new rows (every row is re-sorted by code; flat has nothing to train)."""

@@ -19,6 +19,7 @@ class HNSWIndex(DistinctRows, BinaryIndex):
 
     kind = "hnsw"
     incremental_add = False
+    selector_search = True  # over the distinct codes that keep at least one row (faiss cannot remove)
     param_specs = (
         Param("m", 32, "links per node"),
         Param("ef_construction", 80, "candidate list size while building"),
@@ -74,16 +75,27 @@ class HNSWIndex(DistinctRows, BinaryIndex):
         return np.asarray(self.rows)
 
     def _distinct_search(self, uq, kk):
-        return self.inner.search(uq, kk)  # labels = positions of the distinct codes
+        return self.inner.search(uq, kk, params=self.search_params)  # labels = positions of the codes
+
+    def distinct_codes(self) -> np.ndarray:
+        if not self.n_unique:
+            return np.zeros((0, self.nbytes), np.uint8)
+        codes = self.inner.storage.reconstruct_n(0, self.n_unique)
+        return np.asarray(codes, np.uint8).reshape(-1, self.nbytes)
+
+    def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.rows), np.repeat(self.distinct_codes(), self.counts, axis=0)
+
+    def restricted(self, allow: np.ndarray | None, exclude: np.ndarray | None) -> HNSWIndex:
+        import faiss
+
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(self.params.get("ef_search", 128))
+        return self._restricted_rows(allow, exclude, params)
 
     def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
         """Rebuild over old + new rows (the graph holds distinct codes only)."""
-        distinct = np.zeros((0, self.nbytes), np.uint8)
-        if self.n_unique:
-            distinct = np.asarray(self.inner.storage.reconstruct_n(0, self.n_unique), np.uint8).reshape(
-                -1, self.nbytes
-            )
-        old = np.repeat(distinct, self.counts, axis=0)
+        _, old = self.row_codes()
         rebuilt = build_index(
             np.concatenate((self.rows, np.asarray(row_ids, np.int64))),
             np.concatenate((old, u8(codes))),

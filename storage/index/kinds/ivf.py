@@ -13,6 +13,9 @@ from storage.index.threads import omp_threads, run_chunked, search_threads
 @register_kind
 class IVFIndex(BinaryIndex):
     kind = "ivf"
+    removable = (
+        True  # IndexBinaryIVF.remove_ids scans the inverted lists; its binary search takes no selector
+    )
     param_specs = (
         Param("nlist", None, "inverted lists (default ~4 sqrt(n))"),
         Param("nprobe", 8, "lists visited per query"),
@@ -88,15 +91,32 @@ class IVFIndex(BinaryIndex):
             self.index.add_core(len(c), faiss.swig_ptr(c), faiss.swig_ptr(r), faiss.swig_ptr(lists))
 
     def ids(self) -> np.ndarray:
+        return self._lists(codes=False)[0]
+
+    def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._lists(codes=True)
+
+    def _lists(self, codes: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(row_ids, codes or None) read from the inverted lists, list after list."""
         import faiss
 
         inv = self.index.invlists
-        out = []
+        ids, out = [], []
         for lst in range(self.index.nlist):
             n = inv.list_size(lst)
             if n:
-                out.append(faiss.rev_swig_ptr(inv.get_ids(lst), n).copy())
-        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+                ids.append(faiss.rev_swig_ptr(inv.get_ids(lst), n).copy())
+                if codes:
+                    out.append(faiss.rev_swig_ptr(inv.get_codes(lst), n * self.nbytes).copy())
+        row_ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
+        flat = np.concatenate(out) if out else np.zeros(0, np.uint8)
+        return row_ids, (flat.reshape(-1, self.nbytes) if codes else None)
+
+    def remove(self, row_ids: np.ndarray) -> int:
+        import faiss
+
+        ids = np.ascontiguousarray(np.unique(np.asarray(row_ids, np.int64)))
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(ids))) if len(ids) else 0
 
     def memory_bytes(self) -> int:
         return self.ntotal * (self.nbytes + 8) + int(self.index.nlist) * self.nbytes

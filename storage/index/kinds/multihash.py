@@ -3,12 +3,17 @@ flips). Results are ordered by (distance, row_id) among what it returns."""
 
 from __future__ import annotations
 
-from storage.index.base import BinaryIndex, add_chunked, id_mapped
+import numpy as np
+
+from storage.index.base import BinaryIndex, add_chunked, flat_codes_view, id_mapped, idmap_ids
 from storage.index.registry import Param, register_kind
 
 
 @register_kind
 class MultiHashIndex(BinaryIndex):
+    """faiss 1.15 can neither remove from nor select in an IndexBinaryMultiHash: deletes are tombstones and
+    filtered searches oversample or scan the selected rows' codes (storage/index/filters.py)."""
+
     kind = "multihash"
     param_specs = (
         Param("nhash", None, "hash tables"),
@@ -46,6 +51,10 @@ class MultiHashIndex(BinaryIndex):
 
         self.inner = faiss.downcast_IndexBinary(self.index.index)
         self.inner.nflip = int(self.params.get("nflip", 2))
+
+    def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        storage = self.inner.storage  # an IndexBinaryFlat in insertion order, as the id map
+        return idmap_ids(self.index, copy=False), flat_codes_view(storage, self.ntotal, self.nbytes)
 
     def memory_bytes(self) -> int:
         return self.ntotal * (self.nbytes + 8 + 24 * int(self.params.get("nhash", 4)))
