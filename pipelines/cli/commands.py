@@ -2,38 +2,108 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import traceback
+import uuid
 
+from pipelines.cli.errors import USER_ERROR_EXIT, UserError, as_user_error, is_user_error_name
 from pipelines.cli.options import ASSET_OF_VERB, locations, parser, run_config
 
 
+def _check_inputs(args, root: str, selection: list[str] | None, instance) -> None:
+    """What a one-asset verb needs before it starts: the catalogue (all but ``ingest``), a trained model (the
+    verbs after ``train``); a ``UserError`` naming the verb that makes it otherwise."""
+    from storage.catalogue import catalogue_parts
+    from storage.fs import StorageRoot
+
+    if selection is None or selection == ["catalogue"]:
+        return
+    name = args.catalogue
+    if not StorageRoot(root).exists(*catalogue_parts(name)):
+        raise UserError(
+            f"no catalogue {name!r} in {root} — run `vitrieve ingest --catalogue {name} --source URI` "
+            f"(or `vitrieve run --catalogue {name} --source URI`) first"
+        )
+    if selection != ["hashing_model"]:
+        from assets.common import latest_model_id
+
+        if latest_model_id(instance, name) is None:
+            raise UserError(
+                f"catalogue {name!r} has no trained model — run `vitrieve train --catalogue {name}` first"
+            )
+
+
+def _root_cause(error):
+    while error.cause is not None:  # the user's error, not Dagster's wrapper
+        error = error.cause
+    return error
+
+
+def _report_failure(args, result, log_path: str) -> int:
+    """One line per failed step and check; 2 where every failure is the user's to fix, else 1."""
+    verb, user_only = args.verb, True
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = _root_cause(event.step_failure_data.error)
+            user = is_user_error_name(error.cls_name)
+            user_only &= user
+            message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+            if user:  # "SourceError: image folder ..." -> "image folder ..."
+                message = message.split(": ", 1)[-1] if message.startswith(error.cls_name) else message
+            print(f"vitrieve {verb}: step {event.step_key} failed: {message}", file=sys.stderr)
+            if args.debug:
+                print(event.step_failure_data.error.to_string(), file=sys.stderr)
+    for check in result.get_asset_check_evaluations():
+        if not check.passed:
+            user_only = False
+            print(
+                f"vitrieve {verb}: check {check.asset_check_key.name} failed: {dict(check.metadata)}",
+                file=sys.stderr,
+            )
+    if not user_only and not args.debug:
+        print(
+            f"vitrieve {verb}: the full log is in {log_path}; --debug shows the tracebacks", file=sys.stderr
+        )
+    return USER_ERROR_EXIT if user_only else 1
+
+
 def cmd_materialise(args, selection: list[str] | None) -> int:
+    from ml.progress import PROGRESS_ENV
+    from pipelines.cli.run_output import RunOutput, run_log_path
     from pipelines.cli.summary import print_summary
-    from pipelines.execution import materialise
+    from pipelines.execution import dagster_home, materialise, terminal_instance
 
     try:
         config = run_config(args)
     except ValueError as err:
-        print(f"vitrieve {args.verb}: {err}", file=sys.stderr)
-        return 2
+        raise UserError(str(err)) from err
     root, db = locations(args)
+    instance = terminal_instance(root)
+    _check_inputs(args, root, selection, instance)
+    run_id = str(uuid.uuid4())  # a Dagster run id, known before the run so that its log file can be named
+    log_path = run_log_path(dagster_home(root), run_id)
+    print(f"vitrieve {args.verb}: catalogue {args.catalogue!r}, run {run_id[:8]}, Dagster log {log_path}")
+    if args.quiet:
+        os.environ[PROGRESS_ENV] = "0"  # steps in child processes inherit it
     start = time.perf_counter()
-    result, instance = materialise(
-        args.catalogue, "train_and_publish", config, root, db, args.device, selection
-    )
+    with RunOutput(log_path, debug=args.debug) as output:
+        result, instance = materialise(
+            args.catalogue,
+            "train_and_publish",
+            config,
+            root,
+            db,
+            args.device,
+            selection,
+            instance=instance,
+            loggers=output.logger_defs(),
+            run_id=run_id,
+        )
     wall = time.perf_counter() - start
     if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                error = event.step_failure_data.error
-                while error.cause is not None:  # the user's error, not Dagster's wrapper
-                    error = error.cause
-                print(f"step {event.step_key} failed: {error.message.strip()}", file=sys.stderr)
-        failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
-        for check in failed_checks:
-            print(f"check {check.asset_check_key.name} failed: {dict(check.metadata)}", file=sys.stderr)
-        return 1
+        return _report_failure(args, result, log_path)
     print_summary(args.catalogue, root, db, result, instance, wall)
     return 0
 
@@ -90,8 +160,7 @@ def cmd_bench_faults(args) -> int:
     storages = tuple(s.strip() for s in args.storage.split(",") if s.strip())
     unknown = sorted(set(storages) - {"local", "s3"})
     if unknown:
-        print(f"vitrieve bench faults: unknown storage {', '.join(unknown)} (local, s3)", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown storage {', '.join(unknown)} (choose from local, s3)")
     kills = 10 if args.quick else args.kills
     return run_fault_bench(db, kills, args.seed, storages, args.workdir, args.json)
 
@@ -104,15 +173,10 @@ def cmd_sql(args) -> int:
     _, db = locations(args)
     try:
         columns, rows = DiagnosticsDB(db).query(args.query)
-    except ReadOnlyQueryError as err:
-        print(f"vitrieve sql: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"vitrieve sql: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # DuckDB parser/binder errors: show them plainly
-        print(f"vitrieve sql: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+    except (ReadOnlyQueryError, FileNotFoundError):
+        raise
+    except Exception as err:  # DuckDB parser/binder errors: the query is the user's
+        raise UserError(f"{type(err).__name__}: {err}") from err
     print(tabulate(rows, headers=columns, floatfmt=".4f"))
     return 0
 
@@ -151,8 +215,7 @@ def cmd_doctor(args) -> int:
     return 1 if findings and not args.fix else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _dispatch(args) -> int:
     if args.verb == "run":
         return cmd_materialise(args, None)
     if args.verb in ASSET_OF_VERB:
@@ -166,6 +229,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "bench":
         return {"quality": cmd_bench_quality, "faults": cmd_bench_faults}.get(args.bench, cmd_bench)(args)
     raise AssertionError(args.verb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``vitrieve`` command: 0 done, 1 failed, 2 a user error (one line; ``--debug`` adds the traceback)."""
+    args = parser().parse_args(argv)
+    prog = f"vitrieve {args.verb}" + (f" {args.bench}" if args.verb == "bench" else "")
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        user = as_user_error(err)
+        if user is not None:
+            print(f"{prog}: {user}", file=sys.stderr)
+            return USER_ERROR_EXIT
+        if not args.debug:
+            print(f"{prog}: {type(err).__name__}: {err} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from pipelines.cli.errors import UserError
 from storage.catalogue import read_catalogue
 from storage.codes import read_codes
 from storage.fs import StorageRoot
@@ -25,7 +26,7 @@ def query_codes(
         if q.lstrip("-").isdigit():
             pos = np.searchsorted(row_ids, int(q))
             if pos >= len(row_ids) or row_ids[pos] != int(q):
-                raise SystemExit(f"vitrieve search: row id {q} is not in catalogue {catalogue!r}")
+                raise UserError(f"row id {q} is not in catalogue {catalogue!r}")
             out.append(codes[pos])
             own.append(int(q))
         else:
@@ -44,7 +45,7 @@ def _encode_files(root: StorageRoot, model_id: str, paths: list[str], device: st
     blobs = []
     for path in paths:
         if not os.path.isfile(path):
-            raise SystemExit(f"vitrieve search: {path!r} is neither a row id nor an image file")
+            raise UserError(f"{path!r} is neither a row id nor an image file")
         with open(path, "rb") as f:
             blobs.append(f.read())
     dev = resolve_device(device)
@@ -52,12 +53,40 @@ def _encode_files(root: StorageRoot, model_id: str, paths: list[str], device: st
     try:
         images = decode_images(blobs, model.spec.img_size, model.spec.in_chans)
     except Exception as err:
-        raise SystemExit(f"vitrieve search: cannot decode query image: {err}") from err
+        raise UserError(f"cannot decode query image: {err}") from err
     return encode_images(model, images, dev)
 
 
-def run_search(root_uri: str, catalogue: str, queries: list[str], k: int, device: str, as_json: bool) -> int:
+def indexed_catalogues(root: StorageRoot) -> list[str]:
+    """The catalogues of ``root`` with a published index (``indexes/<name>/CURRENT``), sorted."""
+    return [name for name in root.names("indexes") if root.exists("indexes", name, "CURRENT")]
+
+
+def pick_catalogue(root: StorageRoot, catalogue: str | None) -> str:
+    """``catalogue`` if it has a published index, the only indexed one when none is named; else a ``UserError``
+    saying which ones there are."""
+    names = indexed_catalogues(root)
+    listed = f" (catalogues with an index: {', '.join(names)})" if names else ""
+    if catalogue is None and len(names) == 1:
+        return names[0]
+    if catalogue is None and names:
+        raise UserError(
+            f"{len(names)} catalogues have an index: {', '.join(names)} — choose one with --catalogue"
+        )
+    name = catalogue or "NAME"
+    if catalogue is None or catalogue not in names:
+        where = f"for catalogue {catalogue!r}" if catalogue else "for any catalogue"
+        raise UserError(
+            f"no index {where} in {root.uri} — run `vitrieve run --catalogue {name}` first{listed}"
+        )
+    return catalogue
+
+
+def run_search(
+    root_uri: str, catalogue: str | None, queries: list[str], k: int, device: str, as_json: bool
+) -> int:
     root = StorageRoot(root_uri)
+    catalogue = pick_catalogue(root, catalogue)
     model_id = current(root, catalogue)["model_id"]
     index, _ = load_index(root, catalogue)
     codes, own = query_codes(root, catalogue, model_id, queries, device)
