@@ -50,8 +50,11 @@ def _report_failure(args, result, log_path: str) -> int:
             user = is_user_error_name(error.cls_name)
             user_only &= user
             message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
-            if user:  # "SourceError: image folder ..." -> "image folder ..."
-                message = message.split(": ", 1)[-1] if message.startswith(error.cls_name) else message
+            head, _, rest = message.partition(": ")
+            if (
+                user and rest and head.endswith(error.cls_name)
+            ):  # "a.b.SourceError: folder ..." -> "folder ..."
+                message = rest
             print(f"vitrieve {verb}: step {event.step_key} failed: {message}", file=sys.stderr)
             if args.debug:
                 print(event.step_failure_data.error.to_string(), file=sys.stderr)
@@ -104,7 +107,7 @@ def cmd_materialise(args, selection: list[str] | None) -> int:
     wall = time.perf_counter() - start
     if not result.success:
         return _report_failure(args, result, log_path)
-    print_summary(args.catalogue, root, db, result, instance, wall)
+    print_summary(args.catalogue, root, db, result, instance, wall, args.verb)
     return 0
 
 
@@ -176,7 +179,7 @@ def cmd_sql(args) -> int:
     except (ReadOnlyQueryError, FileNotFoundError):
         raise
     except Exception as err:  # DuckDB parser/binder errors: the query is the user's
-        raise UserError(f"{type(err).__name__}: {err}") from err
+        raise UserError(f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from err
     print(tabulate(rows, headers=columns, floatfmt=".4f"))
     return 0
 

@@ -7,7 +7,7 @@ it. Anything else is a bug: one line too, with the traceback behind ``--debug``.
 
 from __future__ import annotations
 
-import functools
+import sys
 
 USER_ERROR_EXIT = 2
 
@@ -16,29 +16,33 @@ class UserError(Exception):
     """A problem with the command line or the data it names; the message says what to do about it."""
 
 
-@functools.cache
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """The library errors that a user causes: imported on first use (they pull in torch and pyarrow)."""
-    from ml.pretrained import PretrainedMismatchError
-    from ml.train import UnsafeStateError
-    from storage.diagnostics import ReadOnlyQueryError
-    from storage.ingest import TooManyRejects
-    from storage.sources import SourceError
+# The library errors a user causes, by module: a module that was never imported raised none of them, so they
+# are looked up among the loaded ones (an error path of `vitrieve sql` does not import torch to name its types).
+LIBRARY_USER_ERRORS = {
+    "storage.sources": ("SourceError",),
+    "storage.ingest": ("TooManyRejects",),
+    "storage.diagnostics.guard": ("ReadOnlyQueryError",),
+    "ml.pretrained": ("PretrainedMismatchError",),
+    "ml.train": ("UnsafeStateError",),
+}
 
-    return (
-        UserError,
-        FileNotFoundError,
-        SourceError,
-        TooManyRejects,
-        PretrainedMismatchError,
-        UnsafeStateError,
-        ReadOnlyQueryError,
-    )
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """``UserError``, ``FileNotFoundError`` and those of ``LIBRARY_USER_ERRORS`` already imported."""
+    loaded = [
+        getattr(sys.modules[module], name)
+        for module, names in LIBRARY_USER_ERRORS.items()
+        if module in sys.modules
+        for name in names
+    ]
+    return (UserError, FileNotFoundError, *loaded)
 
 
 def is_user_error_name(cls_name: str) -> bool:
     """Whether an error known only by its class name (a failed Dagster step's) is one a user causes."""
-    return cls_name in {t.__name__ for t in user_error_types()}
+    return cls_name in {"UserError", "FileNotFoundError"} | {
+        n for ns in LIBRARY_USER_ERRORS.values() for n in ns
+    }
 
 
 def as_user_error(err: BaseException) -> UserError | None:
