@@ -41,34 +41,34 @@ def _root_cause(error):
     return error
 
 
-def _report_failure(args, result, log_path: str) -> int:
+def _plain(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _report_failure(args, result) -> int:
     """One line per failed step and check; 2 where every failure is the user's to fix, else 1."""
     verb, user_only = args.verb, True
     for event in result.all_events:
-        if event.is_step_failure:
-            error = _root_cause(event.step_failure_data.error)
-            user = is_user_error_name(error.cls_name)
-            user_only &= user
-            message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
-            head, _, rest = message.partition(": ")
-            if (
-                user and rest and head.endswith(error.cls_name)
-            ):  # "a.b.SourceError: folder ..." -> "folder ..."
-                message = rest
-            print(f"vitrieve {verb}: step {event.step_key} failed: {message}", file=sys.stderr)
-            if args.debug:
-                print(event.step_failure_data.error.to_string(), file=sys.stderr)
+        if not event.is_step_failure:
+            continue
+        error = _root_cause(event.step_failure_data.error)
+        if error.cls_name == "DagsterAssetCheckFailedError":  # a blocking check: its own line below
+            continue
+        user = is_user_error_name(error.cls_name)
+        user_only &= user
+        message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+        head, _, rest = message.partition(": ")
+        if rest and head.endswith(error.cls_name):  # "storage.sources.SourceError: folder ..."
+            message = rest if user else f"{error.cls_name}: {rest}"
+        hint = "" if user or args.debug else " (--debug shows the traceback)"
+        print(f"vitrieve {verb}: step {event.step_key} failed: {message}{hint}", file=sys.stderr)
+        if args.debug:
+            print(event.step_failure_data.error.to_string(), file=sys.stderr)
     for check in result.get_asset_check_evaluations():
         if not check.passed:
             user_only = False
-            print(
-                f"vitrieve {verb}: check {check.asset_check_key.name} failed: {dict(check.metadata)}",
-                file=sys.stderr,
-            )
-    if not user_only and not args.debug:
-        print(
-            f"vitrieve {verb}: the full log is in {log_path}; --debug shows the tracebacks", file=sys.stderr
-        )
+            values = ", ".join(f"{k} {_plain(v.value)}" for k, v in check.metadata.items())
+            print(f"vitrieve {verb}: check {check.asset_check_key.name} failed: {values}", file=sys.stderr)
     return USER_ERROR_EXIT if user_only else 1
 
 
@@ -106,7 +106,7 @@ def cmd_materialise(args, selection: list[str] | None) -> int:
         )
     wall = time.perf_counter() - start
     if not result.success:
-        return _report_failure(args, result, log_path)
+        return _report_failure(args, result)
     print_summary(args.catalogue, root, db, result, instance, wall, args.verb)
     return 0
 

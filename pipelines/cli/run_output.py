@@ -50,10 +50,9 @@ class StepLines(logging.Handler):
             self.started[key] = time.monotonic()
         elif kind == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
             self.failed_checks.setdefault(key, []).append(event.event_specific_data.check_name)
-        elif kind == "STEP_SUCCESS":
-            self._line(key, "check failed" if key in self.failed_checks else "ok")
-        elif kind == "STEP_FAILURE":
-            self._line(key, "failed")
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):  # a failed blocking check fails its step
+            failed = kind == "STEP_FAILURE"
+            self._line(key, "check failed" if key in self.failed_checks else "failed" if failed else "ok")
         elif kind == "STEP_SKIPPED":
             self._line(key, "skipped")
 
