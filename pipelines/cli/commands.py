@@ -47,13 +47,14 @@ def _plain(value) -> str:
 
 def _report_failure(args, result) -> int:
     """One line per failed step and check; 2 where every failure is the user's to fix, else 1."""
-    verb, user_only = args.verb, True
+    verb, user_only, reported = args.verb, True, 0
     for event in result.all_events:
         if not event.is_step_failure:
             continue
         error = _root_cause(event.step_failure_data.error)
         if error.cls_name == "DagsterAssetCheckFailedError":  # a blocking check: its own line below
             continue
+        reported += 1
         user = is_user_error_name(error.cls_name)
         user_only &= user
         message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
@@ -66,10 +67,12 @@ def _report_failure(args, result) -> int:
             print(event.step_failure_data.error.to_string(), file=sys.stderr)
     for check in result.get_asset_check_evaluations():
         if not check.passed:
-            user_only = False
+            reported, user_only = reported + 1, False
             values = ", ".join(f"{k} {_plain(v.value)}" for k, v in check.metadata.items())
             print(f"vitrieve {verb}: check {check.asset_check_key.name} failed: {values}", file=sys.stderr)
-    return USER_ERROR_EXIT if user_only else 1
+    if not reported:  # the run itself failed (interrupted, or before any step)
+        print(f"vitrieve {verb}: the run failed; the Dagster log has the reason", file=sys.stderr)
+    return USER_ERROR_EXIT if user_only and reported else 1
 
 
 def cmd_materialise(args, selection: list[str] | None) -> int:

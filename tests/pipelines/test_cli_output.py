@@ -222,3 +222,14 @@ def test_quiet_sets_the_progress_switch(monkeypatch, tmp_path):
     assert os.environ[PROGRESS_ENV] == "1"
     assert main([*argv, "--quiet"]) == 2
     assert os.environ[PROGRESS_ENV] == "0"
+
+
+@needs_fashion_mnist
+def test_missing_model_is_a_user_error_before_any_run(cli_run, tmp_path):
+    """``vitrieve encode`` where the catalogue exists but the instance (a fresh one here) knows no model."""
+    _, root, _ = cli_run
+    done = vitrieve("encode", "--root", str(root), "--catalogue", "tiny", home=tmp_path / "fresh_home")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "vitrieve encode: catalogue 'tiny' has no trained model — run `vitrieve train --catalogue tiny` first"
+    ]
