@@ -16,11 +16,11 @@ class UserError(Exception):
     """A problem with the command line or the data it names; the message says what to do about it."""
 
 
-# The library errors a user causes, by module: a module that was never imported raised none of them, so they
-# are looked up among the loaded ones (an error path of `vitrieve sql` does not import torch to name its types).
+# The library errors a user causes, by module. A module never imported raised none of them, so they are looked up
+# among the loaded ones (an error path of `vitrieve sql` does not import torch to name its types). A catalogue
+# failing its reject gate (``TooManyRejects``) is a failed run, exit 1, with its reasons: not a command-line slip.
 LIBRARY_USER_ERRORS = {
     "storage.sources": ("SourceError",),
-    "storage.ingest": ("TooManyRejects",),
     "storage.diagnostics.guard": ("ReadOnlyQueryError",),
     "ml.pretrained": ("PretrainedMismatchError",),
     "ml.train": ("UnsafeStateError",),
