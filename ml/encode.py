@@ -7,10 +7,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ml.data import iterate_batches, normalise
 from ml.device import bf16_autocast
+from ml.progress import progress_bar
 
 
 def pack_outputs(u: torch.Tensor) -> np.ndarray:
@@ -64,7 +64,7 @@ def _encode(
     amp = bf16_autocast(device)
     chunks, outputs = [], []
     batches = iterate_batches(len(images), batch_size)
-    bar = tqdm(total=len(images), desc="encode", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(len(images), "encode", "img", enabled=progress)
     for idx in batches:
         x = normalise(torch.from_numpy(images[idx.numpy()]).to(device))
         if transform is not None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ml.data import augment, iterate_batches, normalise, random_eraser
 from ml.device import bf16_autocast, training_attention
@@ -22,6 +21,7 @@ from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
 from ml.metrics import evaluate_retrieval
 from ml.models import ModelSpec, build_model, count_parameters
+from ml.progress import progress_bar
 from ml.timm_compat import import_timm
 from ml.train_config import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -263,9 +263,7 @@ def train_hashing_model(
             loss_fn.set_epoch(epoch - 1)
         t0 = time.perf_counter()
         losses = []
-        bar = tqdm(
-            total=n, desc=f"epoch {epoch}/{total_epochs}", unit="img", disable=not progress, leave=False
-        )
+        bar = progress_bar(n, f"epoch {epoch}/{total_epochs}", "img", enabled=progress)
         batches = enumerate(iterate_batches(n, cfg.batch_size, gen), start=(epoch - 1) * steps_per_epoch + 1)
         with training_attention(model, device, use_amp):
             for step, idx in batches:

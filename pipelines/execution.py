@@ -4,6 +4,7 @@ so runs launched from the terminal show up in the Dagster UI."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -39,6 +40,20 @@ def dagster_home(root: str) -> str:
     return home
 
 
+# In-process runs write their own terminal output (``pipelines.cli.run_output``): Dagster's capture of the
+# process's stdout and stderr would swap the terminal for a file (no progress bars, a `tail` echoing it back).
+NO_CAPTURE = {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+
+
+def terminal_instance(root: str) -> dg.DagsterInstance:
+    """The instance in ``dagster_home(root)`` (its event log, runs and schedules), without compute-log
+    capture: the terminal stays the terminal for steps run in this process."""
+    from dagster._core.instance.ref import InstanceRef  # the public API has no per-process override
+
+    home = dagster_home(root)
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides={"compute_logs": NO_CAPTURE}))
+
+
 def materialise(
     catalogue: str,
     job_name: str,
@@ -47,13 +62,17 @@ def materialise(
     db_path: str,
     device: str = "auto",
     selection: list[str] | None = None,
+    instance: dg.DagsterInstance | None = None,
+    loggers: Mapping[str, dg.LoggerDefinition] | None = None,
+    run_id: str | None = None,
 ) -> tuple[dg.ExecuteInProcessResult, dg.DagsterInstance]:
-    """Run ``job_name`` (or just ``selection`` of its assets) for one catalogue partition."""
+    """Run ``job_name`` (or just ``selection`` of its assets) for one catalogue partition; ``loggers`` replace
+    the job's (Dagster's console logger) where given. The event log always goes to the instance."""
     from pipelines.definitions import build_definitions
     from pipelines.jobs import run_tags
 
     dagster_home(root)
-    instance = dg.DagsterInstance.get()
+    instance = instance or dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(catalogues.name, catalogue):
         instance.add_dynamic_partitions(catalogues.name, [catalogue])
     resources = {
@@ -62,8 +81,11 @@ def materialise(
         "compute": ComputeResource(device=device),
     }
     job = build_definitions(resources).resolve_job_def(job_name)
+    if loggers is not None:
+        job = job.with_logger_defs(loggers)
     result = job.execute_in_process(
-        run_config={"ops": run_config},
+        run_id=run_id,
+        run_config={"ops": run_config} | ({"loggers": dict.fromkeys(loggers, {})} if loggers else {}),
         instance=instance,
         partition_key=catalogue,
         asset_selection=[dg.AssetKey(a) for a in selection] if selection else None,

@@ -2,39 +2,115 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import traceback
+import uuid
 
+from pipelines.cli.errors import USER_ERROR_EXIT, UserError, as_user_error, is_user_error_name
 from pipelines.cli.options import ASSET_OF_VERB, locations, parser, run_config
 
 
+def _check_inputs(args, root: str, selection: list[str] | None, instance) -> None:
+    """What a one-asset verb needs before it starts: the catalogue (all but ``ingest``), a trained model (the
+    verbs after ``train``); a ``UserError`` naming the verb that makes it otherwise."""
+    from storage.catalogue import catalogue_parts
+    from storage.fs import StorageRoot
+
+    if selection is None or selection == ["catalogue"]:
+        return
+    name = args.catalogue
+    if not StorageRoot(root).exists(*catalogue_parts(name)):
+        raise UserError(
+            f"no catalogue {name!r} in {root} — run `vitrieve ingest --catalogue {name} --source URI` "
+            f"(or `vitrieve run --catalogue {name} --source URI`) first"
+        )
+    if selection != ["hashing_model"]:
+        from assets.common import latest_model_id
+
+        if latest_model_id(instance, name) is None:
+            raise UserError(
+                f"catalogue {name!r} has no trained model — run `vitrieve train --catalogue {name}` first"
+            )
+
+
+def _root_cause(error):
+    while error.cause is not None:  # the user's error, not Dagster's wrapper
+        error = error.cause
+    return error
+
+
+def _plain(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _report_failure(args, result) -> int:
+    """One line per failed step and check; 2 where every failure is the user's to fix, else 1."""
+    verb, user_only, reported = args.verb, True, 0
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        error = _root_cause(event.step_failure_data.error)
+        if error.cls_name == "DagsterAssetCheckFailedError":  # a blocking check: its own line below
+            continue
+        reported += 1
+        user = is_user_error_name(error.cls_name)
+        user_only &= user
+        message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+        head, _, rest = message.partition(": ")
+        if rest and head.endswith(error.cls_name):  # "storage.sources.SourceError: folder ..."
+            message = rest if user else f"{error.cls_name}: {rest}"
+        hint = "" if user or args.debug else " (--debug shows the traceback)"
+        print(f"vitrieve {verb}: step {event.step_key} failed: {message}{hint}", file=sys.stderr)
+        if args.debug:
+            print(event.step_failure_data.error.to_string(), file=sys.stderr)
+    for check in result.get_asset_check_evaluations():
+        if not check.passed:
+            reported, user_only = reported + 1, False
+            values = ", ".join(f"{k} {_plain(v.value)}" for k, v in check.metadata.items())
+            print(f"vitrieve {verb}: check {check.asset_check_key.name} failed: {values}", file=sys.stderr)
+    if not reported:  # the run itself failed (interrupted, or before any step)
+        print(f"vitrieve {verb}: the run failed; the Dagster log has the reason", file=sys.stderr)
+    return USER_ERROR_EXIT if user_only and reported else 1
+
+
 def cmd_materialise(args, selection: list[str] | None) -> int:
+    from ml.progress import PROGRESS_ENV
+    from pipelines.cli.run_output import RunOutput, run_log_path
     from pipelines.cli.summary import print_summary
-    from pipelines.execution import materialise
+    from pipelines.execution import dagster_home, materialise, terminal_instance
 
     try:
         config = run_config(args)
     except ValueError as err:
-        print(f"vitrieve {args.verb}: {err}", file=sys.stderr)
-        return 2
+        raise UserError(str(err)) from err
     root, db = locations(args)
+    instance = terminal_instance(root)
+    _check_inputs(args, root, selection, instance)
+    run_id = str(uuid.uuid4())  # a Dagster run id, known before the run so that its log file can be named
+    log_path = run_log_path(dagster_home(root), run_id)
+    print(f"vitrieve {args.verb}: catalogue {args.catalogue!r}, run {run_id[:8]}, Dagster log {log_path}")
+    if args.quiet:
+        os.environ[PROGRESS_ENV] = "0"  # steps in child processes inherit it
     start = time.perf_counter()
-    result, instance = materialise(
-        args.catalogue, "train_and_publish", config, root, db, args.device, selection
-    )
+    with RunOutput(log_path, debug=args.debug) as output:
+        result, instance = materialise(
+            args.catalogue,
+            "train_and_publish",
+            config,
+            root,
+            db,
+            args.device,
+            selection,
+            instance=instance,
+            loggers=output.logger_defs(),
+            run_id=run_id,
+        )
     wall = time.perf_counter() - start
     if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                error = event.step_failure_data.error
-                while error.cause is not None:  # the user's error, not Dagster's wrapper
-                    error = error.cause
-                print(f"step {event.step_key} failed: {error.message.strip()}", file=sys.stderr)
-        failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
-        for check in failed_checks:
-            print(f"check {check.asset_check_key.name} failed: {dict(check.metadata)}", file=sys.stderr)
-        return 1
-    print_summary(args.catalogue, root, db, result, instance, wall)
+        return _report_failure(args, result)
+    print_summary(args.catalogue, root, db, result, instance, wall, args.verb)
     return 0
 
 
@@ -126,8 +202,7 @@ def cmd_bench_faults(args) -> int:
     storages = tuple(s.strip() for s in args.storage.split(",") if s.strip())
     unknown = sorted(set(storages) - {"local", "s3"})
     if unknown:
-        print(f"vitrieve bench faults: unknown storage {', '.join(unknown)} (local, s3)", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown storage {', '.join(unknown)} (choose from local, s3)")
     kills = 10 if args.quick else args.kills
     return run_fault_bench(db, kills, args.seed, storages, args.workdir, args.json)
 
@@ -161,15 +236,10 @@ def cmd_sql(args) -> int:
     _, db = locations(args)
     try:
         columns, rows = DiagnosticsDB(db).query(args.query)
-    except ReadOnlyQueryError as err:
-        print(f"vitrieve sql: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"vitrieve sql: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # DuckDB parser/binder errors: show them plainly
-        print(f"vitrieve sql: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+    except (ReadOnlyQueryError, FileNotFoundError):
+        raise
+    except Exception as err:  # DuckDB parser/binder errors: the query is the user's
+        raise UserError(f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from err
     print(tabulate(rows, headers=columns, floatfmt=".4f"))
     return 0
 
@@ -208,8 +278,7 @@ def cmd_doctor(args) -> int:
     return 1 if findings and not args.fix else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _dispatch(args) -> int:
     if args.verb == "run":
         return cmd_materialise(args, None)
     if args.verb in ASSET_OF_VERB:
@@ -228,6 +297,27 @@ def main(argv: list[str] | None = None) -> int:
             "transfer": cmd_bench_transfer,
         }.get(args.bench, cmd_bench)(args)
     raise AssertionError(args.verb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``vitrieve`` command: 0 done, 1 failed, 2 a user error (one line; ``--debug`` adds the traceback)."""
+    args = parser().parse_args(argv)
+    prog = f"vitrieve {args.verb}" + (f" {args.bench}" if args.verb == "bench" else "")
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        user = as_user_error(err)
+        if user is not None:
+            print(f"{prog}: {user}", file=sys.stderr)
+            return USER_ERROR_EXIT
+        if not args.debug:
+            print(f"{prog}: {type(err).__name__}: {err} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

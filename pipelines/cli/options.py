@@ -231,8 +231,24 @@ def _device_default() -> str:
     return os.environ.get("VITRIEVE_DEVICE", "auto")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--catalogue", default="fashion-mnist", help="catalogue name (Dagster partition)")
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where the options are listed, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (options: `{self.prog} --help`)\n")
+
+
+def _output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="tracebacks of errors, Dagster's log on the terminal")
+
+
+def _common(
+    p: argparse.ArgumentParser,
+    catalogue: str | None = "fashion-mnist",
+    about: str = "catalogue name (Dagster partition)",
+) -> None:
+    p.add_argument("--catalogue", default=catalogue, help=about)
+    _output(p)
     p.add_argument("--root", default=None, help="storage root URI (default $VITRIEVE_ROOT or ./data)")
     p.add_argument(
         "--db",
@@ -248,6 +264,9 @@ def _materialising_verbs(sub) -> None:
     for verb, configures in CONFIGURES.items():
         p = sub.add_parser(verb, help=helps[verb], description=helps[verb])
         _common(p)
+        p.add_argument(
+            "--quiet", action="store_true", help="no progress bars (still one line per step and the summary)"
+        )
         if verb in RUNS_TORCH:
             p.add_argument("--device", default=_device_default(), help="auto | cpu | cuda[:N]")
         else:  # the compute resource of the run, which these assets never use
@@ -375,11 +394,11 @@ def _bench_verbs(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vitrieve", description="The vitrieve command line.")
+    ap = Parser(prog="vitrieve", description="The vitrieve command line.")
     sub = ap.add_subparsers(dest="verb", required=True)
     _materialising_verbs(sub)
     p = sub.add_parser("search", help="top-k neighbours of row ids or image files in the published index")
-    _common(p)
+    _common(p, None, "catalogue name (default: the only catalogue with a published index)")
     p.add_argument("queries", nargs="+", help="row ids (integers) or image file paths")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--device", default="auto")
@@ -412,9 +431,11 @@ def parser() -> argparse.ArgumentParser:
         help="age after which a temporary file counts as left behind (default 15)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _output(p)
     p = sub.add_parser("sql", help="run a read-only SQL query on the diagnostics DB")
     p.add_argument("query")
     p.add_argument("--db", default=None)
+    _output(p)
     return ap
 
 

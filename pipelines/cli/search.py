@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 
+from pipelines.cli.errors import UserError
 from storage.catalogue import read_catalogue
 from storage.codes import read_codes
 from storage.fs import StorageRoot
@@ -27,7 +27,7 @@ def query_codes(
         if q.lstrip("-").isdigit():
             pos = np.searchsorted(row_ids, int(q))
             if pos >= len(row_ids) or row_ids[pos] != int(q):
-                raise SystemExit(f"vitrieve search: row id {q} is not in catalogue {catalogue!r}")
+                raise UserError(f"row id {q} is not in catalogue {catalogue!r}")
             out.append(codes[pos])
             own.append(int(q))
         else:
@@ -40,7 +40,7 @@ def _read_files(paths: list[str]) -> list[bytes]:
     blobs = []
     for path in paths:
         if not os.path.isfile(path):
-            raise SystemExit(f"vitrieve search: {path!r} is neither a row id nor an image file")
+            raise UserError(f"{path!r} is neither a row id nor an image file")
         with open(path, "rb") as f:
             blobs.append(f.read())
     return blobs
@@ -61,7 +61,7 @@ def _encode_blobs(
     try:
         images = decode_images(blobs, model.spec.img_size, model.spec.in_chans)
     except Exception as err:
-        raise SystemExit(f"vitrieve search: cannot decode query image: {err}") from err
+        raise UserError(f"cannot decode query image: {err}") from err
     return encode_outputs(model, images, dev)
 
 
@@ -98,18 +98,41 @@ def candidate_table(root: StorageRoot, catalogue: str, model_id: str, scorer: st
         try:
             e_ids, data, scale, dtype = read_embeddings(root, catalogue, model_id)
         except FileNotFoundError as err:
-            raise SystemExit(f"vitrieve search: {err}") from err
+            raise UserError(str(err)) from err
         if not np.array_equal(e_ids, row_ids):
-            raise SystemExit(
-                f"vitrieve search: embeddings of {model_id} do not cover its codes; encode again"
-            )
+            raise UserError(f"embeddings of {model_id} do not cover its codes; encode again")
         emb = dequantise(data, scale, dtype)
     return CandidateTable(row_ids, codes, meta.bits, emb)
 
 
+def indexed_catalogues(root: StorageRoot) -> list[str]:
+    """The catalogues of ``root`` with a published index (``indexes/<name>/CURRENT``), sorted."""
+    return [name for name in root.names("indexes") if root.exists("indexes", name, "CURRENT")]
+
+
+def pick_catalogue(root: StorageRoot, catalogue: str | None) -> str:
+    """``catalogue`` if it has a published index, the only indexed one when none is named; else a ``UserError``
+    saying which ones there are."""
+    names = indexed_catalogues(root)
+    listed = f" (catalogues with an index: {', '.join(names)})" if names else ""
+    if catalogue is None and len(names) == 1:
+        return names[0]
+    if catalogue is None and names:
+        raise UserError(
+            f"{len(names)} catalogues have an index: {', '.join(names)} — choose one with --catalogue"
+        )
+    name = catalogue or "NAME"
+    if catalogue is None or catalogue not in names:
+        where = f"for catalogue {catalogue!r}" if catalogue else "for any catalogue"
+        raise UserError(
+            f"no index {where} in {root.uri} — run `vitrieve run --catalogue {name}` first{listed}"
+        )
+    return catalogue
+
+
 def run_search(
     root_uri: str,
-    catalogue: str,
+    catalogue: str | None,
     queries: list[str],
     k: int,
     device: str,
@@ -121,14 +144,14 @@ def run_search(
     """Print the top-k of each query; deleted rows are hidden, ``where`` (SQL over the catalogue's columns) keeps
     only the rows it matches, and ``rerank`` re-scores the top ``oversample x k`` of that search."""
     root = StorageRoot(root_uri)
+    catalogue = pick_catalogue(root, catalogue)
     model_id = current(root, catalogue)["model_id"]
     allow = None
     if where:
         try:
             allow = rows_where(root, catalogue, where)
         except ValueError as err:
-            print(f"vitrieve search: {err}", file=sys.stderr)
-            return 2
+            raise UserError(str(err)) from err
     index, _ = load_index(root, catalogue)
     codes, own = query_codes(root, catalogue, model_id, queries, device)
     stones = read_tombstones(root, catalogue)
@@ -149,7 +172,7 @@ def run_search(
         from ml.rerank import rerank_search
 
         if oversample < 1:
-            raise SystemExit(f"vitrieve search: --oversample must be >= 1, got {oversample}")
+            raise UserError(f"--oversample must be >= 1, got {oversample}")
         u = query_outputs(root, catalogue, model_id, queries, device)
         table = candidate_table(root, catalogue, model_id, rerank)
         ids, scores, dist = rerank_search(search, codes, u, k, oversample, rerank, table)

@@ -30,6 +30,7 @@ def print_summary(
     result: dg.ExecuteInProcessResult,
     instance: dg.DagsterInstance,
     wall_seconds: float,
+    verb: str = "run",
 ) -> None:
     md = _metadata(result)
     ev, codes, index, ret, model = (
@@ -91,7 +92,7 @@ def print_summary(
     rows.append(("step wall times", steps))
     rows.append(("total wall time", f"{wall_seconds:.0f}s"))
     width = max(len(k) for k, _ in rows)
-    print("\nvitrieve run: success")
+    print(f"\nvitrieve {verb}: success")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     print(
