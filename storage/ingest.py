@@ -5,7 +5,7 @@ Reasons: ``missing``, ``unreadable``, ``empty-file``, ``too-large``, ``not-an-im
 ``truncated``, ``decompression-bomb``, ``unsupported-mode``, ``escapes-root``, ``duplicate-id``,
 ``duplicate-image`` (same sha256 as an accepted item), ``bad-label``, ``no-label``, ``bad-split``,
 ``bad-id``, ``bad-row`` (a manifest line that does not parse). Past ``max_reject_fraction`` of the listed
-items, :func:`ingest` raises :class:`TooManyRejects` naming the worst reasons (and carrying the rejections).
+items (exact duplicates not counted), :func:`ingest` raises :class:`TooManyRejects` naming the worst reasons (and carrying the rejections).
 
 Files of a folder that are not images (sidecars, system and hidden files, files left out by globs) are
 *skipped*, not rejected: they are counted apart (:class:`storage.folder_rules.Skip`) and do not count
@@ -49,6 +49,11 @@ class Rejection:
     item: str
     reason: str
     detail: str
+
+
+# An exact copy of an accepted image is left out and reported, but is no sign of a damaged source (real folders
+# hold the same picture under several names), so it does not count towards ``max_reject_fraction``.
+UNCOUNTED_REASONS = frozenset({"duplicate-image"})
 
 
 class TooManyRejects(ValueError):
@@ -310,14 +315,17 @@ def check_rejects(
     skipped: list[Skip] | None = None,
 ) -> None:
     """Raise :class:`TooManyRejects` if more than ``max_fraction`` of the ``candidates`` (listed items less
-    the skipped ones) were rejected."""
-    if candidates and len(rejected) / candidates > max_fraction:
+    the skipped ones) were rejected for a reason that counts (``UNCOUNTED_REASONS`` do not)."""
+    counted = [r for r in rejected if r.reason not in UNCOUNTED_REASONS]
+    if candidates and len(counted) / candidates > max_fraction:
         worst = "; ".join(
-            f"{reason} x{n} (e.g. {ex.item!r}: {ex.detail})" for reason, n, ex in reject_reasons(rejected)[:3]
+            f"{reason} x{n} (e.g. {ex.item!r}: {ex.detail})" for reason, n, ex in reject_reasons(counted)[:3]
         )
-        also = f" ({len(skipped)} other files skipped, not counted)" if skipped else ""
+        uncounted = len(rejected) - len(counted)
+        also = f"; {uncounted} exact duplicates also left out, not counted" if uncounted else ""
+        also += f"; {len(skipped)} other files skipped, not counted" if skipped else ""
         raise TooManyRejects(
-            f"{len(rejected)} of {candidates} items rejected ({len(rejected) / candidates:.1%} > "
+            f"{len(counted)} of {candidates} items rejected ({len(counted) / candidates:.1%} > "
             f"max_reject_fraction {max_fraction:.1%}); worst reasons: {worst}{also}",
             rejected,
             candidates if listed is None else listed,

@@ -251,8 +251,8 @@ def test_too_many_rejects_fail_naming_the_worst_reasons(tmp_path):
     )
     assert not result.success
     (message,) = failure_messages(result)
-    assert "12 of 36 items rejected" in message and "max_reject_fraction 20.0%" in message
-    assert "2 other files skipped" in message
+    assert "11 of 36 items rejected" in message and "max_reject_fraction 20.0%" in message
+    assert "1 exact duplicates also left out, not counted" in message and "2 other files skipped" in message
     assert "worst reasons: corrupt x4" in message and "decompression-bomb x2" in message
     db = DiagnosticsDB(tmp_path / "diag.duckdb")
     assert db.query("SELECT status, count(*) FROM runs JOIN rejected USING (run_id) GROUP BY 1")[1] == [
@@ -291,7 +291,8 @@ def test_cli_ingest_flags_and_reject_report(tmp_path, monkeypatch, capsys):
         "2",
     ]
     assert main(args) == 1
-    assert "8 of 33 items rejected" in capsys.readouterr().err  # huge.png passes the default max_pixels
+    # huge.png passes the default max_pixels; dog/copy.png, an exact duplicate, is left out but not counted
+    assert "7 of 33 items rejected" in capsys.readouterr().err
     assert main([*args, "--max-reject-fraction", "0.5"]) == 0
     table, info = read_catalogue(StorageRoot(tmp_path / "data"), "zoo")
     assert table.num_rows == 25 and info.protocol["train_per_label"] == 4

@@ -151,8 +151,10 @@ def test_real_icon_theme_with_sidecars(tmp_path):
         shutil.copy(cursor, root / "cursors" / cursor.name)
     for theme_file in ("index.theme", "icon-theme.cache"):
         shutil.copy(ICONS / theme_file, root / theme_file)
-    # The theme holds byte-identical icons under several names (about 9 % of these): rejected as duplicates.
-    r = ingest("icons", list_folder(str(root)), Protocol(), Limits(max_reject_fraction=0.15))
+    # The theme holds byte-identical icons under several names (about 9 % of these): left out as duplicates,
+    # which do not count towards the default limit of 5 % rejects.
+    r = ingest("icons", list_folder(str(root)), Protocol(), Limits())
+    assert len(r.rejected) / r.table.num_rows > Limits().max_reject_fraction
     assert {x.reason for x in r.rejected} <= {"duplicate-image"}
     non_images = sum(1 for p in root.rglob("*") if p.is_file() and p.suffix != ".png")
     assert skip_counts(r.skipped) == {"not-an-image": non_images}
@@ -205,3 +207,19 @@ def test_a_folder_of_unsupported_files_says_what_it_skipped(tmp_path):
         ValueError, match=r"no image among 3 files \(0 rejected, 3 skipped: \{'not-an-image': 3\}\)"
     ):
         ingest("phone", list_folder(str(tmp_path / "phone")), TINY)
+
+
+def test_exact_duplicates_are_left_out_without_failing_the_ingest(tmp_path):
+    """A third of the images copied under other names: reported as duplicates and the ingest goes on; a third
+    damaged instead: over the default limit, it fails naming the reason."""
+    src = write_folder(tmp_path / "dups", per_class=6)
+    for i, png in enumerate(sorted(src.rglob("*.png"))[::3]):
+        shutil.copy(png, png.parent / f"copy-{i}.png")
+    r = ingest("dups", list_folder(str(src)), TINY, Limits())
+    assert {x.reason for x in r.rejected} == {"duplicate-image"} and len(r.rejected) == 6
+    assert r.table.num_rows == 18
+    bad = write_folder(tmp_path / "bad", per_class=6)
+    for i, png in enumerate(sorted(bad.rglob("*.png"))[::3]):
+        (png.parent / f"cut-{i}.png").write_bytes(png.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"6 of 24 items rejected .* worst reasons: (truncated|corrupt)"):
+        ingest("bad", list_folder(str(bad)), TINY, Limits())
