@@ -76,7 +76,7 @@ def model_evaluation(
 ) -> dg.MaterializeResult:
     from ml.data import augment
     from ml.encode import encode_images
-    from ml.metrics import bit_diagnostics, code_stability, evaluate_retrieval
+    from ml.metrics import bit_diagnostics, chance_precision, code_stability, evaluate_retrieval
 
     name = context.partition_key
     root = storage.get()
@@ -95,6 +95,7 @@ def model_evaluation(
     q = table["in_query"].to_numpy(zero_copy_only=False)
     db = table["in_database"].to_numpy(zero_copy_only=False)
     result = evaluate_retrieval(codes[q], labels[q], codes[db], labels[db], bits)
+    chance = chance_precision(labels[q], labels[db])
     bitstats = bit_diagnostics(codes[db], labels[db], bits, seed=config.seed)
 
     # Stability: re-encode a seeded database sample under the light augmentation used in training.
@@ -116,6 +117,7 @@ def model_evaluation(
         + [("precision", int(k), v) for k, v in result.precision_at.items()]
         + [("recall", int(k), v) for k, v in result.recall_at.items()]
         + [("precision_within_radius", 2, result.precision_within_radius2)]
+        + [("chance_precision", None, chance)]
         + [(k, None, float(v)) for k, v in bitstats.items() if not isinstance(v, list)]
         + [(k, None, float(v)) for k, v in stability.items()]
     )
@@ -186,6 +188,7 @@ def model_evaluation(
             "model_id": model_id,
             "map_at_100": float(result.map_at["100"]),
             "p_at_1": float(result.precision_at["1"]),
+            "chance_precision": chance,
             "metrics": dg.MetadataValue.md(table_md),
             "bit_diagnostics": dg.MetadataValue.md("| diagnostic | value |\n|---|---|\n" + bits_md),
             **{

@@ -268,6 +268,19 @@ def evaluate_retrieval(
 
 
 # --------------------------------------------------------------------------------------------- diagnostics
+def chance_precision(query_labels: np.ndarray, db_labels: np.ndarray) -> float:
+    """Precision of a random ranking (the chance level of P@k, and about that of mAP@k): the mean share of the
+    database that shares a label with a query. Multi-hot labels are grouped by distinct label set, so the cost
+    grows with the number of label sets, not with queries x database."""
+    q = _check_labels(np.asarray(query_labels), len(query_labels), "query_labels")
+    d = _check_labels(np.asarray(db_labels), len(db_labels), "db_labels")
+    if len(q) == 0 or len(d) == 0:
+        return 0.0
+    sets, counts = np.unique(d.astype(bool), axis=0, return_counts=True)
+    relevant = (q.astype(np.int64) @ sets.T.astype(np.int64) > 0) @ counts
+    return float(np.mean(relevant / len(d)))
+
+
 def _binary_entropy(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     out = np.zeros_like(p)

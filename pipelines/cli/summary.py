@@ -43,7 +43,7 @@ def print_summary(
             "hashing_model",
         )
     )
-    rows = [("catalogue", catalogue), ("model", model.get("model_id", "?"))]
+    rows = [("catalogue", catalogue)] + ([("model", model["model_id"])] if "model_id" in model else [])
     cat = md.get("catalogue", {})
     if "split_summary" in cat:
         counts = (f"{cat.get(f'{k}_items', 0)} {k}" for k in ("accepted", "rejected", "skipped"))
@@ -53,13 +53,14 @@ def print_summary(
         ]
     if ev:
         proto = ev.get("protocol", {})
+        chance = f"  (chance {ev['chance_precision']:.4f})" if "chance_precision" in ev else ""
         rows += [
             (
                 "protocol",
                 f"{proto.get('queries')} queries x {proto.get('database')} database, {proto.get('bits')} bits",
             ),
-            ("mAP@100", f"{ev['map_at_100']:.4f}"),
-            ("P@1", f"{ev['p_at_1']:.4f}"),
+            ("mAP@100", f"{ev['map_at_100']:.4f}" + chance),
+            ("P@1", f"{ev['p_at_1']:.4f}" + chance),
         ]
     if codes:
         rows.append(

@@ -335,3 +335,19 @@ def test_code_stability() -> None:
     assert same == {"exact_match_rate": 1.0, "bit_flip_rate": 0.0, "stability": 1.0}
     with pytest.raises(ValueError):
         code_stability(a, b[:3], 16)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_chance_precision_is_the_mean_share_of_relevant_database_rows(multilabel) -> None:
+    from ml.metrics import chance_precision
+
+    rng = np.random.default_rng(3)
+    if multilabel:
+        q, d = rng.random((40, 5)) < 0.3, rng.random((300, 5)) < 0.3
+    else:
+        q, d = np.eye(5, dtype=bool)[rng.integers(0, 5, 40)], np.eye(5, dtype=bool)[rng.integers(0, 5, 300)]
+    brute = np.mean([np.mean([(qi & di).any() for di in d]) for qi in q])
+    assert chance_precision(q, d) == pytest.approx(brute)
+    # a long random ranking's P@1 averages to it
+    p1 = [(q[i % 40] & d[rng.integers(0, 300)]).any() for i in range(40_000)]
+    assert np.mean(p1) == pytest.approx(brute, abs=0.01)
