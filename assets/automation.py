@@ -1,6 +1,10 @@
-"""Declarative automation of the asset graph: when Dagster materialises an asset by itself, how fresh the
-published index must be, and how backfills over catalogues are split into runs (docs/OPERATIONS.md,
-"Automation and comparison checks")."""
+"""Declarative automation of the asset graph: when Dagster materialises an asset by itself and how fresh the
+published index must be (docs/OPERATIONS.md, "Automation and comparison checks").
+
+No asset sets a backfill policy, on purpose: every asset works on one catalogue (``context.partition_key``), and
+without a policy a backfill launches one run per catalogue tagged ``dagster/partition``, the tag the run queue's
+per-catalogue limit keys on; ``BackfillPolicy.multi_run(1)`` would also split per catalogue but tag runs with a
+partition range instead, escaping that limit, and ``single_run`` would hand one run several catalogues."""
 
 from __future__ import annotations
 
@@ -23,7 +27,3 @@ FOLLOW_ACCEPTED_UPSTREAM = (AC.eager() & AC.all_deps_blocking_checks_passed()).w
 INDEX_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=48), warn_window=timedelta(hours=26)
 )
-
-#: Every asset handles exactly one catalogue per run (``context.partition_key``), so a backfill over N
-#: catalogues launches N runs, which the run queue and pools then admit one catalogue at a time.
-ONE_CATALOGUE_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)

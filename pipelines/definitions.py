@@ -6,7 +6,6 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import catalogue, checks, codes, drift_checks, evaluation, index, model, retrieval
-from assets.automation import ONE_CATALOGUE_PER_RUN
 from assets.resources import default_resources
 from pipelines.executors import executor_from_env
 from pipelines.jobs import (
@@ -24,9 +23,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     asset subset; resources passed to ``execute_in_process`` instead conflict with these once a subset is
     selected."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(
-            [catalogue, model, codes, evaluation, index, retrieval], backfill_policy=ONE_CATALOGUE_PER_RUN
-        ),
+        assets=dg.load_assets_from_modules([catalogue, model, codes, evaluation, index, retrieval]),
         asset_checks=dg.load_asset_checks_from_modules([checks, drift_checks]),
         jobs=[train_and_publish, nightly_reindex, ingest_and_reindex, retrain_model],
         schedules=[nightly_reindex_schedule],

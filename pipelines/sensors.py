@@ -103,6 +103,7 @@ def retrain_on_catalogue_change(context: dg.SensorEvaluationContext):
         requests.append(
             dg.RunRequest(
                 run_key=f"retrain-{name}-{record.storage_id}",
+                job_name=retrain_model.name,
                 partition_key=name,
                 tags=run_tags(context.instance, name, **{"vitrieve/changed_row_share": f"{share.value:.4f}"}),
             )
