@@ -1,5 +1,6 @@
 """As a user would: ``dagster dev`` on 127.0.0.1, ``train_and_publish`` launched through GraphQL for a tiny
-catalogue, then headless Chromium screenshots of the materialised asset graph and the evaluation's page.
+catalogue, the automation sensor evaluating the assets' conditions, then headless Chromium screenshots of the
+materialised asset graph, the evaluation's page and an asset's automation tab.
 Slow (a real run with step subprocesses): marked ``browser``, run by ``make ops-test`` / ``.ci/run``."""
 
 from __future__ import annotations
@@ -46,6 +47,37 @@ query($runId: ID!) {
       eventConnection(limit: 5000) { events { __typename ... on ExecutionStepFailureEvent { stepKey error { message } } } } }
   }
 }"""
+AUTOMATION_SENSOR = """
+query {
+  sensorOrError(sensorSelector: {repositoryLocationName: "vitrieve", repositoryName: "__repository__",
+                                 sensorName: "automation_sensor"}) {
+    __typename ... on Sensor { sensorState { status } }
+  }
+}"""
+EVALUATIONS = """
+query($path: [String!]!) {
+  assetConditionEvaluationRecordsOrError(assetKey: {path: $path}, limit: 20) {
+    __typename ... on AssetConditionEvaluationRecords {
+      records { evaluationId numRequested evaluationNodes { userLabel expandedLabel } }
+    }
+  }
+}"""
+FOLLOW_LABEL = "eager, once upstream blocking checks passed"
+
+
+def wait_for_evaluation(gql: GraphQL, asset: str, timeout: float = 240) -> dict:
+    """The latest evaluation of ``asset``'s automation condition by ``automation_sensor`` after the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = gql(EVALUATIONS, path=[asset])["assetConditionEvaluationRecordsOrError"]
+        records = found.get("records") or []
+        if records:
+            return records[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"no automation evaluation of {asset} after {timeout}s ({found['__typename']})"
+            )
+        time.sleep(5)
 
 
 def launch_and_wait(port: int, run_config: dict, timeout: float = 1500) -> dict:
@@ -108,6 +140,14 @@ def test_train_and_publish_from_the_ui(tmp_path):
         }
         assert {"pr_curve", "bit_balance", "retrieval_examples", "attention_rollout", "metrics"} <= labels
 
+        sensor = gql(AUTOMATION_SENSOR)["sensorOrError"]
+        assert sensor["sensorState"]["status"] == "RUNNING", sensor  # running by default under dagster dev
+        for asset in ("packed_codes", "binary_index"):
+            latest = wait_for_evaluation(gql, asset)
+            labels = {node["userLabel"] for node in latest["evaluationNodes"]}
+            assert FOLLOW_LABEL in labels, (asset, labels)
+            assert latest["numRequested"] == 0, latest  # the run materialised them already: nothing to follow
+
         gql("mutation { setNuxSeen }")  # the first-visit newsletter dialog, as a user would dismiss it
         screenshots(f"http://127.0.0.1:{port}", str(tmp_path))
 
@@ -124,7 +164,8 @@ IMAGE_SHOWN = (
 
 
 def screenshots(base: str, tmp: str) -> None:
-    """The materialised asset graph, the evaluation's metadata and two of its figures, under tests/artifacts."""
+    """The materialised asset graph, the evaluation's metadata, two of its figures and the automation tab of
+    ``packed_codes``, under tests/artifacts."""
     shot = lambda name: (time.sleep(1), browser.screenshot(os.path.join(ARTIFACTS, name)))  # noqa: E731
     with Chromium(os.path.join(tmp, "chromium-profile"), os.path.join(tmp, "chromium.log")) as browser:
         browser.goto(
@@ -139,5 +180,16 @@ def screenshots(base: str, tmp: str) -> None:
                 browser.js(SHOW_MARKDOWN % figure)
                 browser.wait(IMAGE_SHOWN)
             shot(f"{figure or 'model_evaluation'}.png")
-    for name in ("asset_graph", "model_evaluation", "retrieval_examples", "attention_rollout"):
+        browser.goto(  # the automation condition's evaluations, sub-condition by sub-condition
+            f"{base}/assets/packed_codes?view=automation",
+            f"document.body.innerText.includes('{FOLLOW_LABEL}')",
+        )
+        shot("automation_conditions.png")
+    for name in (
+        "asset_graph",
+        "model_evaluation",
+        "retrieval_examples",
+        "attention_rollout",
+        "automation_conditions",
+    ):
         assert_screenshot(os.path.join(ARTIFACTS, f"{name}.png"))
