@@ -5,6 +5,7 @@ comparison check with ERROR severity) reaches neither, and the last good index s
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 
 import dagster as dg
 import pytest
@@ -134,6 +135,9 @@ def test_every_follower_waits_for_upstream_blocking_checks():
         assert {"eager", "all_deps_blocking_checks_passed"} <= labels, (name, labels)
     for name in ("catalogue", "hashing_model"):  # ingest and training are never started by a condition
         assert graph.get(dg.AssetKey(name)).automation_condition is None
+    freshness = graph.get(dg.AssetKey("binary_index")).freshness_policy
+    warn, fail = freshness.warn_window.to_timedelta(), freshness.fail_window.to_timedelta()
+    assert timedelta(hours=24) < warn < fail  # a nightly index is fresh; one missed night warns first
     sensor = defs.resolve_sensor_def("automation_sensor")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # runs under `dagster dev`
