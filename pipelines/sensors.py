@@ -73,13 +73,14 @@ def retrain_share() -> float:
 
 
 def _run_trains(instance: dg.DagsterInstance, run_id: str) -> bool:
-    """Whether the run that materialised the catalogue also trains (``train_and_publish``): no second model."""
-    run = instance.get_run_by_id(run_id)
-    if run is None:
+    """Whether the run that materialised the catalogue also plans ``hashing_model`` (e.g. ``train_and_publish``):
+    then no second model."""
+    if not run_id:  # reported outside a run
         return False
-    if run.asset_selection is not None:
-        return MODEL in run.asset_selection
-    return run.job_name == train_and_publish.name
+    planned = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=1000
+    ).records
+    return any(r.event_log_entry.dagster_event.asset_key == MODEL for r in planned)
 
 
 @dg.sensor(job=retrain_model, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)

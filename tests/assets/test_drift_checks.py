@@ -108,3 +108,27 @@ def test_retrain_sensor_requests_a_model_when_enough_rows_changed(monkeypatch):
         _catalogue_event(instance, "bags", 0.1)
         later = tick(instance, result.cursor)
         assert [r.partition_key for r in later.run_requests] == ["bags"]
+
+
+def test_retrain_sensor_skips_runs_that_trained_already():
+    from assets.partitions import catalogues
+    from pipelines.sensors import retrain_on_catalogue_change
+
+    @dg.asset(name="catalogue", partitions_def=catalogues)
+    def fake_catalogue() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"changed_row_share": 1.0})
+
+    @dg.asset(name="hashing_model", partitions_def=catalogues, deps=["catalogue"])
+    def fake_model() -> None:
+        return None
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("catalogues", ["shoes", "bags"])
+        both = dg.materialize([fake_catalogue, fake_model], instance=instance, partition_key="shoes")
+        alone = dg.materialize(
+            [fake_catalogue, fake_model], instance=instance, partition_key="bags", selection=["catalogue"]
+        )
+        assert both.success and alone.success
+        with dg.build_sensor_context(instance=instance) as ctx:
+            result = retrain_on_catalogue_change(ctx)
+        assert [r.partition_key for r in result.run_requests] == ["bags"]  # "shoes" was trained in its run
