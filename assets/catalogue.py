@@ -2,6 +2,7 @@
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
@@ -118,7 +119,11 @@ def changed_row_share(before, table) -> float:
     from assets.codes import plan_codes
     from storage.codes import image_hash_of
 
-    before, after = before.sort_by("row_id"), table.select(["row_id", "sha256"]).sort_by("row_id")
+    keys = pa.schema(
+        [SCHEMA.field("row_id"), SCHEMA.field("sha256")]
+    )  # an ingested table may not be cast yet
+    before = before.select(keys.names).cast(keys).sort_by("row_id")
+    after = table.select(keys.names).cast(keys).sort_by("row_id")
     new_or_changed, removed_or_changed = plan_codes(
         after["row_id"].to_numpy(),
         image_hash_of(after["sha256"]),
