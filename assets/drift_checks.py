@@ -44,20 +44,32 @@ class Limit:
 #: Every threshold of the comparison checks (absolute changes of the measure, in its own unit).
 LIMITS: dict[str, Limit] = {
     "map_regression": Limit(
-        0.02,
-        0.05,
-        "lower",
-        200,
-        "validation mAP@100 of the new model (its model card; samples: validation slice)",
+        warn=0.02,
+        error=0.05,
+        worse="lower",
+        min_samples=200,
+        about="validation mAP@100 of the new model (its model card; samples: the validation slice)",
     ),
     "eval_map_regression": Limit(
-        0.02, 0.05, "lower", 200, "mAP@100 of the protocol's queries (model_evaluation; samples: queries)"
+        warn=0.02,
+        error=0.05,
+        worse="lower",
+        min_samples=200,
+        about="mAP@100 of the protocol's queries (model_evaluation; samples: the queries)",
     ),
     "bit_balance_drift": Limit(
-        0.02, 0.05, "higher", 2000, "mean over bits of |ones rate - 0.5| of the database codes"
+        warn=0.02,
+        error=0.05,
+        worse="higher",
+        min_samples=2000,
+        about="mean over bits of |ones rate - 0.5| of the database codes",
     ),
     "collision_rate": Limit(
-        0.01, 0.05, "higher", 2000, "share of database rows whose code another row also has (1 - unique/rows)"
+        warn=0.01,
+        error=0.05,
+        worse="higher",
+        min_samples=2000,
+        about="share of database rows whose code another row also has (1 - unique codes / rows)",
     ),
     # "instance_recall_drop": no instance-recall metric exists yet; add its measure to MEASURES with a limit here.
 }
