@@ -142,14 +142,15 @@ def test_train_and_publish_from_the_ui(tmp_path):
 
         sensor = gql(AUTOMATION_SENSOR)["sensorOrError"]
         assert sensor["sensorState"]["status"] == "RUNNING", sensor  # running by default under dagster dev
+        evaluations = {}
         for asset in ("packed_codes", "binary_index"):
-            latest = wait_for_evaluation(gql, asset)
+            latest = evaluations[asset] = wait_for_evaluation(gql, asset)
             labels = {node["userLabel"] for node in latest["evaluationNodes"]}
             assert FOLLOW_LABEL in labels, (asset, labels)
             assert latest["numRequested"] == 0, latest  # the run materialised them already: nothing to follow
 
         gql("mutation { setNuxSeen }")  # the first-visit newsletter dialog, as a user would dismiss it
-        screenshots(f"http://127.0.0.1:{port}", str(tmp_path))
+        screenshots(f"http://127.0.0.1:{port}", str(tmp_path), evaluations["packed_codes"]["evaluationId"])
 
 
 SHOW_MARKDOWN = """(() => {
@@ -163,9 +164,9 @@ IMAGE_SHOWN = (
 )
 
 
-def screenshots(base: str, tmp: str) -> None:
-    """The materialised asset graph, the evaluation's metadata, two of its figures and the automation tab of
-    ``packed_codes``, under tests/artifacts."""
+def screenshots(base: str, tmp: str, evaluation_id: str) -> None:
+    """The materialised asset graph, the evaluation's metadata, two of its figures and one evaluation of
+    ``packed_codes``' automation condition (its *Automation* tab), under tests/artifacts."""
     shot = lambda name: (time.sleep(1), browser.screenshot(os.path.join(ARTIFACTS, name)))  # noqa: E731
     with Chromium(os.path.join(tmp, "chromium-profile"), os.path.join(tmp, "chromium.log")) as browser:
         browser.goto(
@@ -180,8 +181,8 @@ def screenshots(base: str, tmp: str) -> None:
                 browser.js(SHOW_MARKDOWN % figure)
                 browser.wait(IMAGE_SHOWN)
             shot(f"{figure or 'model_evaluation'}.png")
-        browser.goto(  # the automation condition's evaluations, sub-condition by sub-condition
-            f"{base}/assets/packed_codes?view=automation",
+        browser.goto(  # one evaluation of the automation condition, sub-condition by sub-condition
+            f"{base}/assets/packed_codes?view=automation&evaluation={evaluation_id}",
             f"document.body.innerText.includes('{FOLLOW_LABEL}')",
         )
         shot("automation_conditions.png")
