@@ -142,20 +142,25 @@ def test_train_and_publish_from_the_ui(tmp_path):
 
         sensor = gql(AUTOMATION_SENSOR)["sensorOrError"]
         assert sensor["sensorState"]["status"] == "RUNNING", sensor  # running by default under dagster dev
-        evaluations = {}
         for asset in ("packed_codes", "binary_index"):
-            latest = evaluations[asset] = wait_for_evaluation(gql, asset)
+            latest = wait_for_evaluation(gql, asset)
             labels = {node["userLabel"] for node in latest["evaluationNodes"]}
             assert FOLLOW_LABEL in labels, (asset, labels)
             assert latest["numRequested"] == 0, latest  # the run materialised them already: nothing to follow
 
         gql("mutation { setNuxSeen }")  # the first-visit newsletter dialog, as a user would dismiss it
-        screenshots(f"http://127.0.0.1:{port}", str(tmp_path), evaluations["packed_codes"]["evaluationId"])
+        screenshots(f"http://127.0.0.1:{port}", str(tmp_path))
 
 
 SHOW_MARKDOWN = """(() => {
   const row = [...document.querySelectorAll('tr')].find(r => r.cells.length && r.cells[0].innerText.trim() === '%s');
   [...row.querySelectorAll('*')].find(e => !e.childElementCount && e.innerText.trim() === '[Show Markdown]').click();
+  return true;
+})()"""
+OPEN_LATEST_EVALUATION = """(() => {
+  const cell = document.querySelector('tbody tr').cells[0];
+  (cell.querySelector('a, button, [role=button]') || [...cell.querySelectorAll('*')].find(e => !e.childElementCount)
+   || cell).click();
   return true;
 })()"""
 IMAGE_SHOWN = (
@@ -164,7 +169,7 @@ IMAGE_SHOWN = (
 )
 
 
-def screenshots(base: str, tmp: str, evaluation_id: str) -> None:
+def screenshots(base: str, tmp: str) -> None:
     """The materialised asset graph, the evaluation's metadata, two of its figures and one evaluation of
     ``packed_codes``' automation condition (its *Automation* tab), under tests/artifacts."""
     shot = lambda name: (time.sleep(1), browser.screenshot(os.path.join(ARTIFACTS, name)))  # noqa: E731
@@ -181,11 +186,17 @@ def screenshots(base: str, tmp: str, evaluation_id: str) -> None:
                 browser.js(SHOW_MARKDOWN % figure)
                 browser.wait(IMAGE_SHOWN)
             shot(f"{figure or 'model_evaluation'}.png")
-        browser.goto(  # one evaluation of the automation condition, sub-condition by sub-condition
-            f"{base}/assets/packed_codes?view=automation&evaluation={evaluation_id}",
-            f"document.body.innerText.includes('{FOLLOW_LABEL}')",
+        browser.goto(  # the evaluations of the automation condition, latest first
+            f"{base}/assets/packed_codes?view=automation",
+            "document.body.innerText.includes('Evaluation result') && !!document.querySelector('tbody tr')",
         )
-        shot("automation_conditions.png")
+        try:  # the latest one opened: its condition, sub-condition by sub-condition
+            browser.js(OPEN_LATEST_EVALUATION)
+            browser.wait(f"document.body.innerText.includes('{FOLLOW_LABEL}')")
+        finally:  # what the page showed, also when the label never appeared
+            shot("automation_conditions.png")
+            with open(os.path.join(ARTIFACTS, "automation_conditions.txt"), "w") as f:
+                f.write(browser.js("document.body.innerText"))
     for name in (
         "asset_graph",
         "model_evaluation",
