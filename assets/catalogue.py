@@ -1,13 +1,23 @@
 """``catalogue``: ingest a source (IDX, image folder, CSV/Parquet manifest) into the validated catalogue table."""
 
 import dagster as dg
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
 from assets.common import file_facts, lineage, remove_stale_temps
 from assets.partitions import catalogues
 from assets.resources import DiagnosticsResource, StorageResource
-from storage.catalogue import CatalogueInfo, catalogue_parts, fingerprint, read_catalogue, write_catalogue
+from assets.table_metadata import table_metadata
+from storage.catalogue import (
+    SCHEMA,
+    CatalogueInfo,
+    catalogue_parts,
+    fingerprint,
+    read_catalogue,
+    write_catalogue,
+)
 from storage.folder_rules import FOLDER_LABELS, Skip, skip_counts
 from storage.ingest import (
     Limits,
@@ -155,6 +165,37 @@ def _previous(root, name: str) -> tuple | None:
         return None
 
 
+def _previous_rows(root, name: str):
+    """(row_id, sha256) of the stored catalogue, or None."""
+    try:
+        return read_catalogue(root, name, columns=["row_id", "sha256"])[0]
+    except FileNotFoundError:
+        return None
+
+
+def changed_row_share(before, table) -> float:
+    """Rows added, removed or whose image changed, as a share of the previous catalogue's rows (1.0 for a new
+    catalogue): what ``retrain_on_catalogue_change`` compares with its threshold."""
+    if before is None or before.num_rows == 0:
+        return 1.0
+    from assets.codes import plan_codes
+    from storage.codes import image_hash_of
+
+    keys = pa.schema(
+        [SCHEMA.field("row_id"), SCHEMA.field("sha256")]
+    )  # an ingested table may not be cast yet
+    before = before.select(keys.names).cast(keys).sort_by("row_id")
+    after = table.select(keys.names).cast(keys).sort_by("row_id")
+    new_or_changed, removed_or_changed = plan_codes(
+        after["row_id"].to_numpy(),
+        image_hash_of(after["sha256"]),
+        before["row_id"].to_numpy(),
+        image_hash_of(before["sha256"]),
+    )
+    changed = len(new_or_changed) + len(np.setdiff1d(removed_or_changed, new_or_changed))
+    return changed / before.num_rows
+
+
 def _record(
     diagnostics: DiagnosticsResource,
     context,
@@ -193,6 +234,7 @@ def catalogue(
     kind = detect_kind(source) if config.kind == "auto" else config.kind
     root = storage.get()
     remove_stale_temps(context, root, *catalogue_parts(name)[:-1])
+    before = _previous_rows(root, name)
     rejected: list[Rejection] = []
     skipped: list[Skip] = []
     extra: dict = {}
@@ -275,6 +317,7 @@ def catalogue(
         uri = write_catalogue(root, table, info)
     _record(diagnostics, context, name, config, rejected, counts, "success")
     facts = {
+        "changed_row_share": changed_row_share(before, table),
         **file_facts(root, *catalogue_parts(name)),
         "lineage": lineage(context, source=source, fingerprint=fingerprint(table)),
     }
@@ -299,7 +342,7 @@ def _metadata(
     }
     return {
         "dagster/uri": uri,
-        "dagster/row_count": table.num_rows,
+        **table_metadata(SCHEMA, table.num_rows),
         "fingerprint": fingerprint(table),
         "unchanged": unchanged,
         "protocol": dg.MetadataValue.json(info.protocol),

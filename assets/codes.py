@@ -15,9 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from pydantic import Field
 
+from assets.automation import FOLLOW_ACCEPTED_UPSTREAM
 from assets.common import current_model_id, lineage, load_model, remove_stale_temps, tag_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
+from assets.table_metadata import codes_schema, table_metadata
 from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
 from storage.codes import (
     PartWriter,
@@ -77,6 +79,7 @@ def plan_codes(
     group_name="vitrieve",
     kinds={"parquet"},
     code_version="packed_codes-v2",
+    automation_condition=FOLLOW_ACCEPTED_UPSTREAM,
     description="Packed codes of every catalogue image (row_id, code) for the current model; encodes only new rows.",
 )
 def packed_codes(
@@ -140,7 +143,7 @@ def packed_codes(
         metadata={
             "model_id": model_id,
             "dagster/uri": root.url(*codes_dir(name, model_id)),
-            "dagster/row_count": len(cat_ids),
+            **table_metadata(codes_schema(bits), len(cat_ids)),
             "mode": mode,
             "encoded_rows": len(encode),
             "reused_rows": len(cat_ids) - len(encode),

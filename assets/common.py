@@ -19,13 +19,27 @@ MODEL_TAG = "vitrieve/model"
 
 
 MODEL_CHECK = dg.AssetCheckKey(dg.AssetKey("hashing_model"), "model_quality")
+#: blocking checks of ``hashing_model``: a model that failed one of them with ERROR severity is rejected
+MODEL_CHECKS = (MODEL_CHECK, dg.AssetCheckKey(MODEL_CHECK.asset_key, "map_regression"))
+
+
+def _rejected(record) -> bool:
+    event = record.event.dagster_event if record.event else None
+    evaluation = event.event_specific_data if event is not None else None
+    severity = getattr(evaluation, "severity", dg.AssetCheckSeverity.ERROR)
+    return record.status.value == "FAILED" and severity == dg.AssetCheckSeverity.ERROR
 
 
 def latest_model_id(instance: dg.DagsterInstance, catalogue: str) -> str | None:
-    """model_id of the catalogue's latest ``hashing_model`` materialisation that ``model_quality`` did not
-    reject: a model that failed its blocking check is never picked up by later runs (e.g. the nightly job)."""
-    history = instance.event_log_storage.get_asset_check_execution_history(MODEL_CHECK, limit=1000)
-    rejected = {r.run_id for r in history if r.status.value == "FAILED" and r.partition in (catalogue, None)}
+    """model_id of the catalogue's latest ``hashing_model`` materialisation that no blocking model check
+    (``MODEL_CHECKS``) rejected with ERROR severity: a rejected model is never picked up by later runs (e.g. the
+    nightly job)."""
+    rejected = {
+        r.run_id
+        for key in MODEL_CHECKS
+        for r in instance.event_log_storage.get_asset_check_execution_history(key, limit=1000)
+        if _rejected(r) and r.partition in (catalogue, None)
+    }
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=MODEL_CHECK.asset_key, asset_partitions=[catalogue]), limit=100
     ).records

@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from assets.automation import FOLLOW_ACCEPTED_UPSTREAM
 from assets.common import (
     current_model_id,
     lineage,
@@ -65,6 +66,7 @@ class EvaluationConfig(dg.Config):
     kinds={"duckdb"},
     pool="duckdb_writer",
     code_version="model_evaluation-v1",
+    automation_condition=FOLLOW_ACCEPTED_UPSTREAM,
     description="mAP@k, P@k, PR by Hamming radius and bit diagnostics (queries vs database) -> DuckDB.",
 )
 def model_evaluation(

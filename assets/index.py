@@ -15,6 +15,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, create_model
 
+from assets.automation import FOLLOW_ACCEPTED_UPSTREAM, INDEX_FRESHNESS
 from assets.common import current_model_id, lineage, remove_stale_temps
 from assets.partitions import catalogues
 from assets.resources import StorageResource
@@ -99,6 +100,8 @@ def chosen_kind(root: StorageRoot, name: str, config: IndexConfig) -> tuple[str,
     group_name="vitrieve",
     kinds={"faiss"},
     code_version="binary_index-v2",
+    automation_condition=FOLLOW_ACCEPTED_UPSTREAM,
+    freshness_policy=INDEX_FRESHNESS,
     description="FAISS binary index (ids = row_id) of the configured kind with manifest; CURRENT moves only "
     "after the written file verifies.",
 )

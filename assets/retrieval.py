@@ -5,6 +5,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from assets.automation import FOLLOW_ACCEPTED_UPSTREAM
 from assets.partitions import catalogues
 from assets.resources import DiagnosticsResource, StorageResource
 from storage.catalogue import labels_matrix, read_catalogue
@@ -29,6 +30,7 @@ class RetrievalConfig(dg.Config):
     kinds={"duckdb"},
     pool="duckdb_writer",
     code_version="retrieval_diagnostics-v2",
+    automation_condition=FOLLOW_ACCEPTED_UPSTREAM,
     description="Query latency (p50/p99), QPS at batch 1 and large batch, recall@k against exact search, "
     "mAP@k through the index -> DuckDB.",
 )

@@ -1,14 +1,21 @@
-"""The one code location: assets, checks, jobs, schedule, sensor, resources and executor (loaded by workspace.yaml)."""
+"""The one code location: assets, checks, jobs, schedule, sensors (automation included), resources and executor
+(loaded by workspace.yaml)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets import catalogue, checks, codes, evaluation, index, model, retrieval
+from assets import catalogue, checks, codes, drift_checks, evaluation, index, model, retrieval
 from assets.resources import default_resources
 from pipelines.executors import executor_from_env
-from pipelines.jobs import ingest_and_reindex, nightly_reindex, nightly_reindex_schedule, train_and_publish
-from pipelines.sensors import catalogue_source_sensor
+from pipelines.jobs import (
+    ingest_and_reindex,
+    nightly_reindex,
+    nightly_reindex_schedule,
+    retrain_model,
+    train_and_publish,
+)
+from pipelines.sensors import automation_sensor, catalogue_source_sensor, retrain_on_catalogue_change
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
@@ -17,10 +24,10 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     selected."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules([catalogue, model, codes, evaluation, index, retrieval]),
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[train_and_publish, nightly_reindex, ingest_and_reindex],
+        asset_checks=dg.load_asset_checks_from_modules([checks, drift_checks]),
+        jobs=[train_and_publish, nightly_reindex, ingest_and_reindex, retrain_model],
         schedules=[nightly_reindex_schedule],
-        sensors=[catalogue_source_sensor],
+        sensors=[catalogue_source_sensor, retrain_on_catalogue_change, automation_sensor],
         resources={**default_resources(), **(resources or {})},
         executor=executor_from_env(),
     )

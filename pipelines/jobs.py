@@ -14,6 +14,9 @@ TRAIN_AND_PUBLISH = dg.AssetSelection.assets(
 # publishes from, so their blocking checks gate CURRENT within the run.
 NIGHTLY = dg.AssetSelection.assets("packed_codes", "binary_index", "retrieval_diagnostics")
 INGEST_AND_REINDEX = NIGHTLY | dg.AssetSelection.assets("catalogue")
+# Training alone: declarative automation carries a model that passes its blocking checks on to its codes,
+# evaluation, index and diagnostics (docs/OPERATIONS.md, "Automation and comparison checks").
+RETRAIN = dg.AssetSelection.assets("hashing_model")
 
 train_and_publish = dg.define_asset_job(
     "train_and_publish",
@@ -32,6 +35,13 @@ ingest_and_reindex = dg.define_asset_job(
     selection=INGEST_AND_REINDEX,
     partitions_def=catalogues,
     description="Re-ingest a changed source, encode its new rows with the current model and republish the index.",
+)
+
+retrain_model = dg.define_asset_job(
+    "retrain_model",
+    selection=RETRAIN,
+    partitions_def=catalogues,
+    description="Train a new model for one catalogue; automation publishes it once its blocking checks pass.",
 )
 
 

@@ -25,7 +25,15 @@ def test_graph_materialises_and_checks_pass(tiny_run):
         "retrieval_diagnostics",
     }
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"model_quality": True, "codes_complete": True, "index_consistent": True}
+    assert checks == {
+        "model_quality": True,
+        "codes_complete": True,
+        "index_consistent": True,
+        "map_regression": True,  # the first model: no baseline to compare with
+        "eval_map_regression": True,
+        "bit_balance_drift": True,
+        "collision_rate": True,
+    }
 
 
 @needs_fashion_mnist

@@ -1,5 +1,6 @@
 """As a user would: ``dagster dev`` on 127.0.0.1, ``train_and_publish`` launched through GraphQL for a tiny
-catalogue, then headless Chromium screenshots of the materialised asset graph and the evaluation's page.
+catalogue, the automation sensor evaluating the assets' conditions, then headless Chromium screenshots of the
+materialised asset graph, the evaluation's page and an asset's automation tab.
 Slow (a real run with step subprocesses): marked ``browser``, run by ``make ops-test`` / ``.ci/run``."""
 
 from __future__ import annotations
@@ -46,6 +47,37 @@ query($runId: ID!) {
       eventConnection(limit: 5000) { events { __typename ... on ExecutionStepFailureEvent { stepKey error { message } } } } }
   }
 }"""
+AUTOMATION_SENSOR = """
+query {
+  sensorOrError(sensorSelector: {repositoryLocationName: "vitrieve", repositoryName: "__repository__",
+                                 sensorName: "automation_sensor"}) {
+    __typename ... on Sensor { sensorState { status } }
+  }
+}"""
+EVALUATIONS = """
+query($path: [String!]!) {
+  assetConditionEvaluationRecordsOrError(assetKey: {path: $path}, limit: 20) {
+    __typename ... on AssetConditionEvaluationRecords {
+      records { evaluationId numRequested evaluationNodes { userLabel expandedLabel } }
+    }
+  }
+}"""
+FOLLOW_LABEL = "eager, once upstream blocking checks passed"
+
+
+def wait_for_evaluation(gql: GraphQL, asset: str, timeout: float = 240) -> dict:
+    """The latest evaluation of ``asset``'s automation condition by ``automation_sensor`` after the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = gql(EVALUATIONS, path=[asset])["assetConditionEvaluationRecordsOrError"]
+        records = found.get("records") or []
+        if records:
+            return records[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"no automation evaluation of {asset} after {timeout}s ({found['__typename']})"
+            )
+        time.sleep(5)
 
 
 def launch_and_wait(port: int, run_config: dict, timeout: float = 1500) -> dict:
@@ -108,6 +140,14 @@ def test_train_and_publish_from_the_ui(tmp_path):
         }
         assert {"pr_curve", "bit_balance", "retrieval_examples", "attention_rollout", "metrics"} <= labels
 
+        sensor = gql(AUTOMATION_SENSOR)["sensorOrError"]
+        assert sensor["sensorState"]["status"] == "RUNNING", sensor  # running by default under dagster dev
+        for asset in ("packed_codes", "binary_index"):
+            latest = wait_for_evaluation(gql, asset)
+            labels = {node["userLabel"] for node in latest["evaluationNodes"]}
+            assert FOLLOW_LABEL in labels, (asset, labels)
+            assert latest["numRequested"] == 0, latest  # the run materialised them already: nothing to follow
+
         gql("mutation { setNuxSeen }")  # the first-visit newsletter dialog, as a user would dismiss it
         screenshots(f"http://127.0.0.1:{port}", str(tmp_path))
 
@@ -117,6 +157,12 @@ SHOW_MARKDOWN = """(() => {
   [...row.querySelectorAll('*')].find(e => !e.childElementCount && e.innerText.trim() === '[Show Markdown]').click();
   return true;
 })()"""
+OPEN_LATEST_EVALUATION = """(() => {
+  const cell = document.querySelector('tbody tr').cells[0];
+  (cell.querySelector('a, button, [role=button]') || [...cell.querySelectorAll('*')].find(e => !e.childElementCount)
+   || cell).click();
+  return true;
+})()"""
 IMAGE_SHOWN = (
     "[...document.querySelectorAll('[role=dialog] img')]"
     ".some(i => i.src.startsWith('data:image/png') && i.complete && i.naturalWidth > 0)"
@@ -124,7 +170,8 @@ IMAGE_SHOWN = (
 
 
 def screenshots(base: str, tmp: str) -> None:
-    """The materialised asset graph, the evaluation's metadata and two of its figures, under tests/artifacts."""
+    """The materialised asset graph, the evaluation's metadata, two of its figures and one evaluation of
+    ``packed_codes``' automation condition (its *Automation* tab), under tests/artifacts."""
     shot = lambda name: (time.sleep(1), browser.screenshot(os.path.join(ARTIFACTS, name)))  # noqa: E731
     with Chromium(os.path.join(tmp, "chromium-profile"), os.path.join(tmp, "chromium.log")) as browser:
         browser.goto(
@@ -139,5 +186,22 @@ def screenshots(base: str, tmp: str) -> None:
                 browser.js(SHOW_MARKDOWN % figure)
                 browser.wait(IMAGE_SHOWN)
             shot(f"{figure or 'model_evaluation'}.png")
-    for name in ("asset_graph", "model_evaluation", "retrieval_examples", "attention_rollout"):
+        browser.goto(  # the evaluations of the automation condition, latest first
+            f"{base}/assets/packed_codes?view=automation",
+            "document.body.innerText.includes('Evaluation result') && !!document.querySelector('tbody tr')",
+        )
+        try:  # the latest one opened: its condition, sub-condition by sub-condition
+            browser.js(OPEN_LATEST_EVALUATION)
+            browser.wait(f"document.body.innerText.includes('{FOLLOW_LABEL}')")
+        finally:  # what the page showed, also when the label never appeared
+            shot("automation_conditions.png")
+            with open(os.path.join(ARTIFACTS, "automation_conditions.txt"), "w") as f:
+                f.write(browser.js("document.body.innerText"))
+    for name in (
+        "asset_graph",
+        "model_evaluation",
+        "retrieval_examples",
+        "attention_rollout",
+        "automation_conditions",
+    ):
         assert_screenshot(os.path.join(ARTIFACTS, f"{name}.png"))

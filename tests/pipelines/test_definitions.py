@@ -27,7 +27,17 @@ def test_definitions_are_loadable():
     assert "hashing_model" not in reindex and {"catalogue", "packed_codes", "binary_index"} <= reindex
     assert defs.resolve_sensor_def("catalogue_source_sensor")
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {"model_quality", "codes_complete", "index_consistent"}
+    assert checks == {
+        "model_quality",
+        "codes_complete",
+        "index_consistent",
+        "map_regression",
+        "eval_map_regression",
+        "bit_balance_drift",
+        "collision_rate",
+    }
+    assert defs.resolve_job_def("retrain_model")
+    assert {"retrain_on_catalogue_change", "automation_sensor"} <= {s.name for s in defs.sensors}
 
 
 def test_loading_definitions_does_not_import_torch():
