@@ -186,7 +186,7 @@ def card_metadata(
     """The materialisation metadata of a stored model, as plain values (``METADATA_TYPES`` names the entries
     that are JSON or markdown); ``code_version`` and ``dagster_run_id`` are those of the run recording it."""
     rows = "\n".join(
-        f"| {r['epoch']} | {r['loss']:.4f} | {r['val_map']:.4f} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |"
+        f"| {r['epoch']} | {r['loss']:.4f} | {_or_dash(r['val_map'])} | {r['images_per_s']:.0f} | {r['seconds']:.0f} |"
         for r in card.get("history", [])
     )
     return {
@@ -212,6 +212,11 @@ def card_metadata(
         },
         "training_log": "| epoch | loss | val mAP@100 | img/s | s |\n|---|---|---|---|---|\n" + rows,
     }
+
+
+def _or_dash(value: float) -> str:
+    """A validation mAP as shown, ``-`` for an epoch that was not validated (``val_every``)."""
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def pipes_metadata(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:

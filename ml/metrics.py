@@ -269,8 +269,8 @@ def evaluate_retrieval(
 
 # --------------------------------------------------------------------------------------------- diagnostics
 def chance_precision(query_labels: np.ndarray, db_labels: np.ndarray) -> float:
-    """Precision of a random ranking (the chance level of P@k, and about that of mAP@k): the mean share of the
-    database that shares a label with a query. Multi-hot labels are grouped by distinct label set, so the cost
+    """Precision of a random ranking (the chance level of P@k; a random ranking's mAP@k, which averages the
+    precision at each hit, lies somewhat above it): the mean share of the database sharing a label with a query. Multi-hot labels are grouped by distinct label set, so the cost
     grows with the number of label sets, not with queries x database."""
     q = _check_labels(np.asarray(query_labels), len(query_labels), "query_labels")
     d = _check_labels(np.asarray(db_labels), len(db_labels), "db_labels")

@@ -108,14 +108,17 @@ def build_run(
     """The validated ``ModelSpec`` and ``TrainConfig`` of one training run: ``resolve_profile(profile, **given)``
     (a field left ``None`` takes the profile's value, else the dataclass default) plus the catalogue's classes and
     channels. With ``num_train``, the profile's ``epochs`` and ``clean_epochs`` (those a run leaves unset) are
-    ``scaled_epochs`` for that many training images. Paper and transfer presets take their ImageNet weights
+    ``scaled_epochs`` for that many training images, validated as often as the profile's epochs. Paper and transfer presets take their ImageNet weights
     unless ``pretrained`` names others or ``"none"``."""
     r = resolve_profile(profile, **given)
     r |= preset_weights(r["preset"], r.get("pretrained"))
     if num_train is not None:
+        planned = r["epochs"]
         for key in ("epochs", "clean_epochs"):
             if given.get(key) is None and key in PROFILES[profile]:
                 r[key] = scaled_epochs(r[key], num_train)
+        if r["epochs"] > planned:  # as many validations as the profile plans, however many epochs
+            r["val_every"] = r["epochs"] // planned
     spec = ModelSpec(**_fields_of(ModelSpec, r), num_classes=num_classes, in_chans=in_chans)
     spec.validate()
     return spec, TrainConfig(**_fields_of(TrainConfig, r))

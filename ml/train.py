@@ -296,7 +296,8 @@ def train_hashing_model(
         bar.close()
         epoch_seconds = time.perf_counter() - t0
         kept = model if ema is None else ema.module  # the weights validated and kept
-        val = validation_map(kept, data, spec.bits, device, cfg.eval_batch_size)
+        validate = epoch % max(1, cfg.val_every) == 0 or epoch in (main_epochs, total_epochs)
+        val = validation_map(kept, data, spec.bits, device, cfg.eval_batch_size) if validate else math.nan
         row = dict(
             epoch=epoch,
             loss=float(np.mean(losses)),
@@ -307,8 +308,9 @@ def train_hashing_model(
         )
         history.append(row)
         log(
-            f"epoch {epoch}/{total_epochs}{'' if augmenting else ' (clean)'}: loss {row['loss']:.4f}, val mAP@100 {val:.4f}, "
-            f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s"
+            f"epoch {epoch}/{total_epochs}{'' if augmenting else ' (clean)'}: loss {row['loss']:.4f}, "
+            + (f"val mAP@100 {val:.4f}, " if validate else "")
+            + f"{row['images_per_s']:.0f} img/s, {epoch_seconds:.0f}s"
         )
         if val > best_val:
             best_val, best_epoch, best_state = val, epoch, copy.deepcopy(kept.state_dict())
@@ -331,7 +333,8 @@ def train_hashing_model(
                 )
                 main_epochs, total_epochs = planned, planned + cfg.clean_epochs
                 replan_main_steps(sched, steps_per_epoch * main_epochs)
-        if cfg.patience and augmenting and epoch < main_epochs and epoch - best_epoch >= cfg.patience:
+        stalled = validate and epoch - best_epoch >= cfg.patience
+        if cfg.patience and augmenting and epoch < main_epochs and stalled:
             log(
                 f"early stop after epoch {epoch}: no better validation mAP@100 for {cfg.patience} epochs (best "
                 f"{best_val:.4f} at epoch {best_epoch})"

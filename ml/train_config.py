@@ -68,6 +68,13 @@ class TrainConfig:
             "description": "stop before an epoch that would end past this wall-clock budget (0 = none)"
         },
     )
+    val_every: int = field(
+        default=1,
+        metadata={
+            "description": "validate (and keep the best weights) every this many epochs and after the last "
+            "main and clean epoch"
+        },
+    )
     patience: int = field(
         default=0,
         metadata={

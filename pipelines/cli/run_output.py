@@ -18,7 +18,7 @@ from typing import TextIO
 import dagster as dg
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"  # the message already names the run, step and event
-STEP_WIDTH = 30  # the longest step key, a check's (binary_index_index_consistent), fits
+STEP_WIDTH = 36  # the longest step key, a check's (model_evaluation_eval_map_regression), fits
 
 
 def run_log_path(home: str, run_id: str) -> str:

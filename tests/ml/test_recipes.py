@@ -103,3 +103,10 @@ def test_build_run_scales_the_profile_epochs_not_the_given_ones():
     _, given = build_run("quick", 10, 1, num_train=500, epochs=3)
     assert given.epochs == 3 and given.patience == PROFILES["quick"]["patience"]
     assert build_run("quick", 10, 1)[1].epochs == PROFILES["quick"]["epochs"]  # no size: as declared
+
+
+def test_scaled_runs_validate_as_often_as_the_profile_plans():
+    _, cfg = build_run("quick", 10, 1, num_train=649)  # 55 epochs instead of 6
+    assert (cfg.epochs, cfg.val_every) == (55, 9)
+    assert build_run("quick", 10, 1, num_train=55_000)[1].val_every == 1
+    assert build_run("quick", 10, 1, num_train=5_000_000)[1].val_every == 1  # fewer epochs: each validated

@@ -324,3 +324,14 @@ def test_warm_up_is_capped_at_a_tenth_of_a_short_schedule():
     assert factor.warmup_steps == 5 and factor(4) == pytest.approx(1.0) and factor(49) < 0.01
     long = make_schedule(TrainConfig(warmup_steps=200, lr=1.0), opt, total_steps=5000).lr_lambdas[0]
     assert long.warmup_steps == 200
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr("ml.train.validation_map", lambda *args: calls.append(1) or 0.1 * len(calls))
+    cfg = TrainConfig(
+        epochs=7, clean_epochs=1, batch_size=32, lr=3e-3, warmup_steps=1, val_every=3, augment=False
+    )
+    res = train_hashing_model(ModelSpec(**TINY_SPEC), cfg, _data(), torch.device("cpu"), log=lambda _: None)
+    validated = [r["epoch"] for r in res.history if not np.isnan(r["val_map"])]
+    assert validated == [3, 6, 7, 8] and len(calls) == 4 and res.best_epoch == 8
