@@ -259,3 +259,24 @@ def test_parse_labels(cell, fmt, expected):
 def test_labels_that_do_not_parse(cell, fmt):
     with pytest.raises(ValueError):
         parse_labels(cell, "c", fmt, "|")
+
+
+def test_decoding_on_threads_gives_the_single_thread_arrays():
+    import io
+
+    from PIL import Image
+
+    from imaging.decode import DECODE_CHUNK, decode_images
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for i in range(2 * DECODE_CHUNK + 5):  # three chunks, the last one short
+        buf = io.BytesIO()
+        mode = ("RGB", "RGBA", "L", "P")[i % 4]
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), np.uint8)).convert(mode).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    one = decode_images(blobs, 28, 3, threads=1)
+    assert one.shape == (len(blobs), 3, 28, 28) and np.array_equal(
+        decode_images(blobs, 28, 3, threads=2), one
+    )
+    assert np.array_equal(decode_images(blobs[:3], 28, 3), one[:3])
