@@ -35,7 +35,8 @@ install: $(VENV)/.installed
 # torch==2.13.0 (constraints.txt) resolves to the local CPU wheel; see README "Installing".
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,scale]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,scale]' > $(VENV)/pip.log 2>&1 \
+	  || { cat $(VENV)/pip.log; exit 1; }  # quiet unless it fails (pip warns about every index location)
 	touch $@
 
 data: $(FMNIST)
