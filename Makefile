@@ -32,11 +32,12 @@ slow: install data
 
 install: $(VENV)/.installed
 
-# torch==2.13.0 (constraints.txt) resolves to the local CPU wheel; see README "Installing".
+# torch==2.13.0 (constraints.txt) resolves to the local CPU wheel; see README "Installing". pip's output goes to
+# .venv/pip.log, shown only if the install fails (pip warns about every index location it cannot use).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,scale]' > $(VENV)/pip.log 2>&1 \
-	  || { cat $(VENV)/pip.log; exit 1; }  # quiet unless it fails (pip warns about every index location)
+	  || { cat $(VENV)/pip.log; exit 1; }
 	touch $@
 
 data: $(FMNIST)
