@@ -15,8 +15,9 @@ LOSS_NAMES = "dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | 
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe. The defaults are neutral starting values (no auxiliary classifier, no instance term, no EMA, no clean
-    epochs), not a profile: runs take their recipe from a profile (``ml.recipes.PROFILES``, README "Profiles")."""
+    """Optimisation recipe. The defaults are neutral starting values (no auxiliary classifier, no instance term, no
+    EMA, no clean epochs), not a profile: runs take their recipe from a profile (``ml.recipes.PROFILES``, README
+    "Profiles")."""
 
     loss: str = field(default="csq", metadata={"description": f"hashing loss: {LOSS_NAMES}"})
     epochs: int = field(default=4, metadata={"description": "epochs of the (augmented) schedule"})
