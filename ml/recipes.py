@@ -75,7 +75,16 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 PROFILE_FIELDS = tuple(PROFILES["quick"])  # the run fields a profile fills (every profile sets the same ones)
 # The other fields a run sets (no profile does); the remaining ones come from the catalogue or keep their default.
-RUN_FIELDS = ("overrides", "pretrained", "loss_params", "seed", "augment", "amp")
+RUN_FIELDS = (
+    "overrides",
+    "pretrained",
+    "loss_params",
+    "seed",
+    "augment",
+    "amp",
+    "instance",
+    "instance_temperature",
+)
 
 
 def resolve_profile(profile: str, **given: Any) -> dict[str, Any]:

@@ -19,11 +19,13 @@ from ml.device import bf16_autocast, training_attention
 from ml.encode import encode_images
 from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
+from ml.losses.instance import InstanceContrast
 from ml.metrics import evaluate_retrieval
 from ml.models import ModelSpec, build_model, count_parameters
 from ml.progress import progress_bar
 from ml.timm_compat import import_timm
 from ml.train_config import OPTIMIZERS, SCHEDULES, TrainConfig
+from ml.views import copy_view
 
 
 @dataclass
@@ -209,6 +211,9 @@ def train_hashing_model(
         device
     )
     eraser = random_eraser(cfg.erase, device)
+    instance = InstanceContrast(cfg.instance, cfg.instance_temperature)  # checks the weight and temperature
+    # the copy-style views draw from their own generator: batches and light augmentation stay those of instance = 0
+    view_gen = torch.Generator().manual_seed(cfg.seed + 1)
     if cfg.clean_epochs < 0 or cfg.clean_lr <= 0:
         raise ValueError(
             f"clean_epochs must be >= 0 and clean_lr > 0, got {cfg.clean_epochs}, {cfg.clean_lr}"
@@ -239,6 +244,8 @@ def train_hashing_model(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
         gen.set_state(state["generator"])
+        if "view_generator" in state:
+            view_gen.set_state(state["view_generator"])
         torch.set_rng_state(state["torch_rng"])
         history, best_val, best_epoch, best_state = (
             state["history"],
@@ -268,16 +275,21 @@ def train_hashing_model(
         with training_attention(model, device, use_amp):
             for step, idx in batches:
                 x = normalise(images[idx].to(device, non_blocking=True))
+                # the instance term's copy-style view, in the clean epochs too (x itself stays as stored there)
+                views = copy_view(x, view_gen) if cfg.instance else None
                 if cfg.augment and augmenting:
                     x = augment(x, gen)
                 if eraser is not None and augmenting:
                     x = eraser(x)
                 y = labels[idx].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    u = model(x)
+                    u = model(x if views is None else torch.cat([x, views]))  # both views in one forward
+                u, u_view = (u, None) if views is None else u.split(len(idx))
                 loss = loss_fn(u.float(), y, idx.to(device))
                 if cfg.classifier:
                     loss = loss + aux(u, y)
+                if u_view is not None:
+                    loss = loss + instance(u, u_view)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})"
@@ -363,6 +375,7 @@ def train_hashing_model(
                         schedule=sched.state_dict(),
                         ema=None if ema is None else ema.module.state_dict(),
                         generator=gen.get_state(),
+                        view_generator=view_gen.get_state(),
                         torch_rng=torch.get_rng_state(),
                         python_rng=random.getstate(),
                         history=history,

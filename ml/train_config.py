@@ -15,8 +15,9 @@ LOSS_NAMES = "dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | 
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe. The defaults are neutral starting values (no auxiliary classifier, no EMA, no clean
-    epochs), not a profile: runs take their recipe from a profile (``ml.recipes.PROFILES``, README "Profiles")."""
+    """Optimisation recipe. The defaults are neutral starting values (no auxiliary classifier, no instance term, no
+    EMA, no clean epochs), not a profile: runs take their recipe from a profile (``ml.recipes.PROFILES``, README
+    "Profiles")."""
 
     loss: str = field(default="csq", metadata={"description": f"hashing loss: {LOSS_NAMES}"})
     epochs: int = field(default=4, metadata={"description": "epochs of the (augmented) schedule"})
@@ -58,6 +59,16 @@ class TrainConfig:
     )
     label_smoothing: float = field(
         default=0.0, metadata={"description": "label smoothing of the auxiliary classifier's cross-entropy"}
+    )
+    instance: float = field(
+        default=0.0,
+        metadata={
+            "description": "weight of the instance term: NT-Xent pulling the tanh codes of each image and of a "
+            "copy-style view of it together, the batch's other images apart (one extra view per step; 0 = off)"
+        },
+    )
+    instance_temperature: float = field(
+        default=0.3, metadata={"description": "temperature of the instance term's NT-Xent"}
     )
     erase: float = field(
         default=0.0, metadata={"description": "random-erasing probability per training image (timm)"}

@@ -109,6 +109,11 @@ def train_transfer(
     k = frozen_split(spec)
     if k is None:
         raise ValueError(f"{spec.model} preset {spec.preset!r} is not a transfer preset (no train_blocks)")
+    if cfg.instance:
+        raise ValueError(
+            f"instance term (weight {cfg.instance}): transfer training runs on cached features of the stored "
+            "images, with no second view to compare; set instance to 0"
+        )
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -139,6 +139,8 @@ OPTIONS = (
     Option("hashing_model", "force", always=True),
     Option("hashing_model", "training", choices="training"),
     Option("hashing_model", "patience"),
+    Option("hashing_model", "instance"),
+    Option("hashing_model", "instance_temperature"),
     Option("binary_index", "kind", flag="--index-kind", choices="index_kind"),
     Option("packed_codes", "embeddings", choices="embedding_dtype"),
     Option("model_evaluation", "copy_protocol"),

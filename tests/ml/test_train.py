@@ -61,8 +61,9 @@ def test_unknown_optimizer_is_named():
         {"loss": "hashnet"},
         {"loss": "csq", "classifier": 1.0, "label_smoothing": 0.1, "erase": 0.5},
         {"loss": "csq", "ema": 0.9},
+        {"loss": "csq", "instance": 0.5},
     ],
-    ids=["hashnet", "csq+classifier+erase", "csq+ema"],
+    ids=["hashnet", "csq+classifier+erase", "csq+ema", "csq+instance"],
 )
 def test_resume_after_crash_matches_uninterrupted_run(extra):
     cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=2, **extra)

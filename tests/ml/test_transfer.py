@@ -144,3 +144,11 @@ def test_head_trains_and_its_codes_are_the_encode_paths(tmp_path, k):
     if k == 0:  # the frozen backbone did not move
         torch.manual_seed(cfg.seed)
         assert torch.equal(build_model(s).backbone.pos_embed, result.model.backbone.pos_embed)
+
+
+def test_the_instance_term_is_refused_before_any_feature_is_extracted(tmp_path):
+    root = StorageRoot(tmp_path)
+    td, _ = data(root)
+    with pytest.raises(ValueError, match=r"instance term \(weight 0.5\): transfer training runs on cached"):
+        train_transfer(spec(), TrainConfig(instance=0.5), td, CPU, log=lambda _: None)
+    assert not list(tmp_path.rglob("*.parquet"))  # no feature part cached

@@ -170,6 +170,21 @@ RUN_CONFIGS = [
         ["train", "--seed", "5", "--device", "cpu", "--profile", "full"],
         {"hashing_model": {"config": {"profile": "full", "seed": 5, "force": False, "pretrained": ""}}},
     ),
+    (
+        ["train", "--instance", "0.3", "--instance-temperature", "0.2"],
+        {
+            "hashing_model": {
+                "config": {
+                    "profile": "quick",
+                    "seed": 0,
+                    "force": False,
+                    "pretrained": "",
+                    "instance": 0.3,
+                    "instance_temperature": 0.2,
+                }
+            }
+        },
+    ),
     (["encode", "--device", "cpu"], {}),
     (["evaluate"], {}),
     (["index"], {}),
@@ -227,6 +242,7 @@ def _options(text: str) -> set[str]:
 
 CATALOGUE = {"--source", "--train-limit", "--source-kind", "--label-column", "--validation-size"}
 TRAINING = {"--profile", "--model", "--loss", "--bits", "--preset", "--optimizer", "--epochs", "--force"}
+TRAINING |= {"--instance", "--instance-temperature"}
 INDEX = {"--index-kind", "--index-param"}
 
 
