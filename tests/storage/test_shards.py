@@ -3,6 +3,8 @@ finished shards recognised by their part checks, one commit making them live."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,9 @@ INPUTS = {"model_id": "m", "bits": 16}
 
 def _plan(ids, hashes=None, rows=10, inputs=INPUTS):
     ids = np.asarray(ids, np.int64)
-    return plan_shards(ids, np.zeros(len(ids), np.int64) if hashes is None else np.asarray(hashes), rows, inputs)
+    return plan_shards(
+        ids, np.zeros(len(ids), np.int64) if hashes is None else np.asarray(hashes), rows, inputs
+    )
 
 
 def test_shards_are_row_id_ranges_and_keys_follow_their_inputs():
@@ -26,7 +30,8 @@ def test_shards_are_row_id_ranges_and_keys_follow_their_inputs():
     assert [s.key for s in appended[:3]] == [s.key for s in shards] and appended[3].rows == 2
     changed = _plan(ids, hashes=[0, 0, 0, 0, 7, 0, 0])  # a changed image changes its shard's key only
     assert [a.key == b.key for a, b in zip(changed, shards, strict=True)] == [True, True, False]
-    assert all(a.key != b.key for a, b in zip(_plan(ids, inputs={"model_id": "n", "bits": 16}), shards))
+    other_model = _plan(ids, inputs={"model_id": "n", "bits": 16})
+    assert all(a.key != b.key for a, b in zip(other_model, shards, strict=True))
     with pytest.raises(ValueError, match="sorted"):
         _plan([3, 1])
 
@@ -52,15 +57,19 @@ def test_finished_shards_are_checked_and_committed_in_one_switch(tmp_path):
     second = _write_shard(root, shards[1], 1)
     commit_shards(root, "cat", "m", shards, 16)
     ids, codes, meta = read_codes(root, "cat", "m")
-    assert np.array_equal(ids, np.r_[first[0], second[0]]) and np.array_equal(codes, np.r_[first[1], second[1]])
+    assert np.array_equal(ids, np.r_[first[0], second[0]]) and np.array_equal(
+        codes, np.r_[first[1], second[1]]
+    )
     assert parts_manifest(root, "cat", "m")["parts"] == [s.part for s in shards] and meta.rows == 7
     # a damaged part is no longer finished
-    path = root.path(*codes_dir("cat", "m"), shards[1].part)
-    data = bytearray(open(path, "rb").read())
+    path = Path(root.path(*codes_dir("cat", "m"), shards[1].part))
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
     assert finished_shard(root, "cat", "m", shards[1]) is None
     # a new plan's commit removes the parts and records it no longer lists
     again = _plan(list(range(0, 4)))
     commit_shards(root, "cat", "m", again, 16)
-    assert sorted(root.names(*codes_dir("cat", "m"))) == sorted(["parts.json", again[0].part, again[0].record])
+    assert sorted(root.names(*codes_dir("cat", "m"))) == sorted(
+        ["parts.json", again[0].part, again[0].record]
+    )
