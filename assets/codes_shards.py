@@ -20,6 +20,7 @@ from assets.codes import CodesConfig, _embedding_bytes, encode_batches
 from assets.common import current_model_id, remove_stale_temps, tag_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
+from assets.shard_io import HANDOFF, handoff_io_manager
 from assets.table_metadata import codes_schema, table_metadata
 from storage.catalogue import fingerprint, read_catalogue
 from storage.codes import codes_dir, image_hash_of
@@ -58,7 +59,7 @@ class ShardedCodesConfig(CodesConfig):
 
 @dg.op(
     ins={"hashing_model": dg.In(dg.Nothing)},
-    out={"plan": dg.Out(dict), "todo": dg.DynamicOut(dict)},
+    out={"plan": dg.Out(dict, io_manager_key=HANDOFF), "todo": dg.DynamicOut(dict, io_manager_key=HANDOFF)},
     description="List the catalogue's shards; fan out those without a finished part.",
 )
 def plan_codes_shards(context: dg.OpExecutionContext, config: ShardedCodesConfig, storage: StorageResource):
@@ -109,6 +110,7 @@ def plan_codes_shards(context: dg.OpExecutionContext, config: ShardedCodesConfig
 
 
 @dg.op(
+    out=dg.Out(dict, io_manager_key=HANDOFF),
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
     tags={"vitrieve/step": "encode_shard"},
     description="Encode one shard into its own part and record its check.",
@@ -197,6 +199,7 @@ def _config(values: dict) -> dict:
     kinds={"parquet"},
     code_version=CODE_VERSION,
     automation_condition=FOLLOW_ACCEPTED_UPSTREAM,
+    resource_defs={HANDOFF: handoff_io_manager().get_resource_definition()},
     config=dg.ConfigMapping(config_fn=_config, config_schema=ShardedCodesConfig.to_config_schema()),
     description="Packed codes of every catalogue image (row_id, code), encoded shard by shard (one step each).",
 )
