@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import dagster as dg
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from storage.catalogue import write_catalogue
@@ -17,7 +18,6 @@ from tests.conftest import needs_fashion_mnist
 
 BITS = 32
 MODEL = "fake-encoder-32b"
-SHARD_ROWS = 128
 _W = np.random.default_rng(0).standard_normal((28 * 28, BITS)).astype(np.float32)
 
 
@@ -48,7 +48,7 @@ def setup(tmp_path, monkeypatch):
         roots[name] = StorageRoot(tmp_path / name)
         roots[name].write_text(json.dumps({"bits": BITS, "model_id": MODEL}), "models", MODEL, "model.json")
         write_catalogue(roots[name], table, info)
-    return roots, table, encoded
+    return roots, table, info, encoded
 
 
 @needs_fashion_mnist
@@ -56,18 +56,34 @@ def test_sharded_codes_equal_one_step_codes_and_rerun_only_unfinished_shards(set
     from assets.codes import packed_codes
     from assets.codes_shards import ShardedCodesConfig, packed_codes_sharded
 
-    roots, table, encoded = setup
+    roots, table, info, encoded = setup
     assert ShardedCodesConfig.model_fields["shard_rows"].default > 0
-    config = {"model_id": MODEL, "chunk_rows": 64, "shard_rows": SHARD_ROWS}
+    ids = np.sort(table["row_id"].to_numpy())
+    shard_rows = int(ids[-1]) // 5 + 1  # five or six shards of row ids (the sample's row ids are sparse)
+    config = {"model_id": MODEL, "chunk_rows": 64, "shard_rows": shard_rows}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("catalogues", ["sh"])
         _run(packed_codes, roots["one"], instance, {"model_id": MODEL, "chunk_rows": 64})
+        # the newest 40 rows arrive after a first sharded run: only the shards holding them are encoded again
+        write_catalogue(roots["sharded"], table.filter(pc.less(table["row_id"], int(ids[-40]))), info)
+        _run(packed_codes_sharded, roots["sharded"], instance, config)
+        before = parts_manifest(roots["sharded"], "sh", MODEL)["parts"]
+        write_catalogue(roots["sharded"], table, info)
+        encoded.clear()
         result = _run(packed_codes_sharded, roots["sharded"], instance, config)
+        touched = np.unique(ids[-40:] // shard_rows)
+        assert _metadata(result)["encoded_shards"] == len(touched) and sum(encoded) == int(
+            np.isin(ids // shard_rows, touched).sum()
+        )
+        after = parts_manifest(roots["sharded"], "sh", MODEL)["parts"]
+        earlier = [p for p in before if int(p.split("-")[1]) < touched[0]]
+        assert earlier and set(earlier) <= set(after)  # the earlier shards' parts are kept as they were
+        result = _run(packed_codes_sharded, roots["sharded"], instance, config | {"incremental": False})
         ids1, codes1, meta1 = read_codes(roots["one"], "sh", MODEL)
         ids2, codes2, meta2 = read_codes(roots["sharded"], "sh", MODEL)
         assert np.array_equal(ids1, ids2) and np.array_equal(codes1, codes2)  # byte for byte, row for row
         assert meta1.catalogue_fingerprint == meta2.catalogue_fingerprint and meta2.rows == table.num_rows
-        n_shards = len(np.unique(table["row_id"].to_numpy() // SHARD_ROWS))
+        n_shards = len(np.unique(table["row_id"].to_numpy() // shard_rows))
         assert n_shards >= 3 and len(parts_manifest(roots["sharded"], "sh", MODEL)["parts"]) == n_shards
         steps = _steps(result)
         assert sum(s.startswith("packed_codes.encode_codes_shard[") for s in steps) == n_shards
@@ -87,7 +103,7 @@ def test_sharded_codes_equal_one_step_codes_and_rerun_only_unfinished_shards(set
             f.write(b"\xff\xff\xff\xff")
         result = _run(packed_codes_sharded, roots["sharded"], instance, config)
         md = _metadata(result)
-        assert md["encoded_shards"] == 1 and sum(encoded) == md["encoded_rows"] <= SHARD_ROWS
+        assert md["encoded_shards"] == 1 and sum(encoded) == md["encoded_rows"] <= shard_rows
         ids3, codes3, _ = read_codes(roots["sharded"], "sh", MODEL)
         assert np.array_equal(ids3, ids1) and np.array_equal(codes3, codes1)
 
