@@ -172,6 +172,30 @@ def _encode_rows(
     extra: dict,
 ) -> str:
     """Encode the catalogue rows ``row_ids`` (streamed in batches) into one new part; returns its name."""
+    fs = None if root.is_local else root.fs
+    dataset = pds.dataset(root.path(*catalogue_parts(name)), format="parquet", filesystem=fs)
+    row_filter = None if len(row_ids) == dataset.count_rows() else pc.field("row_id").isin(row_ids)
+    batches = dataset.to_batches(
+        columns=["row_id", "image", "uri", "sha256"], filter=row_filter, batch_size=config.chunk_rows
+    )
+    return encode_batches(context, root, name, model_id, bits, batches, len(row_ids), config, compute, extra)
+
+
+def encode_batches(
+    context,
+    root,
+    name: str,
+    model_id: str,
+    bits: int,
+    batches,
+    expected: int,
+    config: CodesConfig,
+    compute: ComputeResource,
+    extra: dict,
+    part: str | None = None,
+) -> str:
+    """Encode catalogue record batches (row_id, image, uri, sha256) into one new part (named ``part`` where
+    given); returns its name. The one encoding loop of every path, sharded or not."""
     from imaging.decode import decode_images
     from ml.encode import encode_images, encode_outputs
     from ml.rerank import quantise
@@ -179,15 +203,10 @@ def _encode_rows(
     device = compute.torch_device()
     model, _ = load_model(root, model_id, device)
     spec = model.spec
-    fs = None if root.is_local else root.fs
-    dataset = pds.dataset(root.path(*catalogue_parts(name)), format="parquet", filesystem=fs)
-    row_filter = None if len(row_ids) == dataset.count_rows() else pc.field("row_id").isin(row_ids)
-    writer = PartWriter(root, name, model_id, bits, extra, with_image_hash=True)
+    writer = PartWriter(root, name, model_id, bits, extra, with_image_hash=True, name=part)
     done = 0
     try:
-        for batch in dataset.to_batches(
-            columns=["row_id", "image", "uri", "sha256"], filter=row_filter, batch_size=config.chunk_rows
-        ):
+        for batch in batches:
             if batch.num_rows == 0:
                 continue
             images = decode_images(encoded_images(batch), spec.img_size, spec.in_chans)
@@ -201,10 +220,10 @@ def _encode_rows(
             batch_ids = batch.column("row_id").to_numpy()
             writer.write(batch_ids, codes, image_hash_of(batch.column("sha256")), after)
             done += batch.num_rows
-            context.log.debug(f"encoded {done}/{len(row_ids)}")
-        if done != len(row_ids):
+            context.log.debug(f"encoded {done}/{expected}")
+        if done != expected:
             raise RuntimeError(
-                f"packed_codes of {name!r}: expected to encode {len(row_ids)} rows, the catalogue gave {done}"
+                f"packed_codes of {name!r}: expected to encode {expected} rows, the catalogue gave {done}"
             )
         return writer.close()
     except BaseException:

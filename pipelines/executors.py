@@ -13,6 +13,10 @@ import os
 import dagster as dg
 
 EXECUTORS = ("multiprocess", "celery", "k8s")
+# A step's task is acknowledged when it ends, not when a worker takes it: a worker lost mid-step (its pool
+# process killed) hands the step back to the queue for another worker (e.g. one shard of packed_codes).
+# The same keys are in pipelines/scaleout/celery.yaml, which configures the workers.
+CELERY_CONFIG_SOURCE = {"task_acks_late": True, "task_reject_on_worker_lost": True}
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:
@@ -24,7 +28,11 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
         from dagster_celery import celery_executor
 
         return celery_executor.configured(
-            {"broker": {"env": "VITRIEVE_CELERY_BROKER"}, "backend": {"env": "VITRIEVE_CELERY_BACKEND"}},
+            {
+                "broker": {"env": "VITRIEVE_CELERY_BROKER"},
+                "backend": {"env": "VITRIEVE_CELERY_BACKEND"},
+                "config_source": CELERY_CONFIG_SOURCE,
+            },
             name="celery",
         )
     if kind == "k8s":

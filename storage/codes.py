@@ -32,6 +32,8 @@ PARTS_FILE = "parts.json"
 
 
 _PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
+# Files a commit removes once ``parts.json`` no longer lists them: parts, shard parts and their check records.
+_OWNED_RE = re.compile(r"^(part-\d{5,}\.parquet|shard-\d{5,}-[0-9a-f]+\.(parquet|json))$")
 
 
 def codes_dir(catalogue: str, model_id: str) -> tuple[str, ...]:
@@ -147,6 +149,7 @@ class PartWriter:
         extra: dict[str, str] | None = None,
         with_image_hash: bool = False,
         row_group_rows: int = 1 << 20,
+        name: str | None = None,
     ):
         self.root, self.catalogue, self.model_id, self.bits, self.extra = (
             root,
@@ -156,7 +159,7 @@ class PartWriter:
             extra,
         )
         self.with_image_hash, self.row_group_rows = with_image_hash, row_group_rows
-        self.name = codes_parts(catalogue, model_id, _next_part_number(root, catalogue, model_id))[-1]
+        self.name = name or codes_parts(catalogue, model_id, _next_part_number(root, catalogue, model_id))[-1]
         self.rows = 0
         self._cm = root.atomic_open(*codes_dir(catalogue, model_id), self.name)
         self._file = self._cm.__enter__()
@@ -213,10 +216,12 @@ def commit_parts(
     bits: int,
     rows: int,
     extra: dict[str, str] | None = None,
+    checks: dict[str, dict] | None = None,
 ) -> str:
-    """Make exactly ``parts`` live (atomic replace of ``parts.json``), then delete parts no longer listed."""
+    """Make exactly ``parts`` live (atomic replace of ``parts.json``), then delete parts no longer listed.
+    ``checks`` are part checks already taken (e.g. by each shard's step); other parts are read for theirs."""
     d = codes_dir(catalogue, model_id)
-    known = (parts_manifest(root, catalogue, model_id) or {}).get(CHECKS) or {}
+    known = ((parts_manifest(root, catalogue, model_id) or {}).get(CHECKS) or {}) | (checks or {})
     manifest = {
         "parts": list(parts),
         CHECKS: {name: known.get(name) or part_check(root, *d, name) for name in parts},
@@ -232,7 +237,8 @@ def commit_parts(
     with contextlib.suppress(FileNotFoundError):
         for path in root.fs.ls(root.path(*d), detail=False):
             name = path.rstrip("/").rsplit("/", 1)[-1]
-            if _PART_RE.match(name) and name not in parts:
+            live = name in parts or name.removesuffix(".json") + ".parquet" in parts
+            if _OWNED_RE.match(name) and not live:
                 with contextlib.suppress(FileNotFoundError):
                     root.fs.rm(path)
     return uri
