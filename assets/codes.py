@@ -11,6 +11,7 @@ import time
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 from pydantic import Field
@@ -32,6 +33,7 @@ from storage.codes import (
     rewrite_without,
 )
 from storage.embeddings import META_KEY, embedding_columns, embedding_dtype
+from storage.fs import StorageRoot
 from storage.images import encoded_images
 from storage.model_store import card_bits, read_card
 from storage.part_checks import CorruptCodesError
@@ -73,18 +75,12 @@ def plan_codes(
     return encode, drop
 
 
-@dg.asset(
-    partitions_def=catalogues,
-    deps=["hashing_model"],
-    group_name="vitrieve",
-    kinds={"parquet"},
-    code_version="packed_codes-v2",
-    automation_condition=FOLLOW_ACCEPTED_UPSTREAM,
-    description="Packed codes of every catalogue image (row_id, code) for the current model; encodes only new rows.",
-)
-def packed_codes(
-    context: dg.AssetExecutionContext, config: CodesConfig, storage: StorageResource, compute: ComputeResource
-) -> dg.MaterializeResult:
+def open_codes_run(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext, config: CodesConfig, storage: StorageResource
+) -> tuple[str, StorageRoot, str, pa.Table]:
+    """The opening of every step that encodes a catalogue's codes (the one-step asset and the sharded plan):
+    the embeddings option checked, the model resolved and tagged, stale temporary files removed, and the
+    catalogue's planning columns read. Returns (catalogue, root, model_id, table)."""
     from ml.rerank import EMBEDDING_DTYPES
 
     if config.embeddings not in ("", *EMBEDDING_DTYPES):
@@ -99,6 +95,22 @@ def packed_codes(
     table, _ = read_catalogue(
         root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"]
     )
+    return name, root, model_id, table
+
+
+@dg.asset(
+    partitions_def=catalogues,
+    deps=["hashing_model"],
+    group_name="vitrieve",
+    kinds={"parquet"},
+    code_version="packed_codes-v2",
+    automation_condition=FOLLOW_ACCEPTED_UPSTREAM,
+    description="Packed codes of every catalogue image (row_id, code) for the current model; encodes only new rows.",
+)
+def packed_codes(
+    context: dg.AssetExecutionContext, config: CodesConfig, storage: StorageResource, compute: ComputeResource
+) -> dg.MaterializeResult:
+    name, root, model_id, table = open_codes_run(context, config, storage)
     fp = fingerprint(table)
     cat_ids = table["row_id"].to_numpy()
     cat_hash = image_hash_of(table["sha256"])

@@ -16,13 +16,12 @@ import dagster as dg
 from pydantic import Field
 
 from assets.automation import FOLLOW_ACCEPTED_UPSTREAM
-from assets.codes import CodesConfig, _embedding_bytes, encode_batches
-from assets.common import current_model_id, remove_stale_temps, tag_run
+from assets.codes import CodesConfig, _embedding_bytes, encode_batches, open_codes_run
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
 from assets.shard_io import HANDOFF, handoff_io_manager
 from assets.table_metadata import codes_schema, table_metadata
-from storage.catalogue import fingerprint, read_catalogue
+from storage.catalogue import fingerprint
 from storage.codes import codes_dir, image_hash_of
 from storage.embeddings import META_KEY
 from storage.model_store import card_bits, read_card
@@ -63,20 +62,7 @@ class ShardedCodesConfig(CodesConfig):
     description="List the catalogue's shards; fan out those without a finished part.",
 )
 def plan_codes_shards(context: dg.OpExecutionContext, config: ShardedCodesConfig, storage: StorageResource):
-    from ml.rerank import EMBEDDING_DTYPES
-
-    if config.embeddings not in ("", *EMBEDDING_DTYPES):
-        raise ValueError(
-            f"embeddings {config.embeddings!r}: expected '' or one of {', '.join(EMBEDDING_DTYPES)}"
-        )
-    name = context.partition_key
-    root = storage.get()
-    model_id = current_model_id(context, config.model_id)
-    tag_run(context, model_id)
-    remove_stale_temps(context, root, *codes_dir(name, model_id))
-    table, _ = read_catalogue(
-        root, name, columns=["row_id", "sha256", "labels", "in_train", "in_query", "in_database"]
-    )
+    name, root, model_id, table = open_codes_run(context, config, storage)
     bits = card_bits(read_card(root, model_id))
     inputs = {
         "model_id": model_id,
