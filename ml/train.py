@@ -55,6 +55,32 @@ class TrainResult:
         0  # the augmented epochs as run (fewer than planned where a time budget re-planned them)
     )
 
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        history: list[dict],
+        best_epoch: int,
+        best_val: float,
+        n: int,
+        start: float,
+        **extra,
+    ) -> TrainResult:
+        """The result of a run that trained ``model`` (its best weights loaded) on ``n`` images per epoch since
+        ``start`` (``time.perf_counter``); ``extra``: the remaining fields of ``cls``."""
+        train_seconds = sum(r["seconds"] for r in history)
+        return cls(
+            model=model,
+            history=history,
+            best_epoch=best_epoch,
+            best_val_map=best_val,
+            final_loss=history[-1]["loss"] if history else float("nan"),
+            train_images_per_s=n * len(history) / train_seconds if train_seconds else 0.0,
+            seconds=time.perf_counter() - start,
+            parameters=count_parameters(model),
+            **extra,
+        )
+
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     """LR multiplier: linear warm-up then cosine decay to 0."""
@@ -390,16 +416,13 @@ def train_hashing_model(
         epoch += 1
     model.load_state_dict(best_state)
     model.eval()
-    train_seconds = sum(r["seconds"] for r in history)
-    return TrainResult(
-        model=model,
-        history=history,
-        best_epoch=best_epoch,
-        best_val_map=best_val,
-        final_loss=history[-1]["loss"] if history else float("nan"),
-        train_images_per_s=n * len(history) / train_seconds if train_seconds else 0.0,
-        seconds=time.perf_counter() - start,
-        parameters=count_parameters(model),
+    return TrainResult.of(
+        model,
+        history,
+        best_epoch,
+        best_val,
+        n,
+        start,
         resumed_from_epoch=first_epoch - 1,
         main_epochs=main_epochs,
     )

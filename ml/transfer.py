@@ -28,7 +28,7 @@ from ml.features import FileStore, cached_features, frozen_split, tail
 from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
 from ml.metrics import evaluate_retrieval
-from ml.models import ModelSpec, build_model, count_parameters
+from ml.models import ModelSpec, build_model
 from ml.train import TrainResult, make_optimizer, make_schedule
 from ml.train_config import TrainConfig
 
@@ -200,16 +200,13 @@ def train_transfer(
     model.load_state_dict(best_state)
     model.requires_grad_(True)
     model.eval()
-    train_seconds = sum(r["seconds"] for r in history)
-    return TransferResult(
-        model=model,
-        history=history,
-        best_epoch=best_epoch,
-        best_val_map=best_val,
-        final_loss=history[-1]["loss"] if history else float("nan"),
-        train_images_per_s=n * len(history) / train_seconds if train_seconds else 0.0,
-        seconds=time.perf_counter() - start,
-        parameters=count_parameters(model),
+    return TransferResult.of(
+        model,
+        history,
+        best_epoch,
+        best_val,
+        n,
+        start,
         main_epochs=cfg.epochs,
         cache_key=key,
         extracted=extracted,
