@@ -3,9 +3,9 @@ beside the index.
 
 An allow-list (a ``--where`` filter) is searched by scanning the allowed rows' codes exactly, except on
 ``hnsw``, which searches through a faiss IDSelector over its distinct codes. Hidden rows (deletes) are dropped
-from the top k + hidden rows the index returns, or, when there are more than ``OVERSAMPLE_MAX`` of them,
-filtered by an IDSelector on the kinds with ``selector_search`` (flat, flat-dedup, hnsw; faiss 1.15 takes no
-selector in a binary IVF or multi-hash search). Exact kinds stay exact, ties ranked by row_id; results are as
+from a top k + margin the index returns (the margin doubling for queries left short), or, when there are more
+than ``OVERSAMPLE_MAX`` of them, filtered by an IDSelector on the kinds with ``selector_search`` (flat,
+flat-dedup, hnsw; faiss 1.15 takes no selector in a binary IVF or multi-hash search, so those keep the margin). Exact kinds stay exact, ties ranked by row_id; results are as
 wide as the most rows any query found (at most k): a filter matching nothing gives (nq, 0) arrays.
 """
 
@@ -54,13 +54,27 @@ def _trim(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _oversampled(index: BinaryIndex, queries: np.ndarray, k: int, exclude: np.ndarray):
-    """Top-(k + hidden) from the index, hidden rows dropped: the top-k of what is left."""
-    dist, ids = index.search(queries, k + len(exclude))
-    drop = (ids < 0) | np.isin(ids, exclude)
-    order = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept rows first, in their ranked order
-    dist, ids = np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
-    gone = np.take_along_axis(drop, order, 1)
-    return np.where(gone, MISSING, dist), np.where(gone, -1, ids)
+    """Top-k of what is left once hidden rows are dropped: ask the index for k + m rows, drop the hidden ones,
+    and ask again with twice the margin m for the queries left with fewer than k (at most k + all hidden
+    rows, which always leaves k). m starts at twice the hidden rows expected among k + 32, so a few hidden
+    rows out of many cost one search."""
+    nq, hidden = len(queries), len(exclude)
+    margin = min(hidden, 2 * int(np.ceil((k + 32) * hidden / max(index.ntotal, 1))) + 32)
+    dist = np.full((nq, k), MISSING, np.int32)
+    ids = np.full((nq, k), -1, np.int64)
+    todo = np.arange(nq)
+    while len(todo):
+        want = int(min(k + margin, index.ntotal))
+        got_d, got_i = index.search(queries[todo], want)
+        drop = (got_i < 0) | np.isin(got_i, exclude)
+        order = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept rows first, in their ranked order
+        kept = ~np.take_along_axis(drop, order, 1)
+        full = kept.all(axis=1) | (margin >= hidden) | (want >= index.ntotal)
+        done = todo[full]
+        dist[done] = np.where(kept[full], np.take_along_axis(got_d, order, 1)[full], MISSING)
+        ids[done] = np.where(kept[full], np.take_along_axis(got_i, order, 1)[full], -1)
+        todo, margin = todo[~full], min(hidden, 2 * margin)
+    return dist, ids
 
 
 def search_rows(

@@ -69,7 +69,9 @@ def test_quick_cli_prints_table_and_records_rows(tmp_path):
     _, rows = DiagnosticsDB(db).query("SELECT DISTINCT index_kind FROM search_latency")
     assert {r[0] for r in rows} >= {"flat", "flat-dedup", "hnsw", "ivf", "multihash", "numpy"}
     _, rows = DiagnosticsDB(db).query("SELECT kind, catalogue, status FROM runs")
-    assert rows == [("bench-search", "synthetic-20k", "success")]
+    assert rows == [("bench-search", "synthetic-20k", "success"), ("bench-search", "fitted-20k", "success")]
+    _, rows = DiagnosticsDB(db).query("SELECT DISTINCT index_kind FROM search_latency ORDER BY 1")
+    assert {"ivf nprobe=2", "flat -1% hidden", "ivf -1% hidden"} <= {r[0] for r in rows}
     _, rows = DiagnosticsDB(db).query(
         "SELECT count(*) FROM search_latency WHERE recall_at_k IS NULL OR qps <= 0"
     )

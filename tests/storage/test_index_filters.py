@@ -88,6 +88,24 @@ def test_deletes_then_search_equal_brute_force_over_the_remaining_rows(
             index.remove(gone)
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_hidden_rows_crowding_the_top_are_searched_past(kind, tied, monkeypatch):
+    """Hidden rows that are the queries' own nearest neighbours fill the first k + margin results: the search
+    asks again with a wider margin until k visible rows are found, and still equals brute force."""
+    monkeypatch.setattr(filters_module, "OVERSAMPLE_MAX", 10**6)  # never a selector: the margin path
+    ids, codes, queries = tied
+    index = build_index(ids, codes, BITS, kind, PARAMS.get(kind))
+    _, nearest, _ = brute_force(ids, codes, queries[:3], 150)
+    gone = np.unique(nearest)
+    calls = []
+    search = index.search
+    monkeypatch.setattr(index, "search", lambda q, k: calls.append(k) or search(q, k))
+    got = search_rows(index, queries, 40, exclude=gone)
+    assert len(calls) >= 2 and calls[1] > calls[0]
+    left = ~np.isin(ids, gone)
+    assert_equals_brute_force(kind, got, ids[left], codes[left], queries, 40)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_filtered_search_equals_brute_force_over_the_filtered_rows(kind, tied):
     ids, codes, queries = tied
