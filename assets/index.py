@@ -161,6 +161,7 @@ def binary_index(
             len(row_ids),
             report.build_seconds,
             mode=report.mode,
+            source=report.source,
         )
     del index
     written, _ = load_index(

@@ -419,7 +419,9 @@ def run_dataset(spec: DatasetSpec) -> dict:
             params = spec.params.get(real_kind)
             index, _, _, rep = index_from_codes(root, cat, model_id, real_kind, params, keep_rows=keep)
             build_s = rep.build_seconds
-            manifest = write_index(root, index, cat, model_id, real_kind, spec.bits, n, build_s)
+            manifest = write_index(
+                root, index, cat, model_id, real_kind, spec.bits, n, build_s, source=rep.source
+            )
             problems = verify_index(index, db_ids, db_codes)
             checks.append((f"{kind}: verifies (ids, self at distance 0)", not problems))
             publish(root, manifest)
@@ -521,7 +523,16 @@ def _reindex(
         )
         problems = verify_index(index, ids, codes)
         manifest = write_index(
-            root, index, cat, model_id, kind, spec.bits, len(ids), rep.build_seconds, mode=rep.mode
+            root,
+            index,
+            cat,
+            model_id,
+            kind,
+            spec.bits,
+            len(ids),
+            rep.build_seconds,
+            mode=rep.mode,
+            source=rep.source,
         )
         publish(root, manifest)
         seconds = time.perf_counter() - t
@@ -645,7 +656,16 @@ def _delete_reindex(spec: DatasetSpec, root, cat: str, model_id: str, queries, c
         )
         problems = verify_index(index, ids, codes)
         manifest = write_index(
-            root, index, cat, model_id, kind, spec.bits, len(ids), rep.build_seconds, mode=rep.mode
+            root,
+            index,
+            cat,
+            model_id,
+            kind,
+            spec.bits,
+            len(ids),
+            rep.build_seconds,
+            mode=rep.mode,
+            source=rep.source,
         )
         publish(root, manifest)
         seconds = time.perf_counter() - t

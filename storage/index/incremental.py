@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class BuildReport:
     read_seconds: float
     build_seconds: float
     removed_rows: int = 0  # rows dropped in place (faiss remove_ids) from the previous index
+    source: dict = field(default_factory=dict)  # what the index holds, for the next re-index (build_source)
 
 
 def _apply_overrides(row_ids, codes, overrides):
@@ -52,6 +54,35 @@ def _changed_codes(prev: BinaryIndex, row_ids: np.ndarray, codes: np.ndarray) ->
     return np.sort(held[there][differs])
 
 
+def _rows_digest(row_ids: np.ndarray | None) -> str:
+    return "all" if row_ids is None else hashlib.sha256(np.ascontiguousarray(row_ids, np.int64)).hexdigest()
+
+
+def build_source(parts: dict, keep_rows: np.ndarray | None, row_ids: np.ndarray) -> dict:
+    """What an index built from ``row_ids`` holds: the code parts read (name -> sha256), its largest row_id,
+    and a digest of the rows it was restricted to (``keep_rows``) up to that row_id."""
+    top = int(row_ids[-1]) if len(row_ids) else -1
+    kept = None if keep_rows is None else keep_rows[: np.searchsorted(keep_rows, top, "right")]
+    return {"parts": parts, "max_row_id": top, "keep_sha256": _rows_digest(kept)}
+
+
+def _appended(source: dict, ntotal: int, parts: dict, keep_rows, row_ids: np.ndarray) -> np.ndarray | None:
+    """The rows of ``row_ids`` a previous index built from ``source`` lacks, when they are only appended
+    rows: its parts are all live and unchanged, the rows it was restricted to are the same up to its largest
+    row_id, and it holds as many rows up to there as there are now, so it holds exactly those with their
+    codes and the new rows are those past it. None when this cannot be shown (then codes are compared)."""
+    if not source or any(parts.get(name) != sha for name, sha in source.get("parts", {}).items()):
+        return None
+    if not source.get("parts"):
+        return None
+    top = int(source["max_row_id"])
+    cut = int(np.searchsorted(row_ids, top, "right"))
+    kept = None if keep_rows is None else keep_rows[: np.searchsorted(keep_rows, top, "right")]
+    if cut != ntotal or _rows_digest(kept) != source.get("keep_sha256"):
+        return None
+    return np.arange(cut, len(row_ids))
+
+
 def index_from_codes(
     root: StorageRoot,
     catalogue: str,
@@ -72,13 +103,17 @@ def index_from_codes(
     holds a subset, only the new rows are added ("incremental"); rows it holds that are gone or whose code
     changed are dropped in place where the kind is ``removable`` ("incremental"), else it is rebuilt. Codes are
     read, never re-encoded. Returns (index, row_ids, codes, report) where row_ids/codes are the indexed rows."""
-    from storage.codes import read_code_arrays, read_codes_meta
+    from storage.codes import parts_manifest, read_code_arrays, read_codes_meta
+    from storage.part_checks import CHECKS
 
     item = item or f"binary_index of {catalogue!r}"
     t0 = time.perf_counter()
     bits = read_codes_meta(root, catalogue, model_id).bits
     row_ids, codes = read_code_arrays(root, catalogue, model_id, keep=keep_rows)
     codes = _apply_overrides(row_ids, codes, overrides)
+    live = parts_manifest(root, catalogue, model_id) or {}
+    parts = {name: (live.get(CHECKS) or {}).get(name, {}).get("sha256") for name in live.get("parts", [])}
+    source = build_source(parts, keep_rows, row_ids)
     read_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if previous is not None:
@@ -90,20 +125,42 @@ def index_from_codes(
             and manifest.params
             == resolve_params(kind, {**manifest.params, **(params or {})}, len(row_ids), bits, item)
         )
+        appended = None
+        if same and (overrides is None or not len(overrides[0])) and prev.incremental_add:
+            appended = _appended(manifest.source, int(prev.ntotal), parts, keep_rows, row_ids)
+        if appended is not None:  # only rows past the previous index: add them, compare nothing
+            if len(appended):
+                prev.add(row_ids[appended], codes[appended])
+            mode = "incremental" if len(appended) else "unchanged"
+            report = BuildReport(
+                mode, len(row_ids), len(appended), read_s, time.perf_counter() - t1, source=source
+            )
+            return prev, row_ids, codes, report
         changed = _changed_codes(prev, row_ids, codes) if same else None
         if changed is not None:  # else rebuild: the codes it holds are unknown
             old = np.sort(prev.ids())
             stale = np.union1d(np.setdiff1d(old, row_ids, assume_unique=True), changed)
             new = ~np.isin(row_ids, np.setdiff1d(old, stale, assume_unique=True), assume_unique=True)
             if not len(stale) and not new.any():
-                return prev, row_ids, codes, BuildReport("unchanged", len(row_ids), 0, read_s, 0.0)
+                return (
+                    prev,
+                    row_ids,
+                    codes,
+                    BuildReport("unchanged", len(row_ids), 0, read_s, 0.0, source=source),
+                )
             # kinds that re-sort every row on add, or cannot remove, build from the codes instead
             if (not len(stale) or prev.removable) and (not new.any() or prev.incremental_add):
                 removed = prev.remove(stale) if len(stale) else 0
                 if new.any():
                     prev.add(row_ids[new], codes[new])
                 report = BuildReport(
-                    "incremental", len(row_ids), int(new.sum()), read_s, time.perf_counter() - t1, removed
+                    "incremental",
+                    len(row_ids),
+                    int(new.sum()),
+                    read_s,
+                    time.perf_counter() - t1,
+                    removed,
+                    source,
                 )
                 return prev, row_ids, codes, report
     index = build_index(row_ids, codes, bits, kind, params, item)
@@ -111,5 +168,5 @@ def index_from_codes(
         index,
         row_ids,
         codes,
-        BuildReport("rebuild", len(row_ids), len(row_ids), read_s, time.perf_counter() - t1),
+        BuildReport("rebuild", len(row_ids), len(row_ids), read_s, time.perf_counter() - t1, source=source),
     )

@@ -40,6 +40,9 @@ class IndexManifest:
     mode: str = "rebuild"
     companion_file: str = ""  # e.g. hnsw: rows per distinct code (.npy), sha256-checked like the index file
     companion_sha256: str = ""
+    source: dict = dataclasses.field(
+        default_factory=dict
+    )  # what it was built from (storage.index.incremental)
 
     @classmethod
     def from_json(cls, text: str) -> IndexManifest:
@@ -71,6 +74,7 @@ def write_index(
     build_seconds: float,
     params: dict | None = None,
     mode: str = "rebuild",
+    source: dict | None = None,
 ) -> IndexManifest:
     """Serialise ``index`` and its manifest atomically under ``indexes/<catalogue>/<model_id>/``.
 
@@ -116,6 +120,7 @@ def write_index(
         mode=mode,
         companion_file=companion_file,
         companion_sha256=companion_sha,
+        source=source or {},
     )
     text = json.dumps(asdict(manifest), indent=2)
     root.write_text(
