@@ -190,7 +190,13 @@ def fitted_spec(name: str, n: int) -> DatasetSpec:
 
 
 def default_specs(
-    quick: bool, datasets: list[str] | None, root: str, threads: int, k: int, kinds: list[str] | None = None
+    quick: bool,
+    datasets: list[str] | None,
+    root: str,
+    threads: int,
+    k: int,
+    kinds: list[str] | None = None,
+    fit: str | None = None,
 ) -> list[DatasetSpec]:
     """The benchmark plan: ``--quick`` = small synthetic N (CI), clustered and fitted; otherwise Fashion-MNIST
     + 1M + 10M."""
@@ -231,6 +237,8 @@ def default_specs(
         elif name.startswith("fitted-") and name[-1] in "km" and name[len("fitted-") : -1].isdigit():
             n = int(name[len("fitted-") : -1]) * (1000 if name.endswith("k") else 1_000_000)
             spec = fitted_spec(name, n)
+            if fit:
+                spec.fit_root, spec.fit_catalogue = root, fit
         elif name.startswith("synthetic-") and name.endswith("k"):
             n = int(name[len("synthetic-") : -1]) * 1000
             spec = DatasetSpec(
@@ -866,11 +874,12 @@ def run_search_bench(
     min_recall: float = 0.9,
     in_process: bool = False,
     json_path: str | None = None,
+    fit: str | None = None,
 ) -> int:
     """``vitrieve bench search``: run the plan, print the table (progress and failures on stderr), record the
     rows in ``db_path``; the exit code (2: bad dataset or kind, 1: a ``quick`` check failed)."""
     try:
-        specs = default_specs(quick, datasets, root, threads, k, kinds)
+        specs = default_specs(quick, datasets, root, threads, k, kinds, fit)
     except ValueError as err:
         print(f"vitrieve {err}", file=sys.stderr)
         return 2

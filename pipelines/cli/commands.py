@@ -146,6 +146,7 @@ def cmd_bench(args) -> int:
         min_recall=args.min_recall,
         in_process=args.in_process,
         json_path=args.json,
+        fit=args.fit,
     )
 
 
@@ -205,6 +206,17 @@ def cmd_bench_faults(args) -> int:
         raise UserError(f"unknown storage {', '.join(unknown)} (choose from local, s3)")
     kills = 10 if args.quick else args.kills
     return run_fault_bench(db, kills, args.seed, storages, args.workdir, args.json)
+
+
+def cmd_bench_shards(args) -> int:
+    from bench.shards import run_shard_bench
+
+    root, db = locations(args)
+    if args.shard_rows < 1 or args.rounds < 1:
+        raise UserError("--shard-rows and --rounds must be positive")
+    return run_shard_bench(
+        root, db, args.catalogue, args.shard_rows, args.device, args.rounds, args.json, args.model
+    )
 
 
 def cmd_bench_transfer(args) -> int:
@@ -295,6 +307,7 @@ def _dispatch(args) -> int:
             "faults": cmd_bench_faults,
             "rerank": cmd_bench_rerank,
             "transfer": cmd_bench_transfer,
+            "shards": cmd_bench_shards,
         }.get(args.bench, cmd_bench)(args)
     raise AssertionError(args.verb)
 

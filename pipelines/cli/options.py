@@ -294,7 +294,15 @@ def _bench_verbs(sub) -> None:
         "--dataset",
         action="append",
         default=None,
-        help="fashion-mnist | real:<catalogue> | synthetic-1m | synthetic-10m | synthetic-<N>k (repeatable)",
+        help="fashion-mnist | real:<catalogue> | synthetic-1m | synthetic-10m | synthetic-<N>k | "
+        "fitted-<N>k | fitted-<N>m (repeatable)",
+    )
+    p.add_argument(
+        "--fit",
+        default=None,
+        metavar="CATALOGUE",
+        help="fitted-* datasets: fit the generator to this catalogue's published codes under --root "
+        "(default: the bundled Open Clip Art codes)",
     )
     p.add_argument(
         "--kinds", default=None, help="comma-separated index kinds (default: all that fit the dataset)"
@@ -380,6 +388,17 @@ def _bench_verbs(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--source", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
     p.add_argument("--cache-root", default=None, help="feature cache root (default: a temporary folder)")
+    p.add_argument("--json", default=None, help="also write the row to this JSON file")
+    p = bench.add_parser(
+        "shards", help="encoding images/s of one worker: one-step packed_codes against the sharded graph"
+    )
+    _common(p)
+    p.add_argument("--shard-rows", type=int, default=20_000, help="catalogue rows per shard")
+    p.add_argument("--model", default=None, help="model id (default: the published index's model)")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="rounds, each path once per round, order alternating"
+    )
+    p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the row to this JSON file")
     p = bench.add_parser("faults", help="SIGKILL the pipeline at random moments; count corrupt states")
     _common(p)
