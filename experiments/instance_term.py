@@ -52,6 +52,8 @@ def query_ties(q_codes: np.ndarray, db_codes: np.ndarray, chunk: int = 256) -> f
 
 def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.device) -> dict:
     given = parse_config(args.config) | {"instance": weight, "instance_temperature": args.temperature}
+    if args.instance_bits:
+        given["instance_bits"] = args.instance_bits
     if args.epochs is not None:
         given["epochs"] = args.epochs
     run = train_and_encode(
@@ -72,6 +74,7 @@ def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.
     return {
         "instance": weight,
         "temperature": args.temperature,
+        "instance_bits": args.instance_bits,
         "map_at_100": m.map_at["100"],
         "p_at_1": m.precision_at["1"],
         "copy_r1_easy": copies[("none", "easy")].recall["expected"][1],
@@ -99,6 +102,7 @@ def main() -> None:
     )
     ap.add_argument("--weights", default="0,0.1,0.3,1.0", help="instance weights, comma-separated")
     ap.add_argument("--temperature", type=float, default=0.3, help="instance_temperature of every run")
+    ap.add_argument("--instance-bits", type=int, default=0, help="instance_bits of every run (0: all bits)")
     ap.add_argument("--config", default="", help="other fields of the quick profile, key=value,...")
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the quick profile's)")
     ap.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX folder")

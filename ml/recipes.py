@@ -84,6 +84,7 @@ RUN_FIELDS = (
     "amp",
     "instance",
     "instance_temperature",
+    "instance_bits",
 )
 
 

@@ -207,6 +207,17 @@ def load_state(data: bytes, device: torch.device) -> dict:
         raise UnsafeStateError(f"refused to load the saved training state ({reason})") from None
 
 
+def instance_split(bits: int, cfg: TrainConfig) -> int:
+    """The bits the hashing loss and the classifier train (the first ones): all but ``cfg.instance_bits``."""
+    if not 0 <= cfg.instance_bits < bits:
+        raise ValueError(
+            f"instance_bits must be in [0, {bits}) for {bits}-bit codes, got {cfg.instance_bits}"
+        )
+    if cfg.instance_bits and not cfg.instance:
+        raise ValueError(f"instance_bits={cfg.instance_bits} needs the instance term (instance > 0)")
+    return bits - cfg.instance_bits
+
+
 def train_hashing_model(
     spec: ModelSpec,
     cfg: TrainConfig,
@@ -230,10 +241,11 @@ def train_hashing_model(
     if n == 0:
         raise ValueError("no training images")
     model = build_model(spec).to(device)
+    label_bits = instance_split(spec.bits, cfg)
     loss_fn = build_loss(
-        cfg.loss, spec.num_classes, spec.bits, num_train=n, seed=cfg.seed, **cfg.loss_params
+        cfg.loss, spec.num_classes, label_bits, num_train=n, seed=cfg.seed, **cfg.loss_params
     ).to(device)
-    aux = AuxiliaryClassifier(spec.bits, spec.num_classes, cfg.classifier, cfg.label_smoothing, cfg.seed).to(
+    aux = AuxiliaryClassifier(label_bits, spec.num_classes, cfg.classifier, cfg.label_smoothing, cfg.seed).to(
         device
     )
     eraser = random_eraser(cfg.erase, device)
@@ -311,11 +323,12 @@ def train_hashing_model(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     u = model(x if views is None else torch.cat([x, views]))  # both views in one forward
                 u, u_view = (u, None) if views is None else u.split(len(idx))
-                loss = loss_fn(u.float(), y, idx.to(device))
+                loss = loss_fn(u[:, :label_bits].float(), y, idx.to(device))
                 if cfg.classifier:
-                    loss = loss + aux(u, y)
+                    loss = loss + aux(u[:, :label_bits], y)
                 if u_view is not None:
-                    loss = loss + instance(u, u_view)
+                    first = label_bits if cfg.instance_bits else 0
+                    loss = loss + instance(u[:, first:], u_view[:, first:])
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})"

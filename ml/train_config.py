@@ -70,6 +70,13 @@ class TrainConfig:
     instance_temperature: float = field(
         default=0.3, metadata={"description": "temperature of the instance term's NT-Xent"}
     )
+    instance_bits: int = field(
+        default=0,
+        metadata={
+            "description": "the code's last bits left to the instance term alone: the hashing loss and the "
+            "classifier see the others (0 = every loss on every bit)"
+        },
+    )
     erase: float = field(
         default=0.0, metadata={"description": "random-erasing probability per training image (timm)"}
     )

@@ -141,6 +141,7 @@ OPTIONS = (
     Option("hashing_model", "patience"),
     Option("hashing_model", "instance"),
     Option("hashing_model", "instance_temperature"),
+    Option("hashing_model", "instance_bits"),
     Option("binary_index", "kind", flag="--index-kind", choices="index_kind"),
     Option("packed_codes", "embeddings", choices="embedding_dtype"),
     Option("model_evaluation", "copy_protocol"),

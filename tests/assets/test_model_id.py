@@ -1,6 +1,6 @@
 """``model_id`` of a run stays byte-identical: the ids below are those of ``hashing_model-v5`` with the
-``instance`` and ``instance_temperature`` fields in the training config (their addition changed every id once;
-the training of a run with ``instance`` 0 is unchanged). A change here without a new ``CODE_VERSION`` means stored
+``instance``, ``instance_temperature`` and ``instance_bits`` fields in the training config (each addition changed
+every id once; the training of a run with ``instance`` 0 is unchanged). A change here without a new ``CODE_VERSION`` means stored
 models would silently be retrained (or stale ones reused)."""
 
 from __future__ import annotations
@@ -21,30 +21,30 @@ def model_id_of(catalogue: str, num_classes: int, in_chans: int, **config) -> st
 @pytest.mark.parametrize(
     ("catalogue", "num_classes", "in_chans", "config", "expected"),
     [
-        ("fashion-mnist", 10, 1, {}, "vts-csq-64b-small-conv-b84ef95a"),
-        ("fashion-mnist", 10, 1, {"profile": "full"}, "vts-csq-64b-small-conv-wide-87f4e2ac"),
-        ("fashion-mnist", 10, 1, {"instance": 0.3}, "vts-csq-64b-small-conv-addc611d"),
-        ("pets", 37, 3, {"profile": "full", "seed": 1, "amp": False}, "vts-csq-64b-small-conv-wide-280d38ba"),
+        ("fashion-mnist", 10, 1, {}, "vts-csq-64b-small-conv-fef4a253"),
+        ("fashion-mnist", 10, 1, {"profile": "full"}, "vts-csq-64b-small-conv-wide-4c8d3a21"),
+        ("fashion-mnist", 10, 1, {"instance": 0.3}, "vts-csq-64b-small-conv-ea1ae84b"),
+        ("pets", 37, 3, {"profile": "full", "seed": 1, "amp": False}, "vts-csq-64b-small-conv-wide-1ab0f9ac"),
         (
             "fashion-mnist",
             10,
             1,
             {"bits": 32, "model": "transhash", "loss": "transhash"},
-            "transhash-transhash-32b-small-conv-52f14aed",
+            "transhash-transhash-32b-small-conv-d82e3fa8",
         ),
         (
             "fashion-mnist",
             10,
             1,
             {"model": "hybridhash", "bits": 16, "epochs": 2, "lr": 1e-3},
-            "hybridhash-csq-16b-small-fd77e6a5",
+            "hybridhash-csq-16b-small-724dadc0",
         ),
         (
             "fashion-mnist",
             10,
             1,
             {"overrides": {"depth": 2}, "loss_params": {"alpha": 0.2}, "loss": "dsh", "head_hidden": 256},
-            "vts-dsh-64b-small-conv-7ee39adf",
+            "vts-dsh-64b-small-conv-10d6b5c9",
         ),
         (
             "shoes",
@@ -64,7 +64,7 @@ def model_id_of(catalogue: str, num_classes: int, in_chans: int, **config) -> st
                 "val_queries": 100,
                 "min_val_map": 0.1,
             },
-            "xhashnet-csq-64b-small-77c8fd3c",
+            "xhashnet-csq-64b-small-e1966aa7",
         ),
     ],
 )

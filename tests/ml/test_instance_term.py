@@ -136,3 +136,32 @@ def test_weight_zero_leaves_training_unchanged_and_a_weighted_run_is_seeded():
     assert c.history[0]["loss"] == d.history[0]["loss"] != a.history[0]["loss"]
     for (k, wc), wd in zip(c.model.state_dict().items(), d.model.state_dict().values(), strict=True):
         assert torch.equal(wc, wd), k
+
+
+def test_instance_bits_split_the_code_between_the_label_loss_and_the_instance_term(monkeypatch):
+    import ml.train as train_module
+    from ml.train import instance_split
+
+    assert instance_split(64, TrainConfig(instance=1.0, instance_bits=16)) == 48
+    assert instance_split(64, TrainConfig()) == 64
+    with pytest.raises(ValueError, match=r"instance_bits must be in \[0, 16\)"):
+        instance_split(16, TrainConfig(instance=1.0, instance_bits=16))
+    with pytest.raises(ValueError, match="needs the instance term"):
+        instance_split(16, TrainConfig(instance_bits=4))
+    widths = {"label": set(), "instance": set()}
+    build, nt = train_module.build_loss, InstanceContrast.forward
+
+    def recording_build(*args, **kwargs):
+        loss = build(*args, **kwargs)
+        compute = loss.compute
+        loss.compute = lambda u, y, i: widths["label"].add(u.shape[1]) or compute(u, y, i)
+        return loss
+
+    monkeypatch.setattr(train_module, "build_loss", recording_build)
+    monkeypatch.setattr(
+        InstanceContrast, "forward", lambda self, u, v: widths["instance"].add(u.shape[1]) or nt(self, u, v)
+    )
+    data, _ = _fashion(96)
+    split = _train(data, instance=1.0, instance_bits=6)
+    assert all(math.isfinite(r["loss"]) for r in split.history)
+    assert widths == {"label": {10}, "instance": {6}}  # 16-bit codes: the first 10 bits, the last 6
