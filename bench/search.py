@@ -502,13 +502,38 @@ def run_dataset(spec: DatasetSpec) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _reindex_published(spec: DatasetSpec, root, cat: str, model_id: str, kind: str, prev, keep_rows=None):
+    """Re-index ``kind`` from its previous index ``prev`` (rows ``keep_rows``, None = all), verify, write and
+    publish it as the ``binary_index`` asset does; returns (index, row_ids, codes, report, problems)."""
+    from storage.index import index_from_codes, publish, verify_index, write_index
+
+    index, ids, codes, rep = index_from_codes(
+        root, cat, model_id, kind, spec.params.get(kind), keep_rows=keep_rows, previous=prev
+    )
+    problems = verify_index(index, ids, codes)
+    manifest = write_index(
+        root,
+        index,
+        cat,
+        model_id,
+        kind,
+        spec.bits,
+        len(ids),
+        rep.build_seconds,
+        mode=rep.mode,
+        source=rep.source,
+    )
+    publish(root, manifest)
+    return index, ids, codes, rep, problems
+
+
 def _reindex(
     spec: DatasetSpec, root, cat: str, model_id: str, n: int, checks: list, facts: dict, chunks
 ) -> list:
     """Append ``reindex_fraction`` new rows as a new Parquet part, then re-index each kind from the published
     index (adds only the new rows) and compare with a from-scratch build."""
     from storage.codes import PartWriter, commit_parts, parts_manifest, read_code_arrays
-    from storage.index import index_from_codes, load_index, publish, verify_index, write_index
+    from storage.index import load_index
 
     extra = max(1, int(n * spec.reindex_fraction))
     new_codes = _sample(chunks, extra, 1 << 41, spec.bits // 8)
@@ -526,23 +551,7 @@ def _reindex(
             time.perf_counter()
         )  # the index of the original rows, written by the main loop, is the previous one
         prev = load_index(root, cat, model_id, kind, mmap=False)
-        index, ids, codes, rep = index_from_codes(
-            root, cat, model_id, kind, spec.params.get(kind), previous=prev
-        )
-        problems = verify_index(index, ids, codes)
-        manifest = write_index(
-            root,
-            index,
-            cat,
-            model_id,
-            kind,
-            spec.bits,
-            len(ids),
-            rep.build_seconds,
-            mode=rep.mode,
-            source=rep.source,
-        )
-        publish(root, manifest)
+        index, ids, codes, rep, problems = _reindex_published(spec, root, cat, model_id, kind, prev)
         seconds = time.perf_counter() - t
         if index.incremental_add:
             checks.append(
@@ -613,7 +622,6 @@ def _delete_reindex(spec: DatasetSpec, root, cat: str, model_id: str, queries, c
     served), then re-index from the published index (rows dropped in place where the kind can remove).
     Returns (search rows, metrics)."""
     from storage.codes import count_codes
-    from storage.index import index_from_codes, publish, verify_index, write_index
     from storage.index.filters import exact_search, search_rows
     from storage.index.load import load_index
 
@@ -659,23 +667,7 @@ def _delete_reindex(spec: DatasetSpec, root, cat: str, model_id: str, queries, c
             }
         )
         t = time.perf_counter()
-        index, ids, codes, rep = index_from_codes(
-            root, cat, model_id, kind, spec.params.get(kind), keep_rows=keep, previous=prev
-        )
-        problems = verify_index(index, ids, codes)
-        manifest = write_index(
-            root,
-            index,
-            cat,
-            model_id,
-            kind,
-            spec.bits,
-            len(ids),
-            rep.build_seconds,
-            mode=rep.mode,
-            source=rep.source,
-        )
-        publish(root, manifest)
+        index, ids, codes, rep, problems = _reindex_published(spec, root, cat, model_id, kind, prev, keep)
         seconds = time.perf_counter() - t
         checks.append((f"{kind}: re-index after deletes verifies", not problems))
         if index.removable:
