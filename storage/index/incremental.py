@@ -71,9 +71,7 @@ def _appended(source: dict, ntotal: int, parts: dict, keep_rows, row_ids: np.nda
     rows: its parts are all live and unchanged, the rows it was restricted to are the same up to its largest
     row_id, and it holds as many rows up to there as there are now, so it holds exactly those with their
     codes and the new rows are those past it. None when this cannot be shown (then codes are compared)."""
-    if not source or any(parts.get(name) != sha for name, sha in source.get("parts", {}).items()):
-        return None
-    if not source.get("parts"):
+    if not source.get("parts") or any(parts.get(name) != sha for name, sha in source["parts"].items()):
         return None
     top = int(source["max_row_id"])
     cut = int(np.searchsorted(row_ids, top, "right"))
