@@ -9,9 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -55,6 +52,20 @@ def index_dir(catalogue: str, model_id: str) -> tuple[str, ...]:
     return ("indexes", catalogue, model_id)
 
 
+class HashingWriter:
+    """A binary writer that passes bytes on to ``dst`` and hashes (sha256) and counts them on the way, so a
+    file is written and hashed in one pass."""
+
+    def __init__(self, dst) -> None:
+        self.dst, self.sha, self.size = dst, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.dst.write(data)
+        self.size += len(data)
+        return len(data)
+
+
 def hash_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -89,20 +100,17 @@ def write_index(
         params = index.params
     parts = index_dir(catalogue, model_id)
     slot = f"{kind}.b" if _published_file(root, catalogue, model_id, kind) == f"{kind}.faiss" else kind
-    with tempfile.TemporaryDirectory(prefix="vitrieve-index-") as tmp:
-        local = os.path.join(tmp, f"{kind}.faiss")
-        faiss.write_index_binary(fidx, local)
-        sha, size = hash_file(local), os.path.getsize(local)
-        with open(local, "rb") as src, root.atomic_open(*parts, f"{slot}.faiss") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-        companion_file = companion_sha = ""
-        if index.companion_name:
-            companion_file = f"{slot}.{index.companion_name}.npy"
-            local = os.path.join(tmp, companion_file)
-            np.save(local, index.companion())
-            companion_sha, size = hash_file(local), size + os.path.getsize(local)
-            with open(local, "rb") as src, root.atomic_open(*parts, companion_file) as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
+    with root.atomic_open(*parts, f"{slot}.faiss") as dst:  # serialised, hashed and written in one pass
+        out = HashingWriter(dst)
+        faiss.write_index_binary(fidx, faiss.PyCallbackIOWriter(out.write, 1 << 22))
+    sha, size = out.sha.hexdigest(), out.size
+    companion_file = companion_sha = ""
+    if index.companion_name:
+        companion_file = f"{slot}.{index.companion_name}.npy"
+        with root.atomic_open(*parts, companion_file) as dst:
+            out = HashingWriter(dst)
+            np.save(out, index.companion())
+        companion_sha, size = out.sha.hexdigest(), size + out.size
     manifest = IndexManifest(
         kind=kind,
         bits=bits,

@@ -3,6 +3,8 @@ all come from it; adding a kind is one registered class."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,7 @@ from storage.index import (
     write_index,
 )
 from storage.index.base import add_chunked
+from storage.index.publish import hash_file
 
 BUILT_IN = ("flat", "flat-dedup", "hnsw", "ivf", "multihash")
 
@@ -53,6 +56,11 @@ def test_every_kind_builds_round_trips_and_verifies(tmp_path, kind):
     manifest = write_index(root, index, "cat", "m1", kind, 64, len(ids), 0.0)
     assert manifest.params == resolve_params(kind, None, len(ids), 64)
     assert bool(manifest.companion_file) == bool(get_kind(kind).companion_name)
+    written = [root.path("indexes", "cat", "m1", f) for f in (manifest.file, manifest.companion_file) if f]
+    assert hash_file(written[0]) == manifest.sha256  # hashed as written, in one pass
+    assert manifest.file_bytes == sum(os.path.getsize(f) for f in written)
+    if manifest.companion_file:
+        assert hash_file(written[1]) == manifest.companion_sha256
     publish(root, manifest)
     for mmap in (True, False):
         loaded, m2 = load_index(root, "cat", mmap=mmap)
