@@ -167,9 +167,10 @@ class DatasetSpec:
 
 
 def fitted_spec(name: str, n: int) -> DatasetSpec:
-    """A dataset of ``n`` codes drawn from the generator fitted to real codes (``bench.codegen``): flat (exact)
-    and ivf, ivf searched at several nprobe from one build, then +1 % rows and -1 % rows re-indexed. The IVF has
-    ~n/24k lists (at most 4,096: the coarse assignment of every code costs n x nlist distances)."""
+    """A dataset of ``n`` codes drawn from the generator fitted to real codes (``bench.codegen``): flat (exact),
+    ivf and ivf-dedup, each IVF searched at several nprobe from one build, then +1 % rows and -1 % rows
+    re-indexed. The IVFs have ~n/24k lists (at most 4,096: the coarse assignment of every code costs n x nlist
+    distances)."""
     nlist = int(min(4096, max(16, 2 ** round(np.log2(max(n / 24_000, 1))))))
     probes = [p for p in (2, 4, 8, 16, 32, 64) if p <= nlist // 2] or [1]
     return DatasetSpec(
@@ -180,12 +181,12 @@ def fitted_spec(name: str, n: int) -> DatasetSpec:
         latency_queries=200 if n <= 10_000_000 else 100,
         numpy_queries=500 if n <= 1_000_000 else 10,
         large_batch=1000,
-        kinds=("flat", "ivf"),
-        params={"ivf": {"nlist": nlist, "nprobe": probes[len(probes) // 2]}},
-        search_params={"ivf": [{"nprobe": p} for p in probes]},
+        kinds=("flat", "ivf", "ivf-dedup"),
+        params={kind: {"nlist": nlist, "nprobe": probes[len(probes) // 2]} for kind in ("ivf", "ivf-dedup")},
+        search_params={kind: [{"nprobe": p} for p in probes] for kind in ("ivf", "ivf-dedup")},
         reindex_fraction=0.01,
         delete_fraction=0.01,
-        reindex_kinds=("flat", "ivf"),
+        reindex_kinds=("flat", "ivf", "ivf-dedup"),
     )
 
 

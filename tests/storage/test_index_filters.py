@@ -13,7 +13,12 @@ from storage.index.filters import exact_search, search_rows
 
 BITS = 64
 # exhaustive settings on tiny data, so the approximate kinds find every neighbour the data holds
-PARAMS = {"hnsw": {"ef_search": 512}, "ivf": {"nlist": 4, "nprobe": 4}, "multihash": {"nflip": 2}}
+PARAMS = {
+    "hnsw": {"ef_search": 512},
+    "ivf": {"nlist": 4, "nprobe": 4},
+    "ivf-dedup": {"nlist": 4, "nprobe": 4},
+    "multihash": {"nflip": 2},
+}
 
 
 def brute_force(ids, codes, queries, k):

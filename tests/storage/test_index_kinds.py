@@ -77,7 +77,12 @@ def test_numpy_baseline_and_flat_agree(clustered):
 
 @pytest.mark.parametrize(
     "kind,params",
-    [("hnsw", {"ef_search": 256}), ("ivf", {"nlist": 64, "nprobe": 8}), ("multihash", {"nflip": 2})],
+    [
+        ("hnsw", {"ef_search": 256}),
+        ("ivf", {"nlist": 64, "nprobe": 8}),
+        ("ivf-dedup", {"nlist": 64, "nprobe": 8}),
+        ("multihash", {"nflip": 2}),
+    ],
 )
 def test_ann_recall_against_exact_on_clustered_codes(clustered, kind, params):
     ids, codes, queries = clustered

@@ -121,10 +121,10 @@ def served(root, queries, k, allow=None):
     return search_published(StorageRoot(root.uri), "cat", queries, k, allow, index)
 
 
-@pytest.mark.parametrize("kind", ["flat", "flat-dedup", "hnsw", "ivf", "multihash"])
+@pytest.mark.parametrize("kind", ["flat", "flat-dedup", "hnsw", "ivf", "ivf-dedup", "multihash"])
 def test_deletes_are_immediate_survive_reload_and_are_compacted(store, kind):
     root, rows, codes, db_rows, db_codes = store
-    params = {"nlist": 4, "nprobe": 4} if kind == "ivf" else None
+    params = {"nlist": 4, "nprobe": 4} if kind in ("ivf", "ivf-dedup") else None
     assert reindex(root, kind, db_rows, params).mode == "rebuild"
     queries = db_codes[:10]
     gone = db_rows[::7]
@@ -139,7 +139,7 @@ def test_deletes_are_immediate_survive_reload_and_are_compacted(store, kind):
     assert len(stones.hidden(current(root, "cat"))) == len(gone)
 
     report = reindex(root, kind, db_rows, params)  # the nightly re-index compacts them
-    removable = kind in ("flat", "flat-dedup", "ivf")
+    removable = kind in ("flat", "flat-dedup", "ivf", "ivf-dedup")
     assert report.mode == ("incremental" if removable else "rebuild"), report
     assert report.removed_rows == (len(gone) if removable else 0)
     index, manifest = load_index(root, "cat")

@@ -10,6 +10,64 @@ from storage.index.registry import Param, register_kind
 from storage.index.threads import omp_threads, run_chunked, search_threads
 
 
+def train_ivf(codes: np.ndarray, bits: int, params: dict, seed: int):
+    """An empty ``IndexBinaryIVF`` whose coarse quantizer is trained on a seeded sample of ``codes``."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    n_train = min(params["train_size"], len(codes))
+    pick = (
+        np.sort(rng.choice(len(codes), size=n_train, replace=False)) if n_train < len(codes) else slice(None)
+    )
+    quantizer = faiss.IndexBinaryFlat(bits)
+    fidx = faiss.IndexBinaryIVF(quantizer, bits, params["nlist"])
+    fidx.own_fields = True
+    quantizer.this.disown()
+    fidx.cp.seed = 1234
+    with omp_threads(1):  # k-means (BLAS + OpenMP) collapses when a core is busy; one thread is steady
+        fidx.train(u8(codes[pick]))
+    return fidx
+
+
+def add_assigned(fidx, ids: np.ndarray, codes: np.ndarray) -> None:
+    """Add to an ``IndexBinaryIVF`` with the coarse assignment computed on the search pool (dynamic chunks, one
+    OpenMP thread each) instead of faiss' OpenMP loop, which stalls when another process holds a core."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    codes = u8(codes)
+    quantizer = faiss.downcast_IndexBinary(fidx.quantizer)
+
+    def assign(q, k):
+        return quantizer.search(q, k)
+
+    for lo in range(0, len(ids), ADD_CHUNK):
+        c, r = (
+            np.ascontiguousarray(codes[lo : lo + ADD_CHUNK]),
+            np.ascontiguousarray(ids[lo : lo + ADD_CHUNK]),
+        )
+        _, lists = run_chunked(assign, c, 1, search_threads(), 8192)
+        lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
+        fidx.add_core(len(c), faiss.swig_ptr(c), faiss.swig_ptr(r), faiss.swig_ptr(lists))
+
+
+def list_contents(fidx, nbytes: int, codes: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ids, codes or None) held in an ``IndexBinaryIVF``'s inverted lists, list after list."""
+    import faiss
+
+    inv = fidx.invlists
+    ids, out = [], []
+    for lst in range(fidx.nlist):
+        n = inv.list_size(lst)
+        if n:
+            ids.append(faiss.rev_swig_ptr(inv.get_ids(lst), n).copy())
+            if codes:
+                out.append(faiss.rev_swig_ptr(inv.get_codes(lst), n * nbytes).copy())
+    held = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
+    flat = np.concatenate(out) if out else np.zeros(0, np.uint8)
+    return held, (flat.reshape(-1, nbytes) if codes else None)
+
+
 @register_kind
 class IVFIndex(BinaryIndex):
     kind = "ivf"
@@ -43,23 +101,7 @@ class IVFIndex(BinaryIndex):
 
     @classmethod
     def from_codes(cls, row_ids, codes, bits, params, increasing, seed) -> IVFIndex:
-        import faiss
-
-        rng = np.random.default_rng(seed)
-        n_train = min(params["train_size"], len(codes))
-        pick = (
-            np.sort(rng.choice(len(codes), size=n_train, replace=False))
-            if n_train < len(codes)
-            else slice(None)
-        )
-        quantizer = faiss.IndexBinaryFlat(bits)
-        fidx = faiss.IndexBinaryIVF(quantizer, bits, params["nlist"])
-        fidx.own_fields = True
-        quantizer.this.disown()
-        fidx.cp.seed = 1234
-        with omp_threads(1):  # k-means (BLAS + OpenMP) collapses when a core is busy; one thread is steady
-            fidx.train(u8(codes[pick]))
-        index = cls(fidx, bits, params)
+        index = cls(train_ivf(codes, bits, params, seed), bits, params)
         index.add(row_ids, codes)
         return index
 
@@ -70,47 +112,13 @@ class IVFIndex(BinaryIndex):
     # prefetch threads cost ~1-4 ms a query (measured), so the file is read into memory
 
     def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
-        """Add with the coarse assignment computed on the search pool (dynamic chunks, one OpenMP thread
-        each) instead of faiss' OpenMP loop, which stalls when another process holds a core."""
-        import faiss
-
-        row_ids = np.ascontiguousarray(row_ids, dtype=np.int64)
-        codes = u8(codes)
-        quantizer = faiss.downcast_IndexBinary(self.index.quantizer)
-
-        def assign(q, k):
-            return quantizer.search(q, k)
-
-        for lo in range(0, len(row_ids), ADD_CHUNK):
-            c, r = (
-                np.ascontiguousarray(codes[lo : lo + ADD_CHUNK]),
-                np.ascontiguousarray(row_ids[lo : lo + ADD_CHUNK]),
-            )
-            _, lists = run_chunked(assign, c, 1, search_threads(), 8192)
-            lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
-            self.index.add_core(len(c), faiss.swig_ptr(c), faiss.swig_ptr(r), faiss.swig_ptr(lists))
+        add_assigned(self.index, row_ids, codes)
 
     def ids(self) -> np.ndarray:
-        return self._lists(codes=False)[0]
+        return list_contents(self.index, self.nbytes, codes=False)[0]
 
     def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._lists(codes=True)
-
-    def _lists(self, codes: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(row_ids, codes or None) read from the inverted lists, list after list."""
-        import faiss
-
-        inv = self.index.invlists
-        ids, out = [], []
-        for lst in range(self.index.nlist):
-            n = inv.list_size(lst)
-            if n:
-                ids.append(faiss.rev_swig_ptr(inv.get_ids(lst), n).copy())
-                if codes:
-                    out.append(faiss.rev_swig_ptr(inv.get_codes(lst), n * self.nbytes).copy())
-        row_ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
-        flat = np.concatenate(out) if out else np.zeros(0, np.uint8)
-        return row_ids, (flat.reshape(-1, self.nbytes) if codes else None)
+        return list_contents(self.index, self.nbytes, codes=True)
 
     def remove(self, row_ids: np.ndarray) -> int:
         import faiss

@@ -1,0 +1,163 @@
+"""``ivf-dedup``: approximate, ``IndexBinaryIVF`` over the distinct codes (faiss ids = distinct-code ids), with
+every row per code in a companion array (``<file>.rows.npy``), as ``hnsw`` keeps them. Trained codes repeat
+heavily (one code can hold a tenth of a catalogue): an IVF over every row puts such a code's rows in one list
+that each nearby query scans, here they are one entry. Appends add only unseen codes to the lists and splice
+new rows into their code's group; deletes drop rows and remove codes left with none. Results are ordered by
+(distance, row_id) among what it returns."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.index.base import BinaryIndex, u8
+from storage.index.distinct import DistinctRows, distinct_layout
+from storage.index.kinds.ivf import IVFIndex, add_assigned, list_contents, train_ivf
+from storage.index.registry import register_kind
+
+
+def _code_keys(codes: np.ndarray) -> np.ndarray:
+    """One sortable, comparable key per code (lexicographic byte order)."""
+    codes = np.ascontiguousarray(codes, np.uint8)
+    if codes.shape[1] == 8:
+        return codes.view(">u8").ravel()
+    return codes.view(np.dtype((np.void, codes.shape[1]))).ravel()
+
+
+def _member(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Which ``rows`` are among ``ids``: a mark per row_id where they are dense enough (linear, no sort)."""
+    if len(rows) and len(ids) and int(rows.min()) >= 0 and int(rows.max()) < 8 * len(rows) + (1 << 20):
+        mark = np.zeros(int(rows.max()) + 1, bool)
+        mark[ids[(ids >= 0) & (ids < len(mark))]] = True
+        return mark[rows]
+    return np.isin(rows, ids)
+
+
+def _packed(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.concatenate(([len(offsets) - 1, len(rows)], offsets, rows)).astype(np.int64)
+
+
+@register_kind
+class IVFDedupIndex(DistinctRows, BinaryIndex):
+    """IVF over the distinct codes, with every row per code in the companion array."""
+
+    kind = "ivf-dedup"
+    removable = True  # rows leave their code's group; codes left with none leave the lists
+    param_specs = IVFIndex.param_specs
+    companion_name = "rows"
+
+    def __init__(self, faiss_index, bits: int, params: dict, companion: np.ndarray | None = None):
+        self._companion = companion
+        super().__init__(faiss_index, bits, params)
+
+    @classmethod
+    def derive_params(cls, p: dict, ntotal: int, bits: int, item: str) -> dict:
+        return IVFIndex.derive_params(p, ntotal, bits, item)
+
+    @classmethod
+    def from_codes(cls, row_ids, codes, bits, params, increasing, seed) -> IVFDedupIndex:
+        rows, offsets, distinct = distinct_layout(row_ids, codes)
+        params = dict(params)
+        if params["nlist"] > max(len(distinct), 1):  # fewer distinct codes than lists: one list each at most
+            params["nlist"] = max(len(distinct), 1)
+            params["nprobe"] = min(params["nprobe"], params["nlist"])
+        fidx = train_ivf(distinct, bits, params, seed)
+        add_assigned(fidx, np.arange(len(distinct), dtype=np.int64), distinct)
+        return cls(fidx, bits, params, _packed(offsets, rows))
+
+    @classmethod
+    def open(cls, faiss_index, bits: int, params: dict, companion: np.ndarray | None) -> IVFDedupIndex:
+        return cls(faiss_index, bits, params, companion)
+
+    def configure(self) -> None:
+        self.index.nprobe = int(self.params.get("nprobe", 8))
+        c = self._companion
+        if c is None:
+            raise ValueError("an ivf-dedup index needs its rows companion file")
+        n_u, n = int(c[0]), int(c[1])
+        self._set_rows(np.asarray(c[3 + n_u : 3 + n_u + n]), np.asarray(c[2 : 3 + n_u]))
+
+    def companion(self) -> np.ndarray:
+        return _packed(self.offsets, self.rows)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.rows)
+
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.rows)
+
+    def _distinct_search(self, uq, kk):
+        return self.index.search(uq, kk)  # labels = distinct-code ids
+
+    def distinct_codes(self) -> np.ndarray:
+        """The code of every distinct-code id (zeros for ids left with no row)."""
+        held, codes = list_contents(self.index, self.nbytes, codes=True)
+        out = np.zeros((self.n_unique, self.nbytes), np.uint8)
+        out[held] = codes
+        return out
+
+    def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.rows), np.repeat(self.distinct_codes(), self.counts, axis=0)
+
+    def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
+        """New rows join their code's group; codes not held yet get new ids and join the lists."""
+        row_ids, codes = np.asarray(row_ids, np.int64), u8(codes)
+        if not len(row_ids):
+            return
+        held, held_codes = list_contents(self.index, self.nbytes, codes=True)
+        keys = _code_keys(held_codes)
+        order = np.argsort(keys)
+        keys = keys[order]
+        new_keys = _code_keys(codes)
+        pos = np.minimum(np.searchsorted(keys, new_keys), max(len(keys) - 1, 0))
+        hit = (keys[pos] == new_keys) if len(keys) else np.zeros(len(new_keys), bool)
+        group = np.empty(len(row_ids), np.int64)
+        group[hit] = held[order[pos[hit]]]
+        n_u = self.n_unique
+        if not hit.all():  # unseen codes: ids after the last one, in code order
+            _, first, inv = np.unique(new_keys[~hit], return_index=True, return_inverse=True)
+            fresh = np.arange(n_u, n_u + len(first), dtype=np.int64)
+            add_assigned(self.index, fresh, codes[~hit][first])
+            group[~hit] = fresh[inv.ravel()]
+            n_u += len(first)
+        counts = np.zeros(n_u, np.int64)
+        counts[: self.n_unique] = self.counts
+        counts += np.bincount(group, minlength=n_u)
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        rows = np.asarray(self.rows)
+        if len(rows) and int(row_ids.min()) <= int(rows.max()):  # interleaved row_ids: regroup every row
+            old_group = np.repeat(np.arange(self.n_unique, dtype=np.int64), self.counts)
+            all_rows, all_groups = np.concatenate((rows, row_ids)), np.concatenate((old_group, group))
+            new_rows = all_rows[np.lexsort((all_rows, all_groups))]
+        else:  # appended row_ids: each goes after its group's rows (np.insert keeps their order)
+            o = np.lexsort((row_ids, group))
+            ends = np.concatenate((self.offsets[1:], np.full(n_u - self.n_unique, len(rows), np.int64)))
+            new_rows = np.insert(rows, ends[group[o]], row_ids[o])
+        self._companion = _packed(offsets, new_rows)
+        self._set_rows(new_rows, offsets)
+
+    def remove(self, row_ids: np.ndarray) -> int:
+        """Drop ``row_ids``; codes left with no row leave the lists. Returns how many rows were held."""
+        import faiss
+
+        rows = np.asarray(self.rows)
+        drop = _member(rows, np.asarray(row_ids, np.int64))
+        gone = np.flatnonzero(drop)
+        if not len(gone):
+            return 0
+        lost = np.bincount(np.searchsorted(self.offsets, gone, "right") - 1, minlength=self.n_unique)
+        counts = self.counts - lost
+        emptied = np.flatnonzero((counts == 0) & (lost > 0)).astype(np.int64)
+        if len(emptied):
+            self.index.remove_ids(faiss.IDSelectorBatch(emptied))
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        kept = rows[~drop]
+        self._companion = _packed(offsets, kept)
+        self._set_rows(kept, offsets)
+        return len(gone)
+
+    def range_search(self, queries, radius):
+        raise NotImplementedError("ivf-dedup indexes do not support range search")
+
+    def memory_bytes(self) -> int:
+        return self.n_unique * (self.nbytes + 16) + 8 * len(self.rows)
