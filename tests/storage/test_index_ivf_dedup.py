@@ -43,7 +43,12 @@ def test_every_list_probed_gives_the_exact_distances_and_row_order():
     dist, got = index.search(queries, 50)
     ref_d, _ = brute_force(ids, codes, queries, 50)
     assert np.array_equal(dist, ref_d)  # ties at the 50th distance may name other rows, never other distances
-    true = np.array([[np.unpackbits(codes[ids == r][0] ^ q).sum() for r in row] for q, row in zip(queries, got)])
+    true = np.array(
+        [
+            [np.unpackbits(codes[ids == r][0] ^ q).sum() for r in row]
+            for q, row in zip(queries, got, strict=True)
+        ]
+    )
     assert np.array_equal(true, dist)
     key = dist.astype(np.int64) * (1 << 40) + got
     assert (np.diff(key, axis=1) > 0).all()  # (distance, row_id) ascending, no row twice
@@ -89,7 +94,9 @@ def test_deletes_in_place_drop_rows_and_emptied_codes():
 
 def test_fewer_distinct_codes_than_lists_uses_one_list_each():
     ids = np.arange(200, dtype=np.int64)
-    codes = np.repeat(np.random.default_rng(0).integers(0, 256, (3, 8), dtype=np.uint8), [100, 60, 40], axis=0)
+    codes = np.repeat(
+        np.random.default_rng(0).integers(0, 256, (3, 8), dtype=np.uint8), [100, 60, 40], axis=0
+    )
     index = build_index(ids, codes, 64, "ivf-dedup", {"nlist": 5, "nprobe": 4})
     assert index.params["nlist"] == 3 and index.params["nprobe"] == 3 and index.n_unique == 3
     dist, got = index.search(codes[[0]], 120)

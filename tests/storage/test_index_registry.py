@@ -74,7 +74,9 @@ def test_every_kind_builds_round_trips_and_verifies(tmp_path, kind):
 
 
 def test_unknown_kind_is_the_same_one_line_error_everywhere():
-    expected = "shop: unknown index kind 'annoy'; choose one of flat, flat-dedup, hnsw, ivf, ivf-dedup, multihash"
+    expected = (
+        "shop: unknown index kind 'annoy'; choose one of flat, flat-dedup, hnsw, ivf, ivf-dedup, multihash"
+    )
     for call in (
         lambda: get_kind("annoy", "shop"),
         lambda: resolve_params("annoy", None, 10, 64, item="shop"),
