@@ -781,6 +781,11 @@ def record(db_path: str, res: dict) -> str:
     )
 
 
+def _recall(value: float | None) -> str:
+    """A recall cell; empty where there was no reference (rows hidden without an exact kind run)."""
+    return "" if value is None else f"{value:.4f}"
+
+
 def format_table(results: list[dict]) -> str:
     from tabulate import tabulate
 
@@ -805,8 +810,8 @@ def format_table(results: list[dict]) -> str:
                     f"{one['qps']:,.0f}" if one else "",
                     f"{big['qps']:,.0f}",
                     big["batch"],
-                    f"{big['recall_at_k']:.4f}",
-                    f"{big.get('recall_ids', 1.0):.4f}",
+                    _recall(big["recall_at_k"]),
+                    _recall(big.get("recall_ids", 1.0)),
                     f"{big['qps'] / by_kind['numpy'][0]['qps']:.1f}",
                 ]
             )

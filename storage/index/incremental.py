@@ -54,29 +54,39 @@ def _changed_codes(prev: BinaryIndex, row_ids: np.ndarray, codes: np.ndarray) ->
     return np.sort(held[there][differs])
 
 
-def _rows_digest(row_ids: np.ndarray | None) -> str:
-    return "all" if row_ids is None else hashlib.sha256(np.ascontiguousarray(row_ids, np.int64)).hexdigest()
+def kept_digests(keep_rows: np.ndarray | None, tops: list[int]) -> dict[int, str]:
+    """sha256 of the kept rows (sorted row_ids; None = every row) up to each row_id of ``tops``, hashed in one
+    pass over ``keep_rows`` (the prefixes share it)."""
+    if keep_rows is None:
+        return dict.fromkeys(tops, "all")
+    rows = np.ascontiguousarray(keep_rows, np.int64)
+    ends = {top: int(np.searchsorted(rows, top, "right")) for top in tops}
+    sha, done, out = hashlib.sha256(), 0, {}
+    for top in sorted(ends, key=ends.__getitem__):
+        sha.update(rows[done : ends[top]])
+        done = ends[top]
+        out[top] = sha.copy().hexdigest()
+    return out
 
 
-def build_source(parts: dict, keep_rows: np.ndarray | None, row_ids: np.ndarray) -> dict:
-    """What an index built from ``row_ids`` holds: the code parts read (name -> sha256), its largest row_id,
-    and a digest of the rows it was restricted to (``keep_rows``) up to that row_id."""
-    top = int(row_ids[-1]) if len(row_ids) else -1
-    kept = None if keep_rows is None else keep_rows[: np.searchsorted(keep_rows, top, "right")]
-    return {"parts": parts, "max_row_id": top, "keep_sha256": _rows_digest(kept)}
+def build_source(parts: dict, top: int, keep_sha256: str) -> dict:
+    """What an index holds: the code parts read (name -> sha256), its largest row_id (-1: none) and the digest
+    of the rows it was restricted to up to there (``kept_digests``)."""
+    return {"parts": parts, "max_row_id": top, "keep_sha256": keep_sha256}
 
 
-def _appended(source: dict, ntotal: int, parts: dict, keep_rows, row_ids: np.ndarray) -> np.ndarray | None:
+def _appended(
+    source: dict, ntotal: int, parts: dict, keep_sha256: str, row_ids: np.ndarray
+) -> np.ndarray | None:
     """The rows of ``row_ids`` a previous index built from ``source`` lacks, when they are only appended
     rows: its parts are all live and unchanged, the rows it was restricted to are the same up to its largest
-    row_id, and it holds as many rows up to there as there are now, so it holds exactly those with their
-    codes and the new rows are those past it. None when this cannot be shown (then codes are compared)."""
+    row_id (``keep_sha256``: their digest now), and it holds as many rows up to there as there are now, so it
+    holds exactly those with their codes and the new rows are those past it. None when this cannot be shown
+    (then codes are compared)."""
     if not source.get("parts") or any(parts.get(name) != sha for name, sha in source["parts"].items()):
         return None
-    top = int(source["max_row_id"])
-    cut = int(np.searchsorted(row_ids, top, "right"))
-    kept = None if keep_rows is None else keep_rows[: np.searchsorted(keep_rows, top, "right")]
-    if cut != ntotal or _rows_digest(kept) != source.get("keep_sha256"):
+    cut = int(np.searchsorted(row_ids, int(source["max_row_id"]), "right"))
+    if cut != ntotal or keep_sha256 != source.get("keep_sha256"):
         return None
     return np.arange(cut, len(row_ids))
 
@@ -111,7 +121,10 @@ def index_from_codes(
     codes = _apply_overrides(row_ids, codes, overrides)
     live = parts_manifest(root, catalogue, model_id) or {}
     parts = {name: (live.get(CHECKS) or {}).get(name, {}).get("sha256") for name in live.get("parts", [])}
-    source = build_source(parts, keep_rows, row_ids)
+    top = int(row_ids[-1]) if len(row_ids) else -1
+    prev_top = int((previous[1].source or {}).get("max_row_id", top)) if previous is not None else top
+    digests = kept_digests(keep_rows, [top, prev_top])
+    source = build_source(parts, top, digests[top])
     read_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if previous is not None:
@@ -125,7 +138,7 @@ def index_from_codes(
         )
         appended = None
         if same and (overrides is None or not len(overrides[0])) and prev.incremental_add:
-            appended = _appended(manifest.source, int(prev.ntotal), parts, keep_rows, row_ids)
+            appended = _appended(manifest.source, int(prev.ntotal), parts, digests[prev_top], row_ids)
         if appended is not None:  # only rows past the previous index: add them, compare nothing
             if len(appended):
                 prev.add(row_ids[appended], codes[appended])

@@ -27,7 +27,7 @@ def publish_first(root: StorageRoot, kind: str, keep=None):
     a = write_part(root, 0, 1000, 1)
     commit_parts(root, CAT, MODEL, [a], BITS, 1000)
     index, ids, _, rep = index_from_codes(
-        root, CAT, MODEL, kind, {"nlist": 8} if kind == "ivf" else None, keep
+        root, CAT, MODEL, kind, {"nlist": 8} if kind.startswith("ivf") else None, keep
     )
     write_index(root, index, CAT, MODEL, kind, BITS, len(ids), rep.build_seconds, source=rep.source)
     return a
@@ -42,7 +42,7 @@ def compared(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf-dedup"])
 def test_appended_parts_are_added_without_comparing_codes(tmp_path, kind, compared):
     root = StorageRoot(tmp_path)
     a = publish_first(root, kind)
@@ -51,7 +51,7 @@ def test_appended_parts_are_added_without_comparing_codes(tmp_path, kind, compar
     assert manifest.source["parts"] == {a: parts_manifest(root, CAT, MODEL)["part_checks"][a]["sha256"]}
     b = write_part(root, 1000, 1100, 2)
     commit_parts(root, CAT, MODEL, [a, b], BITS, 1100)
-    params = {"nlist": 8} if kind == "ivf" else None
+    params = {"nlist": 8} if kind.startswith("ivf") else None
     index, ids, codes, rep = index_from_codes(
         root, CAT, MODEL, kind, params, previous=load_index(root, CAT, MODEL, kind, mmap=False)
     )
@@ -70,6 +70,23 @@ def test_appended_parts_are_added_without_comparing_codes(tmp_path, kind, compar
         root, CAT, MODEL, kind, params, previous=load_index(root, CAT, MODEL, kind, mmap=False)
     )
     assert (again[3].mode, compared) == ("unchanged", [])
+
+
+def test_appended_rows_kept_by_a_row_list_are_added_without_comparing(tmp_path, compared):
+    root = StorageRoot(tmp_path)
+    a = publish_first(root, "flat", keep=np.arange(0, 1000, 2))
+    b = write_part(root, 1000, 1100, 2)
+    commit_parts(root, CAT, MODEL, [a, b], BITS, 1100)
+    index, ids, _, rep = index_from_codes(
+        root,
+        CAT,
+        MODEL,
+        "flat",
+        keep_rows=np.arange(0, 1100, 2),
+        previous=load_index(root, CAT, MODEL, "flat", mmap=False),
+    )
+    assert (rep.mode, rep.added_rows, compared) == ("incremental", 50, [])
+    assert np.array_equal(np.sort(index.ids()), np.arange(0, 1100, 2))
 
 
 def test_a_deleted_row_or_a_rewritten_part_takes_the_comparing_path(tmp_path, compared):
@@ -113,3 +130,13 @@ def test_updated_codes_take_the_comparing_path(tmp_path, compared):
     )
     assert len(compared) == 1 and np.array_equal(codes[3], new[0])
     assert index.search(new, 1)[1][0, 0] == 3
+
+
+def test_kept_digests_hash_each_prefix_in_one_pass():
+    import hashlib
+
+    rows = np.unique(np.random.default_rng(3).integers(0, 10_000, 3000)).astype(np.int64)
+    got = incremental_module.kept_digests(rows, [9_999, 4_000, -1, 20_000])
+    for top, digest in got.items():
+        assert digest == hashlib.sha256(rows[rows <= top]).hexdigest(), top
+    assert incremental_module.kept_digests(None, [5, 7]) == {5: "all", 7: "all"}

@@ -204,3 +204,17 @@ def test_hnsw_companion_is_checked_and_current_moves_only_on_publish(tmp_path, c
     (tmp_path / "indexes" / "cat" / "m1" / "hnsw.rows.npy").write_bytes(b"corrupt")
     with pytest.raises(ValueError, match="sha256"):
         load_index(root, "cat")
+
+
+@pytest.mark.parametrize("far", [False, True])  # far: row_ids past 2^31, dropped without a mark array
+def test_ivf_remove_rewrites_only_the_dropped_entries(clustered, far):
+    ids, codes, queries = clustered
+    ids = ids + (1 << 40) if far else ids
+    index = build_index(ids, codes, 64, "ivf", {"nlist": 16, "nprobe": 16})
+    gone = ids[::3]
+    assert index.remove(np.concatenate((gone, [-1, 10**7]))) == len(gone)  # unknown ids are ignored
+    left = ~np.isin(ids, gone)
+    assert index.ntotal == int(left.sum()) and verify_index(index, ids[left], codes[left]) == []
+    ref_d, _ = brute_force(ids[left], codes[left], queries[:20], 10)
+    assert np.array_equal(index.search(queries[:20], 10)[0], ref_d)
+    assert index.remove(gone) == 0

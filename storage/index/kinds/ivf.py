@@ -68,12 +68,65 @@ def list_contents(fidx, nbytes: int, codes: bool) -> tuple[np.ndarray, np.ndarra
     return held, (flat.reshape(-1, nbytes) if codes else None)
 
 
+def member(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Which ``values`` are among ``ids`` (int64): a mark per id where they are dense enough (linear, no
+    sort), else ``np.isin``."""
+    if (
+        len(values)
+        and len(ids)
+        and int(values.min()) >= 0
+        and int(values.max()) < 8 * len(values) + (1 << 20)
+    ):
+        mark = np.zeros(int(values.max()) + 1, bool)
+        mark[ids[(ids >= 0) & (ids < len(mark))]] = True
+        return mark[values]
+    return np.isin(values, ids)
+
+
+def remove_from_lists(fidx, nbytes: int, ids: np.ndarray) -> int:
+    """Drop the entries whose id is in ``ids`` from an ``IndexBinaryIVF``'s in-memory lists, each touched list
+    rewritten from numpy (faiss' ``remove_ids`` took 85 s to drop 1M of 100M entries on 2 cores); returns how
+    many were dropped."""
+    import faiss
+
+    ids = np.unique(np.asarray(ids, np.int64))
+    if not len(ids):
+        return 0
+    mark = np.zeros(int(ids[-1]) + 1, bool) if int(ids[0]) >= 0 and int(ids[-1]) < (1 << 31) else None
+    if mark is not None:
+        mark[ids] = True
+    inv, removed = fidx.invlists, 0
+    for lst in range(fidx.nlist):
+        n = inv.list_size(lst)
+        if not n:
+            continue
+        held = faiss.rev_swig_ptr(inv.get_ids(lst), n)
+        if mark is not None:
+            drop = np.zeros(n, bool)
+            inside = (held >= 0) & (held < len(mark))
+            drop[inside] = mark[held[inside]]
+        else:
+            drop = np.isin(held, ids)
+        gone = int(drop.sum())
+        if not gone:
+            continue
+        keep = np.flatnonzero(~drop)
+        new_ids = np.ascontiguousarray(held[keep], np.int64)
+        new_codes = np.ascontiguousarray(
+            faiss.rev_swig_ptr(inv.get_codes(lst), n * nbytes).reshape(n, nbytes)[keep]
+        )
+        inv.resize(lst, len(keep))
+        if len(keep):
+            inv.update_entries(lst, 0, len(keep), faiss.swig_ptr(new_ids), faiss.swig_ptr(new_codes))
+        removed += gone
+    fidx.ntotal = int(fidx.ntotal) - removed
+    return removed
+
+
 @register_kind
 class IVFIndex(BinaryIndex):
     kind = "ivf"
-    removable = (
-        True  # IndexBinaryIVF.remove_ids scans the inverted lists; its binary search takes no selector
-    )
+    removable = True  # rows leave their lists in place; its binary search takes no selector
     param_specs = (
         Param("nlist", None, "inverted lists (default ~4 sqrt(n))"),
         Param("nprobe", 8, "lists visited per query"),
@@ -121,10 +174,7 @@ class IVFIndex(BinaryIndex):
         return list_contents(self.index, self.nbytes, codes=True)
 
     def remove(self, row_ids: np.ndarray) -> int:
-        import faiss
-
-        ids = np.ascontiguousarray(np.unique(np.asarray(row_ids, np.int64)))
-        return int(self.index.remove_ids(faiss.IDSelectorBatch(ids))) if len(ids) else 0
+        return remove_from_lists(self.index, self.nbytes, row_ids)
 
     def memory_bytes(self) -> int:
         return self.ntotal * (self.nbytes + 8) + int(self.index.nlist) * self.nbytes

@@ -11,7 +11,14 @@ import numpy as np
 
 from storage.index.base import BinaryIndex, u8
 from storage.index.distinct import DistinctRows, distinct_layout
-from storage.index.kinds.ivf import IVFIndex, add_assigned, list_contents, train_ivf
+from storage.index.kinds.ivf import (
+    IVFIndex,
+    add_assigned,
+    list_contents,
+    member,
+    remove_from_lists,
+    train_ivf,
+)
 from storage.index.registry import register_kind
 
 
@@ -21,15 +28,6 @@ def _code_keys(codes: np.ndarray) -> np.ndarray:
     if codes.shape[1] == 8:
         return codes.view(">u8").ravel()
     return codes.view(np.dtype((np.void, codes.shape[1]))).ravel()
-
-
-def _member(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Which ``rows`` are among ``ids``: a mark per row_id where they are dense enough (linear, no sort)."""
-    if len(rows) and len(ids) and int(rows.min()) >= 0 and int(rows.max()) < 8 * len(rows) + (1 << 20):
-        mark = np.zeros(int(rows.max()) + 1, bool)
-        mark[ids[(ids >= 0) & (ids < len(mark))]] = True
-        return mark[rows]
-    return np.isin(rows, ids)
 
 
 def _packed(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -138,18 +136,15 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
 
     def remove(self, row_ids: np.ndarray) -> int:
         """Drop ``row_ids``; codes left with no row leave the lists. Returns how many rows were held."""
-        import faiss
-
         rows = np.asarray(self.rows)
-        drop = _member(rows, np.asarray(row_ids, np.int64))
+        drop = member(rows, np.asarray(row_ids, np.int64))
         gone = np.flatnonzero(drop)
         if not len(gone):
             return 0
         lost = np.bincount(np.searchsorted(self.offsets, gone, "right") - 1, minlength=self.n_unique)
         counts = self.counts - lost
         emptied = np.flatnonzero((counts == 0) & (lost > 0)).astype(np.int64)
-        if len(emptied):
-            self.index.remove_ids(faiss.IDSelectorBatch(emptied))
+        remove_from_lists(self.index, self.nbytes, emptied)
         offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         kept = rows[~drop]
         self._companion = _packed(offsets, kept)
