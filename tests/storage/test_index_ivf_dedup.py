@@ -30,6 +30,13 @@ def groups(index) -> dict[bytes, list[int]]:
     return out
 
 
+def assert_fresh_layout(index, ids: np.ndarray, codes: np.ndarray) -> None:
+    """Code ids are the codes' ranks and rows sit in (code, row_id) order, as a fresh build lays them out."""
+    rows, offsets, distinct = distinct_layout(ids, codes)
+    assert np.array_equal(index.rows, rows) and np.array_equal(index.offsets, offsets)
+    assert np.array_equal(index.distinct_codes(), distinct)
+
+
 def expected_groups(ids: np.ndarray, codes: np.ndarray) -> dict[bytes, list[int]]:
     rows, offsets, distinct = distinct_layout(ids, codes)
     return {distinct[j].tobytes(): rows[offsets[j] : offsets[j + 1]].tolist() for j in range(len(distinct))}
@@ -72,6 +79,7 @@ def test_appends_in_place_hold_the_rows_of_a_fresh_build(interleaved):
     all_ids, all_codes = np.concatenate((ids, extra_ids)), np.concatenate((codes, extra_codes))
     assert index.ntotal == len(all_ids) and verify_index(index, all_ids, all_codes) == []
     assert groups(index) == expected_groups(all_ids, all_codes)
+    assert_fresh_layout(index, all_ids, all_codes)
     fresh = build_index(all_ids, all_codes, 64, "ivf-dedup", {"nlist": 16, "nprobe": 16})
     queries = crowded(100, seed=3)[1]
     assert np.array_equal(index.search(queries, 30)[0], fresh.search(queries, 30)[0])
@@ -86,6 +94,7 @@ def test_deletes_in_place_drop_rows_and_emptied_codes():
     left = ~np.isin(ids, gone)
     assert verify_index(index, ids[left], codes[left]) == []
     assert groups(index) == expected_groups(ids[left], codes[left])
+    assert_fresh_layout(index, ids[left], codes[left])
     dist, got = index.search(codes[singles], 10)
     assert not np.isin(got, gone).any() and (dist[:, 0] > 0).all()  # an emptied code is no longer found
     ref_d, _ = brute_force(ids[left], codes[left], codes[singles], 10)

@@ -1,8 +1,10 @@
 """``ivf-dedup``: approximate, ``IndexBinaryIVF`` over the distinct codes (faiss ids = distinct-code ids), with
 every row per code in a companion array (``<file>.rows.npy``), as ``hnsw`` keeps them. Trained codes repeat
 heavily (one code can hold a tenth of a catalogue): an IVF over every row puts such a code's rows in one list
-that each nearby query scans, here they are one entry. Appends add only unseen codes to the lists and splice
-new rows into their code's group; deletes drop rows and remove codes left with none. Results are ordered by
+that each nearby query scans, here they are one entry. A code's id is its rank among the distinct codes, so
+rows sit in (code, row_id) order as ``distinct_layout`` gives them. Appends add only unseen codes to the lists
+(renaming the ids after them) and splice new rows into their code's group; deletes drop rows and remove codes
+left with none. Results are ordered by
 (distance, row_id) among what it returns."""
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from storage.index.kinds.ivf import (
     add_assigned,
     list_contents,
     member,
-    remove_from_lists,
+    rewrite_lists,
     train_ivf,
 )
 from storage.index.registry import register_kind
@@ -88,7 +90,7 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
         return self.index.search(uq, kk)  # labels = distinct-code ids
 
     def distinct_codes(self) -> np.ndarray:
-        """The code of every distinct-code id (zeros for ids left with no row)."""
+        """The distinct codes in id order (= code order)."""
         held, codes = list_contents(self.index, self.nbytes, codes=True)
         out = np.zeros((self.n_unique, self.nbytes), np.uint8)
         out[held] = codes
@@ -98,44 +100,49 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
         return np.asarray(self.rows), np.repeat(self.distinct_codes(), self.counts, axis=0)
 
     def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
-        """New rows join their code's group; codes not held yet get new ids and join the lists."""
+        """New rows join their code's group; unseen codes join the lists. Code ids stay the codes' ranks (ids
+        after an inserted code shift up by one), so the layout stays that of a fresh build."""
         row_ids, codes = np.asarray(row_ids, np.int64), u8(codes)
         if not len(row_ids):
             return
-        held, held_codes = list_contents(self.index, self.nbytes, codes=True)
-        keys = _code_keys(held_codes)
-        order = np.argsort(keys)
-        keys = keys[order]
-        new_keys = _code_keys(codes)
-        pos = np.minimum(np.searchsorted(keys, new_keys), max(len(keys) - 1, 0))
-        hit = (keys[pos] == new_keys) if len(keys) else np.zeros(len(new_keys), bool)
+        held = _code_keys(self.distinct_codes())  # sorted: ids are code ranks
+        keys = _code_keys(codes)
+        pos = np.searchsorted(held, keys)
+        hit = pos < len(held)
+        hit[hit] = held[pos[hit]] == keys[hit]
+        _, first, inv = np.unique(keys[~hit], return_index=True, return_inverse=True)
+        ins = np.searchsorted(held, keys[~hit][first])  # where each unseen code goes among the held ones
+        remap = np.arange(self.n_unique, dtype=np.int64) + np.searchsorted(
+            ins, np.arange(self.n_unique), "right"
+        )
+        fresh = ins + np.arange(len(ins), dtype=np.int64)
         group = np.empty(len(row_ids), np.int64)
-        group[hit] = held[order[pos[hit]]]
-        n_u = self.n_unique
-        if not hit.all():  # unseen codes: ids after the last one, in code order
-            _, first, inv = np.unique(new_keys[~hit], return_index=True, return_inverse=True)
-            fresh = np.arange(n_u, n_u + len(first), dtype=np.int64)
+        group[hit] = remap[pos[hit]]
+        group[~hit] = fresh[inv.ravel()]
+        if len(fresh):
+            rewrite_lists(self.index, self.nbytes, remap=remap)
             add_assigned(self.index, fresh, codes[~hit][first])
-            group[~hit] = fresh[inv.ravel()]
-            n_u += len(first)
+        n_u = self.n_unique + len(fresh)
         counts = np.zeros(n_u, np.int64)
-        counts[: self.n_unique] = self.counts
+        counts[remap] = self.counts
         counts += np.bincount(group, minlength=n_u)
-        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         rows = np.asarray(self.rows)
         if len(rows) and int(row_ids.min()) <= int(rows.max()):  # interleaved row_ids: regroup every row
-            old_group = np.repeat(np.arange(self.n_unique, dtype=np.int64), self.counts)
+            old_group = np.repeat(remap, self.counts)
             all_rows, all_groups = np.concatenate((rows, row_ids)), np.concatenate((old_group, group))
             new_rows = all_rows[np.lexsort((all_rows, all_groups))]
-        else:  # appended row_ids: each goes after its group's rows (np.insert keeps their order)
+        else:  # appended row_ids: after their group's rows, new groups before the next held code's rows
+            at = np.empty(len(row_ids), np.int64)
+            at[hit] = self.offsets[pos[hit] + 1]
+            at[~hit] = self.offsets[ins[inv.ravel()]]
             o = np.lexsort((row_ids, group))
-            ends = np.concatenate((self.offsets[1:], np.full(n_u - self.n_unique, len(rows), np.int64)))
-            new_rows = np.insert(rows, ends[group[o]], row_ids[o])
+            new_rows = np.insert(rows, at[o], row_ids[o])
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         self._companion = _packed(offsets, new_rows)
         self._set_rows(new_rows, offsets)
 
     def remove(self, row_ids: np.ndarray) -> int:
-        """Drop ``row_ids``; codes left with no row leave the lists. Returns how many rows were held."""
+        """Drop ``row_ids``; codes left with no row leave the lists and the ids after them shift down."""
         rows = np.asarray(self.rows)
         drop = member(rows, np.asarray(row_ids, np.int64))
         gone = np.flatnonzero(drop)
@@ -143,9 +150,11 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
             return 0
         lost = np.bincount(np.searchsorted(self.offsets, gone, "right") - 1, minlength=self.n_unique)
         counts = self.counts - lost
-        emptied = np.flatnonzero((counts == 0) & (lost > 0)).astype(np.int64)
-        remove_from_lists(self.index, self.nbytes, emptied)
-        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        live = counts > 0
+        if not live.all():
+            remap = np.cumsum(live) - 1
+            rewrite_lists(self.index, self.nbytes, drop=np.flatnonzero(~live), remap=remap)
+        offsets = np.concatenate(([0], np.cumsum(counts[live]))).astype(np.int64)
         kept = rows[~drop]
         self._companion = _packed(offsets, kept)
         self._set_rows(kept, offsets)
