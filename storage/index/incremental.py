@@ -39,6 +39,32 @@ def _apply_overrides(row_ids, codes, overrides):
     return codes
 
 
+def _positions(row_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each ``wanted`` row_id in the sorted ``row_ids`` (-1 where absent): a row_id -> position
+    table where the row_ids are dense enough (linear time), else a binary search."""
+    if not len(row_ids) or not len(wanted):
+        return np.full(len(wanted), -1, np.int64)
+    lo, hi = int(row_ids[0]), int(row_ids[-1])
+    if lo >= 0 and hi < 8 * len(row_ids) + (1 << 20):
+        table = np.full(hi + 1, -1, np.int64)
+        table[row_ids] = np.arange(len(row_ids))
+        inside = (wanted >= 0) & (wanted <= hi)
+        out = np.full(len(wanted), -1, np.int64)
+        out[inside] = table[wanted[inside]]
+        return out
+    pos = np.minimum(np.searchsorted(row_ids, wanted), len(row_ids) - 1)
+    return np.where(row_ids[pos] == wanted, pos, -1)
+
+
+def _same_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise equality of two (n, nbytes) uint8 code arrays."""
+    if a.shape[1] == 8:
+        return (
+            np.ascontiguousarray(a).view(np.uint64).ravel() == np.ascontiguousarray(b).view(np.uint64).ravel()
+        )
+    return np.all(a == b, axis=1)
+
+
 def _changed_codes(prev: BinaryIndex, row_ids: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
     """Rows ``prev`` holds with another code than ``codes`` (a changed image re-encoded, an update); None
     when its kind cannot list its codes."""
@@ -47,11 +73,10 @@ def _changed_codes(prev: BinaryIndex, row_ids: np.ndarray, codes: np.ndarray) ->
     except NotImplementedError:
         return None
     held = np.asarray(held)
-    pos = np.searchsorted(row_ids, held)
-    there = pos < len(row_ids)
-    there[there] = row_ids[pos[there]] == held[there]
-    differs = np.any(np.asarray(held_codes)[there] != codes[pos[there]], axis=1)
-    return np.sort(held[there][differs])
+    pos = _positions(row_ids, held)
+    there = np.flatnonzero(pos >= 0)
+    differs = ~_same_codes(np.asarray(held_codes)[there], codes[pos[there]])
+    return np.sort(held[there[differs]])
 
 
 def kept_digests(keep_rows: np.ndarray | None, tops: list[int]) -> dict[int, str]:

@@ -97,7 +97,12 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
         return out
 
     def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.rows), np.repeat(self.distinct_codes(), self.counts, axis=0)
+        distinct = self.distinct_codes()
+        if self.nbytes == 8:  # one word per code: a 1-D repeat, several times faster than along axis 0
+            return np.asarray(self.rows), np.repeat(distinct.view(np.uint64).ravel(), self.counts).view(
+                np.uint8
+            ).reshape(-1, 8)
+        return np.asarray(self.rows), np.repeat(distinct, self.counts, axis=0)
 
     def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
         """New rows join their code's group; unseen codes join the lists. Code ids stay the codes' ranks (ids
