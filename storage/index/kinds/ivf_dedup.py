@@ -1,11 +1,10 @@
 """``ivf-dedup``: approximate, ``IndexBinaryIVF`` over the distinct codes (faiss ids = distinct-code ids), with
 every row per code in a companion array (``<file>.rows.npy``), as ``hnsw`` keeps them. Trained codes repeat
-heavily (one code can hold a tenth of a catalogue): an IVF over every row puts such a code's rows in one list
+heavily (a few codes can hold millions of rows): an IVF over every row puts such a code's rows in one list
 that each nearby query scans, here they are one entry. A code's id is its rank among the distinct codes, so
 rows sit in (code, row_id) order as ``distinct_layout`` gives them. Appends add only unseen codes to the lists
 (renaming the ids after them) and splice new rows into their code's group; deletes drop rows and remove codes
-left with none. Results are ordered by
-(distance, row_id) among what it returns."""
+left with none. Results are ordered by (distance, row_id) among what it returns."""
 
 from __future__ import annotations
 
