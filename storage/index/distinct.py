@@ -166,6 +166,15 @@ class DistinctRows:
         return out_d, np.where(missing, -1, out_r)
 
 
+def repeat_codes(distinct: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each distinct code repeated ``counts`` times (the codes of every row, in layout order); 8-byte codes as
+    one word each, a 1-D repeat several times faster than one along axis 0."""
+    if distinct.shape[1] == 8:
+        words = np.ascontiguousarray(distinct).view(np.uint64).ravel()
+        return np.repeat(words, counts).view(np.uint8).reshape(-1, 8)
+    return np.repeat(distinct, counts, axis=0)
+
+
 def distinct_layout(row_ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows sorted by (code, row_id), offsets of each distinct code's rows, the distinct codes)."""
     order = order_by_code(row_ids, codes)

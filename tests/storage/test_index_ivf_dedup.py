@@ -110,3 +110,13 @@ def test_fewer_distinct_codes_than_lists_uses_one_list_each():
     assert index.params["nlist"] == 3 and index.params["nprobe"] == 3 and index.n_unique == 3
     dist, got = index.search(codes[[0]], 120)
     assert (dist[0, :100] == 0).all() and np.array_equal(got[0, :100], np.arange(100))
+
+
+@pytest.mark.parametrize("nbytes", [1, 8, 16])
+def test_repeat_codes_equals_a_repeat_along_rows(nbytes):
+    from storage.index.distinct import repeat_codes
+
+    rng = np.random.default_rng(nbytes)
+    distinct = rng.integers(0, 256, (40, nbytes), dtype=np.uint8)
+    counts = rng.integers(0, 5, 40)
+    assert np.array_equal(repeat_codes(distinct, counts), np.repeat(distinct, counts, axis=0))

@@ -9,7 +9,7 @@ import numpy as np
 
 from storage.index.base import BinaryIndex, add_chunked, id_mapped, u8
 from storage.index.build import build_index
-from storage.index.distinct import DistinctRows, distinct_layout
+from storage.index.distinct import DistinctRows, distinct_layout, repeat_codes
 from storage.index.registry import Param, register_kind
 
 
@@ -84,7 +84,7 @@ class HNSWIndex(DistinctRows, BinaryIndex):
         return np.asarray(codes, np.uint8).reshape(-1, self.nbytes)
 
     def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.rows), np.repeat(self.distinct_codes(), self.counts, axis=0)
+        return np.asarray(self.rows), repeat_codes(self.distinct_codes(), self.counts)
 
     def restricted(self, allow: np.ndarray | None, exclude: np.ndarray | None) -> HNSWIndex:
         import faiss

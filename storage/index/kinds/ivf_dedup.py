@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from storage.index.base import BinaryIndex, u8
-from storage.index.distinct import DistinctRows, distinct_layout
+from storage.index.distinct import DistinctRows, distinct_layout, repeat_codes
 from storage.index.kinds.ivf import (
     IVFIndex,
     add_assigned,
@@ -96,12 +96,7 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
         return out
 
     def row_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        distinct = self.distinct_codes()
-        if self.nbytes == 8:  # one word per code: a 1-D repeat, several times faster than along axis 0
-            return np.asarray(self.rows), np.repeat(distinct.view(np.uint64).ravel(), self.counts).view(
-                np.uint8
-            ).reshape(-1, 8)
-        return np.asarray(self.rows), np.repeat(distinct, self.counts, axis=0)
+        return np.asarray(self.rows), repeat_codes(self.distinct_codes(), self.counts)
 
     def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
         """New rows join their code's group; unseen codes join the lists. Code ids stay the codes' ranks (ids
