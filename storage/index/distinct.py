@@ -166,6 +166,49 @@ class DistinctRows:
         return out_d, np.where(missing, -1, out_r)
 
 
+def packed_rows(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The companion array of ``CompanionRows``: [n_unique, n_rows, offsets (n_unique + 1), rows]."""
+    return np.concatenate(([len(offsets) - 1, len(rows)], offsets, rows)).astype(np.int64)
+
+
+class CompanionRows(DistinctRows):
+    """``DistinctRows`` whose layout travels in a companion array beside the faiss file (``packed_rows``), for
+    kinds whose faiss structure holds each distinct code once (``hnsw``, ``ivf-dedup``)."""
+
+    companion_name = "rows"
+
+    def __init__(self, faiss_index, bits: int, params: dict, companion: np.ndarray | None = None):
+        self._companion = companion
+        super().__init__(faiss_index, bits, params)
+
+    @classmethod
+    def open(cls, faiss_index, bits: int, params: dict, companion: np.ndarray | None):
+        return cls(faiss_index, bits, params, companion)
+
+    def _read_companion(self) -> None:
+        """Set the rows from the companion array (call from ``configure``)."""
+        c = self._companion
+        if c is None:
+            raise ValueError(f"an {self.kind} index needs its rows companion file")
+        n_u, n = int(c[0]), int(c[1])
+        self._set_rows(np.asarray(c[3 + n_u : 3 + n_u + n]), np.asarray(c[2 : 3 + n_u]))
+
+    def _set_layout(self, rows: np.ndarray, offsets: np.ndarray) -> None:
+        """New rows and offsets, the companion array with them."""
+        self._companion = packed_rows(offsets, rows)
+        self._set_rows(rows, offsets)
+
+    def companion(self) -> np.ndarray:
+        return packed_rows(self.offsets, self.rows)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.rows)
+
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.rows)
+
+
 def repeat_codes(distinct: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Each distinct code repeated ``counts`` times (the codes of every row, in layout order); 8-byte codes as
     one word each, a 1-D repeat several times faster than one along axis 0."""

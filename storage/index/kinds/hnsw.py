@@ -9,12 +9,12 @@ import numpy as np
 
 from storage.index.base import BinaryIndex, add_chunked, id_mapped, u8
 from storage.index.build import build_index
-from storage.index.distinct import DistinctRows, distinct_layout, repeat_codes
+from storage.index.distinct import CompanionRows, distinct_layout, packed_rows, repeat_codes
 from storage.index.registry import Param, register_kind
 
 
 @register_kind
-class HNSWIndex(DistinctRows, BinaryIndex):
+class HNSWIndex(CompanionRows, BinaryIndex):
     """HNSW graph over the distinct codes, with every row per code in the companion array."""
 
     kind = "hnsw"
@@ -25,11 +25,6 @@ class HNSWIndex(DistinctRows, BinaryIndex):
         Param("ef_construction", 80, "candidate list size while building"),
         Param("ef_search", 128, "candidate list size while searching"),
     )
-    companion_name = "rows"
-
-    def __init__(self, faiss_index, bits: int, params: dict, companion: np.ndarray | None = None):
-        self._companion = companion
-        super().__init__(faiss_index, bits, params)
 
     @classmethod
     def derive_params(cls, p: dict, ntotal: int, bits: int, item: str) -> dict:
@@ -46,33 +41,14 @@ class HNSWIndex(DistinctRows, BinaryIndex):
         fidx = id_mapped(inner)
         rows, offsets, distinct = distinct_layout(row_ids, codes)  # each distinct code once
         add_chunked(fidx, rows[offsets[:-1]], distinct)
-        companion = np.concatenate(([len(distinct), len(rows)], offsets, rows)).astype(np.int64)
-        return cls(fidx, bits, params, companion)
-
-    @classmethod
-    def open(cls, faiss_index, bits: int, params: dict, companion: np.ndarray | None) -> HNSWIndex:
-        return cls(faiss_index, bits, params, companion)
+        return cls(fidx, bits, params, packed_rows(offsets, rows))
 
     def configure(self) -> None:
         import faiss
 
         self.inner = faiss.downcast_IndexBinary(self.index.index)
         self.inner.hnsw.efSearch = int(self.params.get("ef_search", 128))
-        c = self._companion
-        if c is None:
-            raise ValueError("an hnsw index needs its rows companion file")
-        n_u, n = int(c[0]), int(c[1])
-        self._set_rows(np.asarray(c[3 + n_u : 3 + n_u + n]), np.asarray(c[2 : 3 + n_u]))
-
-    def companion(self) -> np.ndarray:
-        return np.concatenate(([self.n_unique, len(self.rows)], self.offsets, self.rows)).astype(np.int64)
-
-    @property
-    def ntotal(self) -> int:
-        return len(self.rows)
-
-    def ids(self) -> np.ndarray:
-        return np.asarray(self.rows)
+        self._read_companion()
 
     def _distinct_search(self, uq, kk):
         return self.inner.search(uq, kk, params=self.search_params)  # labels = positions of the codes

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from storage.index.base import BinaryIndex, u8
-from storage.index.distinct import DistinctRows, distinct_layout, repeat_codes
+from storage.index.distinct import CompanionRows, distinct_layout, packed_rows, repeat_codes
 from storage.index.kinds.ivf import (
     IVFIndex,
     add_assigned,
@@ -31,22 +31,13 @@ def _code_keys(codes: np.ndarray) -> np.ndarray:
     return codes.view(np.dtype((np.void, codes.shape[1]))).ravel()
 
 
-def _packed(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return np.concatenate(([len(offsets) - 1, len(rows)], offsets, rows)).astype(np.int64)
-
-
 @register_kind
-class IVFDedupIndex(DistinctRows, BinaryIndex):
+class IVFDedupIndex(CompanionRows, BinaryIndex):
     """IVF over the distinct codes, with every row per code in the companion array."""
 
     kind = "ivf-dedup"
     removable = True  # rows leave their code's group; codes left with none leave the lists
     param_specs = IVFIndex.param_specs
-    companion_name = "rows"
-
-    def __init__(self, faiss_index, bits: int, params: dict, companion: np.ndarray | None = None):
-        self._companion = companion
-        super().__init__(faiss_index, bits, params)
 
     @classmethod
     def derive_params(cls, p: dict, ntotal: int, bits: int, item: str) -> dict:
@@ -61,29 +52,11 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
             params["nprobe"] = min(params["nprobe"], params["nlist"])
         fidx = train_ivf(distinct, bits, params, seed)
         add_assigned(fidx, np.arange(len(distinct), dtype=np.int64), distinct)
-        return cls(fidx, bits, params, _packed(offsets, rows))
-
-    @classmethod
-    def open(cls, faiss_index, bits: int, params: dict, companion: np.ndarray | None) -> IVFDedupIndex:
-        return cls(faiss_index, bits, params, companion)
+        return cls(fidx, bits, params, packed_rows(offsets, rows))
 
     def configure(self) -> None:
         self.index.nprobe = int(self.params.get("nprobe", 8))
-        c = self._companion
-        if c is None:
-            raise ValueError("an ivf-dedup index needs its rows companion file")
-        n_u, n = int(c[0]), int(c[1])
-        self._set_rows(np.asarray(c[3 + n_u : 3 + n_u + n]), np.asarray(c[2 : 3 + n_u]))
-
-    def companion(self) -> np.ndarray:
-        return _packed(self.offsets, self.rows)
-
-    @property
-    def ntotal(self) -> int:
-        return len(self.rows)
-
-    def ids(self) -> np.ndarray:
-        return np.asarray(self.rows)
+        self._read_companion()
 
     def _distinct_search(self, uq, kk):
         return self.index.search(uq, kk)  # labels = distinct-code ids
@@ -137,8 +110,7 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
             o = np.lexsort((row_ids, group))
             new_rows = np.insert(rows, at[o], row_ids[o])
         offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-        self._companion = _packed(offsets, new_rows)
-        self._set_rows(new_rows, offsets)
+        self._set_layout(new_rows, offsets)
 
     def remove(self, row_ids: np.ndarray) -> int:
         """Drop ``row_ids``; codes left with no row leave the lists and the ids after them shift down."""
@@ -155,8 +127,7 @@ class IVFDedupIndex(DistinctRows, BinaryIndex):
             rewrite_lists(self.index, self.nbytes, drop=np.flatnonzero(~live), remap=remap)
         offsets = np.concatenate(([0], np.cumsum(counts[live]))).astype(np.int64)
         kept = rows[~drop]
-        self._companion = _packed(offsets, kept)
-        self._set_rows(kept, offsets)
+        self._set_layout(kept, offsets)
         return len(gone)
 
     def range_search(self, queries, radius):
