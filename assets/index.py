@@ -140,7 +140,7 @@ def binary_index(
     pointer = _pointer_or_none(root, name)
     if report.mode == "unchanged":
         manifest = previous[1]
-        if pointer and pointer["sha256"] == manifest.sha256:
+        if pointer and pointer["sha256"] == manifest.version:
             context.log.info(f"{kind} index of {name!r} already holds every database row; CURRENT unchanged")
             if stones:
                 compact_tombstones(root, name, stones, manifest, db_rows, overrides[0])
@@ -200,7 +200,8 @@ def _result(context, root, name, manifest, report, threads: int, published: bool
             "dagster/row_count": manifest.ntotal,
             "bytes": manifest.file_bytes,
             "bytes_per_image": manifest.file_bytes / max(manifest.ntotal, 1),
-            "sha256": manifest.sha256,
+            "sha256": manifest.version,
+            "delta_rows": manifest.delta.get("ntotal", 0),
             "build_seconds": report.build_seconds,
             "read_seconds": report.read_seconds,
             "mode": report.mode,

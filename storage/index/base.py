@@ -112,6 +112,7 @@ class BinaryIndex:
     companion_name: ClassVar[str] = ""  # a companion array written beside the faiss file ("" = none)
     removable: ClassVar[bool] = False  # remove() drops rows in place (faiss remove_ids); else rebuild
     selector_search: ClassVar[bool] = False  # restricted() searches through a faiss IDSelector
+    supports_delta: ClassVar[bool] = False  # empty_like() starts a delta segment (storage.index.segments)
 
     def __init__(self, faiss_index, bits: int, params: dict):
         self.index = faiss_index
@@ -121,6 +122,7 @@ class BinaryIndex:
         self.query_batch = default_query_batch()
         self.threads = 0  # 0 = search_threads()
         self.search_params = None  # faiss SearchParameters (an IDSelector) of a restricted() view
+        self.stored = None  # the manifest it was loaded from (storage.index.load), None when built here
         self.configure()
 
     # - the kind: parameters, build, read
@@ -167,6 +169,10 @@ class BinaryIndex:
 
     def ids(self) -> np.ndarray:
         return idmap_ids(self.index)
+
+    def id_parts(self) -> list[np.ndarray]:
+        """The row_ids as the index keeps them, one array per part (no concatenated copy)."""
+        return [self.ids()]
 
     @property
     def ntotal(self) -> int:
@@ -227,6 +233,10 @@ class BinaryIndex:
         """A view of this index whose searches return only rows in ``allow`` (None = any) and not in
         ``exclude`` (sorted int64 row_ids), through a faiss IDSelector (kinds with ``selector_search``)."""
         raise NotImplementedError(f"{self.kind} indexes do not search through ID selectors")
+
+    def empty_like(self) -> BinaryIndex:
+        """An empty index of this kind sharing its trained structure, for a delta segment (``supports_delta``)."""
+        raise NotImplementedError(f"{self.kind} indexes do not start delta segments")
 
     def memory_bytes(self) -> int:
         """Approximate resident size of the index structures."""

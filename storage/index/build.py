@@ -51,19 +51,23 @@ def build_index(
     return get_kind(kind, item).from_codes(row_ids, codes, bits, p, increasing, seed)
 
 
-def _same_rows(held: np.ndarray, ref: np.ndarray) -> bool:
-    """Whether ``held`` and ``ref`` (as many row_ids each) are the same set: a mark per row_id where the ids
-    are dense enough (linear time, no sort of a 100M-row index), else sorted and compared."""
-    if len(held) != len(ref):
+def _same_rows(held: list[np.ndarray], ref: np.ndarray) -> bool:
+    """Whether the row_ids in the arrays ``held`` (an index's parts) and ``ref`` are the same set, as many
+    each: a mark per row_id where the ids are dense enough (linear time, no sort or copy of a 100M-row
+    index), else sorted and compared."""
+    if sum(len(h) for h in held) != len(ref):
         return False
     if not len(ref):
         return True
-    lo, hi = int(min(held.min(), ref.min())), int(max(held.max(), ref.max()))
+    held = [h for h in held if len(h)]
+    lo = int(min(ref.min(), *(h.min() for h in held)))
+    hi = int(max(ref.max(), *(h.max() for h in held)))
     if lo >= 0 and hi < 8 * len(ref) + (1 << 20):
         seen = np.zeros(hi + 1, np.bool_)
-        seen[held] = True
+        for h in held:
+            seen[h] = True
         return bool(seen[ref].all()) and int(np.count_nonzero(seen)) == len(ref)
-    return bool(np.array_equal(np.sort(held), np.sort(ref)))
+    return bool(np.array_equal(np.sort(np.concatenate(held)), np.sort(ref)))
 
 
 def verify_index(
@@ -82,7 +86,7 @@ def verify_index(
         problems.append(f"index holds {index.ntotal} codes but the database has {len(row_ids)}")
     if len(row_ids) == 0:
         return problems
-    if not problems and not _same_rows(index.ids(), np.asarray(row_ids, np.int64)):
+    if not problems and not _same_rows(index.id_parts(), np.asarray(row_ids, np.int64)):
         missing = np.setdiff1d(row_ids, index.ids())
         problems.append(
             f"index ids differ from the database rows ({len(missing)} rows missing, e.g. {missing[:3].tolist()})"

@@ -13,6 +13,7 @@ from storage.index.base import BinaryIndex
 from storage.index.build import build_index, resolve_params
 from storage.index.publish import IndexManifest
 from storage.index.registry import DEFAULT_KIND
+from storage.index.segments import append_rows, unsegmented
 
 
 @dataclass
@@ -133,7 +134,8 @@ def index_from_codes(
     ``overrides`` (row_ids, codes) replace the stored codes of those rows (updates). With ``previous`` (an
     index of the same model, kind and parameters, loaded with ``mmap=False``), rows it already holds are not
     re-added: when it holds exactly the rows with their codes, it is returned as is ("unchanged"); when it
-    holds a subset, only the new rows are added ("incremental"); rows it holds that are gone or whose code
+    holds a subset, only the new rows are added ("incremental"; into a delta segment where the kind allows,
+    ``storage.index.segments``); rows it holds that are gone or whose code
     changed are dropped in place where the kind is ``removable`` ("incremental"), else it is rebuilt. Codes are
     read, never re-encoded. Returns (index, row_ids, codes, report) where row_ids/codes are the indexed rows."""
     from storage.codes import parts_manifest, read_code_arrays, read_codes_meta
@@ -164,14 +166,15 @@ def index_from_codes(
         appended = None
         if same and (overrides is None or not len(overrides[0])) and prev.incremental_add:
             appended = _appended(manifest.source, int(prev.ntotal), parts, digests[prev_top], row_ids)
-        if appended is not None:  # only rows past the previous index: add them, compare nothing
-            if len(appended):
-                prev.add(row_ids[appended], codes[appended])
+        if appended is not None:  # only rows past the previous index: add them (to a delta), compare nothing
+            index = append_rows(prev, row_ids[appended], codes[appended]) if len(appended) else prev
             mode = "incremental" if len(appended) else "unchanged"
             report = BuildReport(
                 mode, len(row_ids), len(appended), read_s, time.perf_counter() - t1, source=source
             )
-            return prev, row_ids, codes, report
+            return index, row_ids, codes, report
+        if same:
+            prev = unsegmented(prev)  # deletes and updates apply to one index: the delta is folded in
         changed = _changed_codes(prev, row_ids, codes) if same else None
         if changed is not None:  # else rebuild: the codes it holds are unknown
             old = np.sort(prev.ids())

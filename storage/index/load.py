@@ -3,6 +3,7 @@ to a local cache file first), and loaded once per process and published version 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -21,6 +22,7 @@ from storage.index.publish import (
     read_manifest,
 )
 from storage.index.registry import DEFAULT_KIND, get_kind
+from storage.index.segments import Segmented
 
 
 def cache_dir() -> str:
@@ -88,11 +90,48 @@ def load_index(
         manifest = published_manifest(root, catalogue, pointer)
     parts = index_dir(catalogue, model_id)
     manifest = manifest or read_manifest(root, catalogue, model_id, kind or DEFAULT_KIND)
-    path = _local_verified_copy(root, parts, manifest.file, manifest.sha256)
-    companion = None
-    if manifest.companion_file:
-        companion = _local_verified_copy(root, parts, manifest.companion_file, manifest.companion_sha256)
-    return read_index_file(path, manifest.kind, manifest.bits, manifest.params, mmap, companion), manifest
+    index = _read_part(
+        root,
+        parts,
+        manifest,
+        manifest.file,
+        manifest.sha256,
+        manifest.companion_file,
+        manifest.companion_sha256,
+        mmap,
+    )
+    if manifest.delta:
+        d = manifest.delta
+        delta = _read_part(
+            root, parts, manifest, d["file"], d["sha256"], d["companion_file"], d["companion_sha256"], mmap
+        )
+        index.stored = dataclasses.replace(
+            manifest,
+            delta={},
+            ntotal=manifest.ntotal - d["ntotal"],
+            file_bytes=manifest.file_bytes - d["bytes"],
+        )
+        index = Segmented(index, delta)
+    index.stored = manifest
+    return index, manifest
+
+
+def _read_part(
+    root,
+    parts,
+    manifest: IndexManifest,
+    file: str,
+    sha256: str,
+    companion_file: str,
+    companion_sha256: str,
+    mmap: bool,
+) -> BinaryIndex:
+    """One sha256-checked index file of ``manifest`` (and its companion)."""
+    path = _local_verified_copy(root, parts, file, sha256)
+    companion = (
+        _local_verified_copy(root, parts, companion_file, companion_sha256) if companion_file else None
+    )
+    return read_index_file(path, manifest.kind, manifest.bits, manifest.params, mmap, companion)
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,9 +139,9 @@ def _cached(
     uri: str, catalogue: str, model_id: str, kind: str, sha256: str
 ) -> tuple[BinaryIndex, IndexManifest]:
     index, manifest = load_index(StorageRoot(uri), catalogue)  # the published one; the key pins its version
-    if manifest.sha256 != sha256:
+    if manifest.version != sha256:
         raise ValueError(
-            f"index of {catalogue!r} changed while loading (sha256 {manifest.sha256} != {sha256})"
+            f"index of {catalogue!r} changed while loading (version {manifest.version} != {sha256})"
         )
     return index, manifest
 

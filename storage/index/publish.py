@@ -1,8 +1,10 @@
 """Index files on a storage root: written atomically with a manifest, published by moving ``CURRENT``.
 
 Layout: ``indexes/<catalogue>/<model_id>/<kind>.faiss`` (or ``<kind>.b.faiss``, see ``write_index``), its
-companion file where the kind has one, ``<kind>.manifest.json`` for the latest build, ``<file>.json`` per file,
-and ``indexes/<catalogue>/CURRENT`` naming the served (model_id, kind, sha256, params)."""
+companion file where the kind has one, a delta segment ``<kind>.delta.faiss`` (or ``.delta.b.faiss``) beside it
+after appends (``storage.index.segments``), ``<kind>.manifest.json`` for the latest build, ``<file>.json`` per
+file, and ``indexes/<catalogue>/CURRENT`` naming the served (model_id, kind, version, params): its ``sha256`` is
+the manifest's ``version``, the main file's sha256 when there is no delta."""
 
 from __future__ import annotations
 
@@ -40,6 +42,17 @@ class IndexManifest:
     source: dict = dataclasses.field(
         default_factory=dict
     )  # what it was built from (storage.index.incremental)
+    # the delta segment written beside the main file, if any: file, sha256, companion_file, companion_sha256,
+    # ntotal, bytes; ``file``/``sha256``/``companion_*`` above are then the main file's, ``ntotal`` and
+    # ``file_bytes`` count both
+    delta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        """What ``CURRENT`` names: the main file's sha256, combined with the delta's when there is one."""
+        if not self.delta:
+            return self.sha256
+        return hashlib.sha256(f"{self.sha256}+{self.delta['sha256']}".encode()).hexdigest()
 
     @classmethod
     def from_json(cls, text: str) -> IndexManifest:
@@ -93,61 +106,105 @@ def write_index(
     goes to ``<kind>.b.faiss`` (and back again next time), so a run killed or failing its checks before
     ``publish`` leaves the published index whole. ``<kind>.manifest.json`` describes the latest build,
     ``<file>.json`` each file."""
-    import faiss
+    from storage.index.segments import Segmented
 
-    fidx = index.writable()
     if params is None:
         params = index.params
     parts = index_dir(catalogue, model_id)
-    slot = f"{kind}.b" if _published_file(root, catalogue, model_id, kind) == f"{kind}.faiss" else kind
-    with root.atomic_open(*parts, f"{slot}.faiss") as dst:  # serialised, hashed and written in one pass
-        out = HashingWriter(dst)
-        faiss.write_index_binary(fidx, faiss.PyCallbackIOWriter(out.write, 1 << 22))
-    sha, size = out.sha.hexdigest(), out.size
-    companion_file = companion_sha = ""
-    if index.companion_name:
-        companion_file = f"{slot}.{index.companion_name}.npy"
-        with root.atomic_open(*parts, companion_file) as dst:
-            out = HashingWriter(dst)
-            np.save(out, index.companion())
-        companion_sha, size = out.sha.hexdigest(), size + out.size
+    published = _published_manifest_of(root, catalogue, model_id, kind)
+    delta = {}
+    if isinstance(index, Segmented):  # the main file stays as it was loaded; only the delta is written
+        main = index.main.stored
+        if main is None or main.delta:
+            raise ValueError(f"{kind} index of {catalogue!r}: a delta needs the main file it was loaded from")
+        delta_slot = (
+            f"{kind}.delta.b"
+            if published and published.delta.get("file") == f"{kind}.delta.faiss"
+            else f"{kind}.delta"
+        )
+        written = _write_files(root, parts, index.delta, delta_slot)
+        delta = {**written, "ntotal": int(index.delta.ntotal)}
+        files = {k: getattr(main, k) for k in ("file", "sha256", "companion_file", "companion_sha256")}
+        size, faiss_class = main.file_bytes + written["bytes"], main.faiss_class
+        json_name = f"{delta_slot}.faiss.json"
+    else:
+        slot = f"{kind}.b" if published and published.file == f"{kind}.faiss" else kind
+        files = _write_files(root, parts, index, slot)
+        size, faiss_class = files.pop("bytes"), type(index.writable()).__name__
+        json_name = f"{slot}.faiss.json"
     manifest = IndexManifest(
         kind=kind,
         bits=bits,
         ntotal=int(index.ntotal),
         codes_rows=codes_rows,
-        sha256=sha,
         build_seconds=round(float(build_seconds), 4),
         catalogue=catalogue,
         model_id=model_id,
-        file=f"{slot}.faiss",
         params=params or {},
         created_at=datetime.now(UTC).isoformat(),
         file_bytes=int(size),
-        faiss_class=type(fidx).__name__,
+        faiss_class=faiss_class,
         mode=mode,
-        companion_file=companion_file,
-        companion_sha256=companion_sha,
         source=source or {},
+        delta=delta,
+        **files,
     )
     text = json.dumps(asdict(manifest), indent=2)
-    root.write_text(
-        text, *parts, f"{slot}.faiss.json"
-    )  # this file's manifest, for readers of the published index
+    root.write_text(text, *parts, json_name)  # this file's manifest, for readers of the published index
     root.write_text(text, *parts, f"{kind}.manifest.json")
     root.write_text(text, *parts, "manifest.json")
     return manifest
 
 
-def _published_file(root: StorageRoot, catalogue: str, model_id: str, kind: str) -> str | None:
-    """The index file ``CURRENT`` serves if it is this model's ``kind``, else None."""
+def _write_files(root: StorageRoot, parts: tuple[str, ...], index: BinaryIndex, slot: str) -> dict:
+    """Write ``index`` as ``<slot>.faiss`` (and its companion), each serialised, hashed and written in one
+    pass; returns file, sha256, companion_file, companion_sha256 and bytes (both files)."""
+    import faiss
+
+    with root.atomic_open(*parts, f"{slot}.faiss") as dst:
+        out = HashingWriter(dst)
+        faiss.write_index_binary(index.writable(), faiss.PyCallbackIOWriter(out.write, 1 << 22))
+    written = {
+        "file": f"{slot}.faiss",
+        "sha256": out.sha.hexdigest(),
+        "companion_file": "",
+        "companion_sha256": "",
+    }
+    size = out.size
+    if index.companion_name:
+        written["companion_file"] = f"{slot}.{index.companion_name}.npy"
+        with root.atomic_open(*parts, written["companion_file"]) as dst:
+            out = HashingWriter(dst)
+            np.save(out, index.companion())
+        written["companion_sha256"], size = out.sha.hexdigest(), size + out.size
+    return {**written, "bytes": size}
+
+
+def _published_manifest_of(
+    root: StorageRoot, catalogue: str, model_id: str, kind: str
+) -> IndexManifest | None:
+    """The manifest of the index ``CURRENT`` serves if it is this model's ``kind``, else None (when its manifest
+    is gone, one naming the default files, so that they are not overwritten)."""
     if not root.exists("indexes", catalogue, "CURRENT"):
         return None
     pointer = current(root, catalogue)
     if pointer.get("model_id") != model_id or pointer.get("kind") != kind:
         return None
     manifest = published_manifest(root, catalogue, pointer)
-    return manifest.file if manifest else f"{kind}.faiss"
+    if manifest is None:
+        blank = dict.fromkeys(("bits", "ntotal", "codes_rows", "build_seconds"), 0)
+        return IndexManifest(
+            kind=kind,
+            sha256="",
+            catalogue=catalogue,
+            model_id=model_id,
+            file=f"{kind}.faiss",
+            params={},
+            created_at="",
+            delta={"file": f"{kind}.delta.faiss", "sha256": ""},
+            **blank,
+        )
+    return manifest
 
 
 def published_manifest(root: StorageRoot, catalogue: str, pointer: dict) -> IndexManifest | None:
@@ -155,10 +212,11 @@ def published_manifest(root: StorageRoot, catalogue: str, pointer: dict) -> Inde
     file slot, whichever has the pointer's sha256."""
     parts = index_dir(catalogue, pointer["model_id"])
     kind = pointer["kind"]
-    for name in (f"{kind}.manifest.json", f"{kind}.faiss.json", f"{kind}.b.faiss.json"):
+    for slot in ("manifest", "faiss", "b.faiss", "delta.faiss", "delta.b.faiss"):
+        name = f"{kind}.{slot}.json"
         if root.exists(*parts, name):
             manifest = IndexManifest.from_json(root.read_text(*parts, name))
-            if manifest.sha256 == pointer["sha256"]:
+            if manifest.version == pointer["sha256"]:
                 return manifest
     return None
 
@@ -168,7 +226,7 @@ def publish(root: StorageRoot, manifest: IndexManifest) -> str:
     pointer = {
         "model_id": manifest.model_id,
         "kind": manifest.kind,
-        "sha256": manifest.sha256,
+        "sha256": manifest.version,
         "params": manifest.params,
         "published_at": datetime.now(UTC).isoformat(),
     }
@@ -176,7 +234,7 @@ def publish(root: StorageRoot, manifest: IndexManifest) -> str:
 
 
 def current(root: StorageRoot, catalogue: str) -> dict:
-    """The published pointer of a catalogue (model_id, kind, sha256, params)."""
+    """The published pointer of a catalogue (model_id, kind, sha256 = the manifest's ``version``, params)."""
     if not root.exists("indexes", catalogue, "CURRENT"):
         raise FileNotFoundError(
             f"catalogue {catalogue!r} has no published index (no {root.url('indexes', catalogue, 'CURRENT')})"

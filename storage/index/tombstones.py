@@ -257,7 +257,7 @@ def compact_tombstones(
             model_id=manifest.model_id,
             bits=manifest.bits,
             deleted=np.intersect1d(now.deleted, database_rows),
-            index_sha256=manifest.sha256,
+            index_sha256=manifest.version,
             pending=later,
         )
         write_tombstones(root, catalogue, stones)
@@ -267,7 +267,7 @@ def compact_tombstones(
     stones = replace(
         now._without_updates(now.updated[~keep_update]),
         deleted=np.intersect1d(now.deleted, database_rows),
-        index_sha256=manifest.sha256,
+        index_sha256=manifest.version,
         pending=later,
     )
     write_tombstones(root, catalogue, stones)

@@ -29,6 +29,18 @@ def train_ivf(codes: np.ndarray, bits: int, params: dict, seed: int):
     return fidx
 
 
+def empty_ivf(fidx):
+    """An empty ``IndexBinaryIVF`` with a copy of ``fidx``'s trained coarse quantizer (same lists)."""
+    import faiss
+
+    quantizer = faiss.clone_binary_index(fidx.quantizer)
+    out = faiss.IndexBinaryIVF(quantizer, fidx.d, fidx.nlist)
+    out.own_fields = True
+    quantizer.this.disown()
+    out.is_trained = True
+    return out
+
+
 def add_assigned(fidx, ids: np.ndarray, codes: np.ndarray) -> None:
     """Add to an ``IndexBinaryIVF`` with the coarse assignment computed on the search pool (dynamic chunks, one
     OpenMP thread each) instead of faiss' OpenMP loop, which stalls when another process holds a core."""
@@ -128,6 +140,7 @@ def rewrite_lists(fidx, nbytes: int, drop: np.ndarray | None = None, remap: np.n
 class IVFIndex(BinaryIndex):
     kind = "ivf"
     removable = True  # rows leave their lists in place; its binary search takes no selector
+    supports_delta = True  # a delta shares the coarse quantizer
     param_specs = (
         Param("nlist", None, "inverted lists (default ~4 sqrt(n))"),
         Param("nprobe", 8, "lists visited per query"),
@@ -167,6 +180,9 @@ class IVFIndex(BinaryIndex):
 
     def add(self, row_ids: np.ndarray, codes: np.ndarray) -> None:
         add_assigned(self.index, row_ids, codes)
+
+    def empty_like(self) -> IVFIndex:
+        return IVFIndex(empty_ivf(self.index), self.bits, self.params)
 
     def ids(self) -> np.ndarray:
         return list_contents(self.index, self.nbytes, codes=False)[0]

@@ -15,6 +15,7 @@ from storage.index.distinct import CompanionRows, distinct_layout, packed_rows, 
 from storage.index.kinds.ivf import (
     IVFIndex,
     add_assigned,
+    empty_ivf,
     list_contents,
     member,
     rewrite_lists,
@@ -37,6 +38,7 @@ class IVFDedupIndex(CompanionRows, BinaryIndex):
 
     kind = "ivf-dedup"
     removable = True  # rows leave their code's group; codes left with none leave the lists
+    supports_delta = True  # a delta shares the coarse quantizer
     param_specs = IVFIndex.param_specs
 
     @classmethod
@@ -53,6 +55,12 @@ class IVFDedupIndex(CompanionRows, BinaryIndex):
         fidx = train_ivf(distinct, bits, params, seed)
         add_assigned(fidx, np.arange(len(distinct), dtype=np.int64), distinct)
         return cls(fidx, bits, params, packed_rows(offsets, rows))
+
+    def empty_like(self) -> IVFDedupIndex:
+        empty = np.zeros(0, np.int64)
+        return IVFDedupIndex(
+            empty_ivf(self.index), self.bits, self.params, packed_rows(np.zeros(1, np.int64), empty)
+        )
 
     def configure(self) -> None:
         self.index.nprobe = int(self.params.get("nprobe", 8))
