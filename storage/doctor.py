@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from storage.codes import PARTS_FILE
 from storage.fs import STALE_TEMP_SECONDS, TEMP_NAME, StorageRoot
-from storage.index import current, published_manifest
+from storage.index import IndexManifest, current, published_manifest
 from storage.index.tombstones import TOMBSTONES
 
 PROBLEMS = ("stale-temp", "orphan-part", "unpublished-index", "stale-resume-state", "orphan-weights")
@@ -79,9 +79,7 @@ def _served_files(root: StorageRoot, catalogue: str) -> tuple[str, set[str]]:
     manifest = published_manifest(root, catalogue, pointer)
     if manifest is None:
         return pointer["model_id"], set()
-    kind = manifest.kind
-    keep = {manifest.file, f"{manifest.file}.json", f"{kind}.manifest.json", "manifest.json"}
-    return pointer["model_id"], keep | ({manifest.companion_file} if manifest.companion_file else set())
+    return pointer["model_id"], manifest.files | {f"{manifest.kind}.manifest.json", "manifest.json"}
 
 
 def _indexes(root: StorageRoot) -> list[Finding]:
@@ -149,8 +147,10 @@ def fix(root: StorageRoot, findings: list[Finding]) -> list[Finding]:
         folder = ("indexes", catalogue, manifest.model_id)
         for name in (f"{manifest.kind}.manifest.json", "manifest.json"):
             described = (
-                json.loads(root.read_text(*folder, name))["file"] if root.exists(*folder, name) else ""
+                IndexManifest.from_json(root.read_text(*folder, name)).files
+                if root.exists(*folder, name)
+                else {""}
             )
-            if not root.exists(*folder, described or manifest.file):
-                root.write_text(root.read_text(*folder, f"{manifest.file}.json"), *folder, name)
+            if not all(root.exists(*folder, f) for f in described):
+                root.write_text(root.read_text(*folder, f"{manifest.last_file}.json"), *folder, name)
     return removed

@@ -48,6 +48,20 @@ class IndexManifest:
     delta: dict = dataclasses.field(default_factory=dict)
 
     @property
+    def last_file(self) -> str:
+        """The file this build wrote last: its delta where it has one, else its main file; ``<last_file>.json``
+        is this build's manifest."""
+        return self.delta["file"] if self.delta else self.file
+
+    @property
+    def files(self) -> set[str]:
+        """Every file of this build, manifests included (the main file's own as well)."""
+        out = {self.file, self.companion_file, f"{self.file}.json", f"{self.last_file}.json"}
+        if self.delta:
+            out |= {self.delta["file"], self.delta.get("companion_file", "")}
+        return out - {""}
+
+    @property
     def version(self) -> str:
         """What ``CURRENT`` names: the main file's sha256, combined with the delta's when there is one."""
         if not self.delta:
@@ -126,12 +140,10 @@ def write_index(
         delta = {**written, "ntotal": int(index.delta.ntotal)}
         files = {k: getattr(main, k) for k in ("file", "sha256", "companion_file", "companion_sha256")}
         size, faiss_class = main.file_bytes + written["bytes"], main.faiss_class
-        json_name = f"{delta_slot}.faiss.json"
     else:
         slot = f"{kind}.b" if published and published.file == f"{kind}.faiss" else kind
         files = _write_files(root, parts, index, slot)
         size, faiss_class = files.pop("bytes"), type(index.writable()).__name__
-        json_name = f"{slot}.faiss.json"
     manifest = IndexManifest(
         kind=kind,
         bits=bits,
@@ -150,7 +162,7 @@ def write_index(
         **files,
     )
     text = json.dumps(asdict(manifest), indent=2)
-    root.write_text(text, *parts, json_name)  # this file's manifest, for readers of the published index
+    root.write_text(text, *parts, f"{manifest.last_file}.json")  # for readers of the published build
     root.write_text(text, *parts, f"{kind}.manifest.json")
     root.write_text(text, *parts, "manifest.json")
     return manifest

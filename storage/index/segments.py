@@ -61,7 +61,11 @@ class Segmented(BinaryIndex):
         return self.main.remove(row_ids) + self.delta.remove(row_ids)
 
     def _search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = [p.search(queries, k) for p in (self.main, self.delta) if p.ntotal]
+        parts = []
+        for part in (self.main, self.delta):
+            if part.ntotal:
+                part.query_batch, part.threads = self.query_batch, self.threads  # as set on the whole
+                parts.append(part.search(queries, k))
         if len(parts) == 1:
             return parts[0]
         dist, ids = sort_rows(

@@ -116,3 +116,32 @@ def test_age_threshold_protects_live_writers(tmp_path, minutes):
     live = "catalogues/cat/.catalogue.parquet.9z.tmp"
     assert (live in temps) == (minutes == 0.0)
     assert ("catalogues/cat/.catalogue.parquet.1a2b.tmp" in temps) == (minutes < 60)
+
+
+def test_a_published_delta_segment_is_kept_and_the_spare_delta_slot_reported(tmp_path):
+    from storage.codes import commit_parts
+    from tests.storage.test_index_append import write_part
+    from tests.storage.test_index_segments import _reindex
+
+    root = StorageRoot(tmp_path)
+    parts = [write_part(root, 0, 1000, 1)]
+    commit_parts(root, "cat", "m", parts, 64, 1000)
+    from storage.index import index_from_codes
+
+    index, ids, _, rep = index_from_codes(root, "cat", "m", "ivf-dedup", {"nlist": 8})
+    publish(root, write_index(root, index, "cat", "m", "ivf-dedup", 64, len(ids), 0.01, source=rep.source))
+    for lo in (1000, 1030):  # two appends: the published delta sits in the second delta slot
+        parts.append(write_part(root, lo, lo + 30, lo))
+        commit_parts(root, "cat", "m", parts, 64, lo + 30)
+        manifest = _reindex(root, "ivf-dedup")[-1]
+    assert manifest.delta["file"] == "ivf-dedup.delta.b.faiss"
+    found = {f.path for f in examine(root)}
+    assert found == {
+        "indexes/cat/m/ivf-dedup.delta.faiss",  # the first append's delta: superseded
+        "indexes/cat/m/ivf-dedup.delta.faiss.json",
+        "indexes/cat/m/ivf-dedup.delta.rows.npy",
+    }
+    fix(root, examine(root))
+    assert examine(root) == []
+    loaded, again = load_index(root, "cat")
+    assert again == manifest and loaded.ntotal == 1060
