@@ -1,8 +1,8 @@
-"""The instance term's weight against label quality and copy detection: quick-profile models trained on the
-Fashion-MNIST protocol with ``instance`` = each of ``--weights`` (same seed, batches and light augmentation), then
-label mAP@100 and P@1 of the 10,000 queries against the 60,000-image database, the copies protocol on that
-database (``bench.quality.copy_metrics``: easy+hard copies, Hamming ranking, recall@1 under the expected tie rule
-per family and as listed), the share of queries whose first result ties with >= 99 others (copies and label
+"""The instance term's weight against label quality and copy detection: quick-profile (``--profile``) models
+trained on the Fashion-MNIST protocol with ``instance`` = each of ``--weights`` (same seed, batches and light
+augmentation), then label mAP@100 and P@1 of the 10,000 queries against the 60,000-image database, the copies
+protocol on that database (easy+hard copies, recall@1 under the expected tie rule per family and as listed:
+Hamming ranking, and the Hamming top 400 re-ranked by the asymmetric score and by stored fp16 embeddings), the share of queries whose first result ties with >= 99 others (copies and label
 queries), intra/inter-class Hamming distance of the database codes and the training minutes. One JSON line per
 weight as it finishes, then a Markdown table.
 
@@ -22,7 +22,7 @@ import json
 import numpy as np
 import torch
 
-from bench.quality import copy_metrics, load_protocol, parse_config, train_and_encode
+from bench.quality import load_protocol, parse_config, train_and_encode
 from ml.instance_metrics import summarise_ties, tie_statistics
 from ml.metrics import bit_diagnostics, evaluate_retrieval, hamming_distance_matrix
 
@@ -33,6 +33,8 @@ COLUMNS = (
     ("copy R@1 easy", "copy_r1_easy", "{:.4f}"),
     ("copy R@1 hard", "copy_r1_hard", "{:.4f}"),
     ("copy R@1 listed", "copy_r1_listed", "{:.4f}"),
+    ("easy asym@4", "copy_r1_easy_asymmetric", "{:.4f}"),
+    ("easy fp16@4", "copy_r1_easy_stored", "{:.4f}"),
     ("copy ties>=99", "copy_ties_ge_99", "{:.3f}"),
     ("query ties>=99", "query_ties_ge_99", "{:.3f}"),
     ("intra", "intra_class_hamming", "{:.1f}"),
@@ -50,14 +52,34 @@ def query_ties(q_codes: np.ndarray, db_codes: np.ndarray, chunk: int = 256) -> f
     return summarise_ties({k: np.concatenate([s[k] for s in stats]) for k in stats[0]})["first_ties_ge_99"]
 
 
+def reranked_copies(run, protocol, device, copies: int, seed: int) -> dict:
+    """The copies protocol of ``run`` (as ``bench.quality.copy_metrics``) ranked by Hamming distance and
+    re-ranked at oversampling 4 by the asymmetric score and by stored fp16 embeddings of the database."""
+    from bench.quality import COPY_TRANSFORMS
+    from ml.copies import evaluate_copies, make_copy_queries, pixel_groups
+    from ml.encode import encode_outputs
+    from ml.rerank import CandidateTable, dequantise, quantise
+
+    db_images = protocol.database[0]
+    queries = make_copy_queries(lambda p: db_images[p], len(db_images), copies, COPY_TRANSFORMS, seed)
+    q_codes, q_out = encode_outputs(run.result.model, queries.images, device)
+    db_codes, db_out = encode_outputs(run.result.model, db_images, device)
+    stored = dequantise(quantise(db_out, "fp16")[0], None, "fp16")
+    table = CandidateTable(np.arange(len(db_images)), db_codes, run.spec.bits, stored)
+    scorers = ("none", "asymmetric", "stored")
+    return evaluate_copies(queries, q_codes, q_out, table, pixel_groups(db_images), scorers, 4).metrics
+
+
 def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.device) -> dict:
     given = parse_config(args.config) | {"instance": weight, "instance_temperature": args.temperature}
     if args.instance_bits:
         given["instance_bits"] = args.instance_bits
+    if args.instance_loss:
+        given["instance_loss"] = args.instance_loss
     if args.epochs is not None:
         given["epochs"] = args.epochs
     run = train_and_encode(
-        "quick", given, protocol, device, seed=args.seed, log=lambda s: print(s, flush=True)
+        args.profile, given, protocol, device, seed=args.seed, log=lambda s: print(s, flush=True)
     )
     bits = run.spec.bits
     m = evaluate_retrieval(
@@ -69,17 +91,21 @@ def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.
         map_ks=(100,),
         precision_ks=(1,),
     )
-    copies = copy_metrics(run, protocol, device, args.copies, args.seed).metrics
+    copies = reranked_copies(run, protocol, device, args.copies, args.seed)
     diag = bit_diagnostics(run.db_codes, protocol.database[1], bits, seed=args.seed)
     return {
         "instance": weight,
         "temperature": args.temperature,
         "instance_bits": args.instance_bits,
+        "instance_loss": args.instance_loss or "nt-xent",
         "map_at_100": m.map_at["100"],
         "p_at_1": m.precision_at["1"],
         "copy_r1_easy": copies[("none", "easy")].recall["expected"][1],
         "copy_r1_hard": copies[("none", "hard")].recall["expected"][1],
         "copy_r1_listed": copies[("none", "all")].recall["listed"][1],
+        "copy_r1_easy_asymmetric": copies[("asymmetric", "easy")].recall["expected"][1],
+        "copy_r1_easy_stored": copies[("stored", "easy")].recall["expected"][1],
+        "copy_r1_hard_stored": copies[("stored", "hard")].recall["expected"][1],
         "copy_ties_ge_99": copies[("none", "all")].ties["first_ties_ge_99"],
         "query_ties_ge_99": query_ties(run.q_codes, run.db_codes),
         "intra_class_hamming": diag["intra_class_hamming"],
@@ -103,6 +129,8 @@ def main() -> None:
     ap.add_argument("--weights", default="0,0.1,0.3,1.0", help="instance weights, comma-separated")
     ap.add_argument("--temperature", type=float, default=0.3, help="instance_temperature of every run")
     ap.add_argument("--instance-bits", type=int, default=0, help="instance_bits of every run (0: all bits)")
+    ap.add_argument("--profile", default="quick", help="training profile (quick | full)")
+    ap.add_argument("--instance-loss", default="", help="instance_loss of every run (default: nt-xent)")
     ap.add_argument("--config", default="", help="other fields of the quick profile, key=value,...")
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the quick profile's)")
     ap.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX folder")

@@ -85,6 +85,7 @@ RUN_FIELDS = (
     "instance",
     "instance_temperature",
     "instance_bits",
+    "instance_loss",
 )
 
 

@@ -19,7 +19,7 @@ from ml.device import bf16_autocast, training_attention
 from ml.encode import encode_images
 from ml.losses import build_loss
 from ml.losses.auxiliary import AuxiliaryClassifier
-from ml.losses.instance import InstanceContrast
+from ml.losses.instance import InstanceContrast, build_instance
 from ml.metrics import evaluate_retrieval
 from ml.models import ModelSpec, build_model, count_parameters
 from ml.progress import progress_bar
@@ -250,6 +250,12 @@ def train_hashing_model(
     )
     eraser = random_eraser(cfg.erase, device)
     instance = InstanceContrast(cfg.instance, cfg.instance_temperature)  # checks the weight and temperature
+    if cfg.instance:
+        dims = cfg.instance_bits or spec.bits
+        instance = build_instance(
+            cfg.instance_loss, cfg.instance, cfg.instance_temperature, n, dims, cfg.seed
+        )
+    instance = instance.to(device)
     # the copy-style views draw from their own generator: batches and light augmentation stay those of instance = 0
     view_gen = torch.Generator().manual_seed(cfg.seed + 1)
     if cfg.clean_epochs < 0 or cfg.clean_lr <= 0:
@@ -275,6 +281,8 @@ def train_hashing_model(
         loss_fn.load_state_dict(state["loss"])
         if "classifier" in state:
             aux.load_state_dict(state["classifier"])
+        if "instance" in state:
+            instance.load_state_dict(state["instance"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
         if "python_rng" in state:
@@ -328,7 +336,7 @@ def train_hashing_model(
                     loss = loss + aux(u[:, :label_bits], y)
                 if u_view is not None:
                     first = label_bits if cfg.instance_bits else 0
-                    loss = loss + instance(u[:, first:], u_view[:, first:])
+                    loss = loss + instance(u[:, first:], u_view[:, first:], idx.to(device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})"
@@ -410,6 +418,7 @@ def train_hashing_model(
                         model=model.state_dict(),
                         loss=loss_fn.state_dict(),
                         classifier=aux.state_dict(),
+                        instance=instance.state_dict(),
                         optimizer=opt.state_dict(),
                         schedule=sched.state_dict(),
                         ema=None if ema is None else ema.module.state_dict(),

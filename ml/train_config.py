@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant")
+INSTANCE_LOSSES = ("nt-xent", "bank", "memory")  # built by ml.losses.instance.build_instance
 LOSS_NAMES = "dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet"
 
 
@@ -68,7 +69,14 @@ class TrainConfig:
         },
     )
     instance_temperature: float = field(
-        default=0.3, metadata={"description": "temperature of the instance term's NT-Xent"}
+        default=0.3, metadata={"description": "temperature of the instance term's softmax"}
+    )
+    instance_loss: str = field(
+        default="nt-xent",
+        metadata={
+            "description": "the instance term's negatives: nt-xent = the batch's other images; bank = every "
+            "training image, through a memory bank of their codes"
+        },
     )
     instance_bits: int = field(
         default=0,
@@ -115,4 +123,13 @@ class TrainConfig:
     )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except those added after ``hashing_model-v5`` while they keep their default: a run that
+        does not set them keeps its model id."""
+        values = asdict(self)
+        for name in ADDED_AFTER_V5:
+            if values[name] == TrainConfig.__dataclass_fields__[name].default:
+                del values[name]
+        return values
+
+
+ADDED_AFTER_V5 = ("instance_loss",)
