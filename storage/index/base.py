@@ -26,6 +26,12 @@ def sort_rows(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.take_along_axis(dist, order, -1), np.take_along_axis(ids, order, -1)
 
 
+def merge_top_k(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the k best (distance, row_id) of several (distances, row_ids) result arrays, in that order."""
+    dist, ids = sort_rows(np.concatenate([d for d, _ in parts], 1), np.concatenate([i for _, i in parts], 1))
+    return dist[:, :k], ids[:, :k]
+
+
 def add_chunked(fidx, row_ids: np.ndarray, codes: np.ndarray, order: np.ndarray | None = None) -> None:
     """Add in chunks (in ``order`` if given, without materialising the permuted arrays)."""
     row_ids = np.ascontiguousarray(row_ids, dtype=np.int64)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from storage.fs import StorageRoot
-from storage.index.base import BinaryIndex, sort_rows, u8
+from storage.index.base import BinaryIndex, merge_top_k, u8
 
 MISSING = np.iinfo(np.int32).max  # distance of a missing result (id -1)
 # Hidden rows up to which asking the index for k + hidden rows beats an IDSelector (faiss' binary flat scan
@@ -39,11 +39,6 @@ def exact_search(
     flat.add(u8(np.asarray(codes)[order]))
     dist, pos = flat.search(u8(queries), k)
     return dist, np.where(pos >= 0, np.asarray(row_ids, np.int64)[order][np.maximum(pos, 0)], -1)
-
-
-def _merge(a: tuple, b: tuple, k: int) -> tuple[np.ndarray, np.ndarray]:
-    dist, ids = sort_rows(np.concatenate((a[0], b[0]), axis=1), np.concatenate((a[1], b[1]), axis=1))
-    return dist[:, :k], ids[:, :k]
 
 
 def _trim(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +110,7 @@ def search_rows(
         if extra_allow is not None:
             pick = np.isin(rows, extra_allow)
             rows, codes = rows[pick], codes[pick]
-        dist, ids = _merge((dist, ids), exact_search(rows, codes, queries, k), k)
+        dist, ids = merge_top_k([(dist, ids), exact_search(rows, codes, queries, k)], k)
     return _trim(dist, ids)
 
 

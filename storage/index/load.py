@@ -90,21 +90,10 @@ def load_index(
         manifest = published_manifest(root, catalogue, pointer)
     parts = index_dir(catalogue, model_id)
     manifest = manifest or read_manifest(root, catalogue, model_id, kind or DEFAULT_KIND)
-    index = _read_part(
-        root,
-        parts,
-        manifest,
-        manifest.file,
-        manifest.sha256,
-        manifest.companion_file,
-        manifest.companion_sha256,
-        mmap,
-    )
+    index = _read_part(root, parts, manifest, manifest.main_files, mmap)
     if manifest.delta:
         d = manifest.delta
-        delta = _read_part(
-            root, parts, manifest, d["file"], d["sha256"], d["companion_file"], d["companion_sha256"], mmap
-        )
+        delta = _read_part(root, parts, manifest, d, mmap)
         index.stored = dataclasses.replace(
             manifest,
             delta={},
@@ -116,22 +105,14 @@ def load_index(
     return index, manifest
 
 
-def _read_part(
-    root,
-    parts,
-    manifest: IndexManifest,
-    file: str,
-    sha256: str,
-    companion_file: str,
-    companion_sha256: str,
-    mmap: bool,
-) -> BinaryIndex:
-    """One sha256-checked index file of ``manifest`` (and its companion)."""
-    path = _local_verified_copy(root, parts, file, sha256)
-    companion = (
-        _local_verified_copy(root, parts, companion_file, companion_sha256) if companion_file else None
-    )
-    return read_index_file(path, manifest.kind, manifest.bits, manifest.params, mmap, companion)
+def _read_part(root, parts, manifest: IndexManifest, entry: dict, mmap: bool) -> BinaryIndex:
+    """One sha256-checked index file of ``manifest`` and its companion (``entry``: its ``main_files`` or
+    ``delta``)."""
+    path = _local_verified_copy(root, parts, entry["file"], entry["sha256"])
+    companion = entry["companion_file"]
+    if companion:
+        companion = _local_verified_copy(root, parts, companion, entry["companion_sha256"])
+    return read_index_file(path, manifest.kind, manifest.bits, manifest.params, mmap, companion or None)
 
 
 @functools.lru_cache(maxsize=8)

@@ -20,6 +20,8 @@ from storage.fs import StorageRoot
 from storage.index.base import BinaryIndex
 from storage.index.registry import DEFAULT_KIND
 
+FILE_FIELDS = ("file", "sha256", "companion_file", "companion_sha256")  # one index file and its companion
+
 
 @dataclass
 class IndexManifest:
@@ -46,6 +48,11 @@ class IndexManifest:
     # ntotal, bytes; ``file``/``sha256``/``companion_*`` above are then the main file's, ``ntotal`` and
     # ``file_bytes`` count both
     delta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def main_files(self) -> dict:
+        """The main file's entry, keyed as a ``delta`` entry is: file, sha256, companion_file, companion_sha256."""
+        return {k: getattr(self, k) for k in FILE_FIELDS}
 
     @property
     def last_file(self) -> str:
@@ -138,7 +145,7 @@ def write_index(
         )
         written = _write_files(root, parts, index.delta, delta_slot)
         delta = {**written, "ntotal": int(index.delta.ntotal)}
-        files = {k: getattr(main, k) for k in ("file", "sha256", "companion_file", "companion_sha256")}
+        files = main.main_files
         size, faiss_class = main.file_bytes + written["bytes"], main.faiss_class
     else:
         slot = f"{kind}.b" if published and published.file == f"{kind}.faiss" else kind

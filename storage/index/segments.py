@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from storage.index.base import BinaryIndex, sort_rows
+from storage.index.base import BinaryIndex, merge_top_k
 
 DELTA_MAX_FRACTION = 0.1  # the delta is folded into the main index past this share of its rows
 
@@ -66,12 +66,7 @@ class Segmented(BinaryIndex):
             if part.ntotal:
                 part.query_batch, part.threads = self.query_batch, self.threads  # as set on the whole
                 parts.append(part.search(queries, k))
-        if len(parts) == 1:
-            return parts[0]
-        dist, ids = sort_rows(
-            np.concatenate([d for d, _ in parts], 1), np.concatenate([i for _, i in parts], 1)
-        )
-        return dist[:, :k], ids[:, :k]
+        return parts[0] if len(parts) == 1 else merge_top_k(parts, k)
 
     def range_search(self, queries: np.ndarray, radius: int):
         (la, da, ia), (lb, db, ib) = (p.range_search(queries, radius) for p in (self.main, self.delta))

@@ -121,15 +121,10 @@ def test_age_threshold_protects_live_writers(tmp_path, minutes):
 def test_a_published_delta_segment_is_kept_and_the_spare_delta_slot_reported(tmp_path):
     from storage.codes import commit_parts
     from tests.storage.test_index_append import write_part
-    from tests.storage.test_index_segments import _reindex
+    from tests.storage.test_index_segments import _reindex, published_first
 
     root = StorageRoot(tmp_path)
-    parts = [write_part(root, 0, 1000, 1)]
-    commit_parts(root, "cat", "m", parts, 64, 1000)
-    from storage.index import index_from_codes
-
-    index, ids, _, rep = index_from_codes(root, "cat", "m", "ivf-dedup", {"nlist": 8})
-    publish(root, write_index(root, index, "cat", "m", "ivf-dedup", 64, len(ids), 0.01, source=rep.source))
+    parts = [published_first(root, "ivf-dedup")]  # catalogue "cat", model "m"
     for lo in (1000, 1030):  # two appends: the published delta sits in the second delta slot
         parts.append(write_part(root, lo, lo + 30, lo))
         commit_parts(root, "cat", "m", parts, 64, lo + 30)

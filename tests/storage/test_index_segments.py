@@ -18,12 +18,13 @@ from storage.index import (
     load_index_cached,
     publish,
     published_manifest,
+    read_manifest,
     verify_index,
     write_index,
 )
 from storage.index.publish import hash_file
 from storage.index.segments import DELTA_MAX_FRACTION, Segmented, append_rows
-from tests.storage.test_index_append import BITS, CAT, MODEL, write_part
+from tests.storage.test_index_append import BITS, CAT, MODEL, publish_first, write_part
 from tests.storage.test_index_kinds import brute_force
 
 KINDS = ["ivf", "ivf-dedup"]
@@ -97,6 +98,13 @@ def test_appends_grow_the_delta_then_fold_it_past_the_fraction(kind):
     assert not isinstance(flat, Segmented) and flat.ntotal == 1010
 
 
+def published_first(root: StorageRoot, kind: str) -> str:
+    """Rows 0-999 in one part, indexed (``publish_first``) and published; returns the part."""
+    a = publish_first(root, kind)
+    publish(root, read_manifest(root, CAT, MODEL, kind))
+    return a
+
+
 def _reindex(root: StorageRoot, kind: str, keep=None):
     prev = load_index(root, CAT, MODEL, kind, mmap=False)
     index, ids, codes, rep = index_from_codes(
@@ -122,12 +130,7 @@ def _files(root: StorageRoot) -> dict[str, str]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_published_appends_write_only_the_delta_and_fold_when_it_grows(tmp_path, kind):
     root = StorageRoot(tmp_path)
-    a = write_part(root, 0, 1000, 1)
-    commit_parts(root, CAT, MODEL, [a], BITS, 1000)
-    index, ids, _, rep = index_from_codes(root, CAT, MODEL, kind, {"nlist": 8})
-    publish(
-        root, write_index(root, index, CAT, MODEL, kind, BITS, len(ids), rep.build_seconds, source=rep.source)
-    )
+    a = published_first(root, kind)
     main_files = _files(root)
 
     b = write_part(root, 1000, 1050, 2)
@@ -165,15 +168,7 @@ def test_published_appends_write_only_the_delta_and_fold_when_it_grows(tmp_path,
 
 def test_deletes_fold_the_delta_and_match_a_fresh_build(tmp_path):
     root = StorageRoot(tmp_path)
-    a = write_part(root, 0, 1000, 1)
-    commit_parts(root, CAT, MODEL, [a], BITS, 1000)
-    index, ids, _, rep = index_from_codes(root, CAT, MODEL, "ivf-dedup", {"nlist": 8})
-    publish(
-        root,
-        write_index(
-            root, index, CAT, MODEL, "ivf-dedup", BITS, len(ids), rep.build_seconds, source=rep.source
-        ),
-    )
+    a = published_first(root, "ivf-dedup")
     b = write_part(root, 1000, 1040, 2)
     commit_parts(root, CAT, MODEL, [a, b], BITS, 1040)
     assert isinstance(_reindex(root, "ivf-dedup")[0], Segmented)
@@ -187,13 +182,7 @@ def test_deletes_fold_the_delta_and_match_a_fresh_build(tmp_path):
 
 def test_a_damaged_delta_file_is_refused(tmp_path):
     root = StorageRoot(tmp_path)
-    a = write_part(root, 0, 1000, 1)
-    commit_parts(root, CAT, MODEL, [a], BITS, 1000)
-    index, ids, _, rep = index_from_codes(root, CAT, MODEL, "ivf", {"nlist": 8})
-    publish(
-        root,
-        write_index(root, index, CAT, MODEL, "ivf", BITS, len(ids), rep.build_seconds, source=rep.source),
-    )
+    a = published_first(root, "ivf")
     b = write_part(root, 1000, 1010, 2)
     commit_parts(root, CAT, MODEL, [a, b], BITS, 1010)
     manifest = _reindex(root, "ivf")[-1]
