@@ -238,18 +238,34 @@ def run_config(
 COPY_TRANSFORMS = "easy+hard"
 
 
-def copy_metrics(run: TrainedRun, protocol: Protocol, device, copies: int, seed: int):
-    """The copies protocol (``ml.copies``, Hamming ranking) of a trained run on the protocol's database;
-    exact duplicates are database images with the same pixels."""
+def copy_metrics(
+    run: TrainedRun,
+    protocol: Protocol,
+    device,
+    copies: int,
+    seed: int,
+    scorers: tuple[str, ...] = ("none",),
+    oversample: int = 4,
+):
+    """The copies protocol (``ml.copies``) of a trained run on the protocol's database, ranked by Hamming
+    distance and by each other of ``scorers`` (re-ranking the Hamming top ``oversample`` x 100; ``stored``
+    scores fp16 embeddings of the database's outputs); exact duplicates are database images with the same
+    pixels."""
     from ml.copies import evaluate_copies, make_copy_queries, pixel_groups
-    from ml.encode import encode_images
-    from ml.rerank import CandidateTable
+    from ml.encode import encode_images, encode_outputs
+    from ml.rerank import CandidateTable, dequantise, quantise
 
     db_images = protocol.database[0]
     queries = make_copy_queries(lambda p: db_images[p], len(db_images), copies, COPY_TRANSFORMS, seed)
-    q_codes = encode_images(run.result.model, queries.images, device)
-    table = CandidateTable(np.arange(len(db_images)), run.db_codes, run.spec.bits)
-    return evaluate_copies(queries, q_codes, None, table, pixel_groups(db_images))
+    if set(scorers) == {"none"}:
+        q_codes, q_out = encode_images(run.result.model, queries.images, device), None
+        table = CandidateTable(np.arange(len(db_images)), run.db_codes, run.spec.bits)
+    else:
+        q_codes, q_out = encode_outputs(run.result.model, queries.images, device)
+        db_codes, db_out = encode_outputs(run.result.model, db_images, device)
+        stored = dequantise(quantise(db_out, "fp16")[0], None, "fp16")
+        table = CandidateTable(np.arange(len(db_images)), db_codes, run.spec.bits, stored)
+    return evaluate_copies(queries, q_codes, q_out, table, pixel_groups(db_images), scorers, oversample)
 
 
 COLUMNS = (

@@ -22,7 +22,7 @@ import json
 import numpy as np
 import torch
 
-from bench.quality import load_protocol, parse_config, train_and_encode
+from bench.quality import copy_metrics, load_protocol, parse_config, train_and_encode
 from ml.instance_metrics import summarise_ties, tie_statistics
 from ml.metrics import bit_diagnostics, evaluate_retrieval, hamming_distance_matrix
 
@@ -52,24 +52,6 @@ def query_ties(q_codes: np.ndarray, db_codes: np.ndarray, chunk: int = 256) -> f
     return summarise_ties({k: np.concatenate([s[k] for s in stats]) for k in stats[0]})["first_ties_ge_99"]
 
 
-def reranked_copies(run, protocol, device, copies: int, seed: int) -> dict:
-    """The copies protocol of ``run`` (as ``bench.quality.copy_metrics``) ranked by Hamming distance and
-    re-ranked at oversampling 4 by the asymmetric score and by stored fp16 embeddings of the database."""
-    from bench.quality import COPY_TRANSFORMS
-    from ml.copies import evaluate_copies, make_copy_queries, pixel_groups
-    from ml.encode import encode_outputs
-    from ml.rerank import CandidateTable, dequantise, quantise
-
-    db_images = protocol.database[0]
-    queries = make_copy_queries(lambda p: db_images[p], len(db_images), copies, COPY_TRANSFORMS, seed)
-    q_codes, q_out = encode_outputs(run.result.model, queries.images, device)
-    db_codes, db_out = encode_outputs(run.result.model, db_images, device)
-    stored = dequantise(quantise(db_out, "fp16")[0], None, "fp16")
-    table = CandidateTable(np.arange(len(db_images)), db_codes, run.spec.bits, stored)
-    scorers = ("none", "asymmetric", "stored")
-    return evaluate_copies(queries, q_codes, q_out, table, pixel_groups(db_images), scorers, 4).metrics
-
-
 def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.device) -> dict:
     given = parse_config(args.config) | {"instance": weight, "instance_temperature": args.temperature}
     if args.instance_bits:
@@ -91,7 +73,8 @@ def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.
         map_ks=(100,),
         precision_ks=(1,),
     )
-    copies = reranked_copies(run, protocol, device, args.copies, args.seed)
+    scorers = ("none", "asymmetric", "stored")
+    copies = copy_metrics(run, protocol, device, args.copies, args.seed, scorers).metrics
     diag = bit_diagnostics(run.db_codes, protocol.database[1], bits, seed=args.seed)
     return {
         "instance": weight,

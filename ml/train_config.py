@@ -75,7 +75,8 @@ class TrainConfig:
         default="nt-xent",
         metadata={
             "description": "the instance term's negatives: nt-xent = the batch's other images; bank = every "
-            "training image, through a memory bank of their codes"
+            "training image, through a memory bank of their codes; memory = the batch's plus the last 8,192 "
+            "training views"
         },
     )
     instance_bits: int = field(

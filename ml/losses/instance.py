@@ -1,7 +1,7 @@
 """The instance term (``TrainConfig.instance``): two views of one image pulled together in code space, other images
 pushed apart; added to any hashing loss, as the auxiliary classifier is. Its kinds (``INSTANCE_LOSSES``, chosen by
-``TrainConfig.instance_loss``) differ in the negatives: the batch's other images (``nt-xent``) or every training
-image through a memory bank (``bank``)."""
+``TrainConfig.instance_loss``) differ in the negatives: the batch's other images (``nt-xent``), every training
+image through a memory bank (``bank``), or the batch's plus the last training views (``memory``)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,30 @@ from torch import Tensor, nn
 from ml.train_config import INSTANCE_LOSSES
 
 
-def nt_xent(u: Tensor, v: Tensor, temperature: float) -> Tensor:
+def unit_codes(u: Tensor) -> Tensor:
+    """The rows of tanh(u) in fp32, scaled to unit length."""
+    return F.normalize(torch.tanh(u.float()), dim=1)
+
+
+def nt_xent(
+    u: Tensor, v: Tensor, temperature: float, memory: Tensor | None = None, clash: Tensor | None = None
+) -> Tensor:
     """NT-Xent (SimCLR's normalised-temperature cross-entropy) of the paired rows of ``u`` and ``v`` (n, B) on
     their tanh: with z the 2n rows of tanh(u) and tanh(v) scaled to unit length and sim = z zᵀ / temperature,
     the mean over the 2n anchors of ``-log softmax`` of the anchor's other view among the 2n - 1 other rows
-    (its own similarity left out). fp32, autocast off."""
+    (its own similarity left out). With ``memory`` (m, B unit rows), every anchor also has those rows as
+    negatives, except the ones ``clash`` (2n, m) marks. fp32, autocast off."""
     if u.shape != v.shape or u.ndim != 2:
         raise ValueError(
             f"instance term: views must be the same (n, B), got {tuple(u.shape)}, {tuple(v.shape)}"
         )
     n = len(u)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        z = F.normalize(torch.tanh(torch.cat([u, v]).float()), dim=1)
+        z = unit_codes(torch.cat([u, v]))
         sim = z @ z.T / temperature
         sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=u.device), float("-inf"))
+        if memory is not None:
+            sim = torch.cat([sim, (z @ memory.T / temperature).masked_fill(clash, float("-inf"))], 1)
         target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(u.device)
         return F.cross_entropy(sim, target)
 
@@ -93,7 +103,7 @@ class InstanceBank(InstanceContrast):
             )
         n = len(u)
         with torch.autocast(device_type=u.device.type, enabled=False):
-            z = F.normalize(torch.tanh(torch.cat([u, v]).float()), dim=1)
+            z = unit_codes(torch.cat([u, v]))
             loss = bank_cross_entropy(z, self.bank, torch.cat([idx, idx]), self.temperature)
             with torch.no_grad():
                 moved = F.normalize(self.momentum * self.bank[idx] + (1 - self.momentum) * z[:n], dim=1)
@@ -102,18 +112,6 @@ class InstanceBank(InstanceContrast):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, entries={self.bank.shape[0]}, momentum={self.momentum}"
-
-
-def nt_xent_with_memory(u: Tensor, v: Tensor, memory: Tensor, temperature: float, clash: Tensor) -> Tensor:
-    """``nt_xent`` whose every anchor also has the unit rows of ``memory`` (m, B) as negatives, except those
-    ``clash`` (2n, m) marks (the anchor's own image)."""
-    n = len(u)
-    z = F.normalize(torch.tanh(torch.cat([u, v]).float()), dim=1)
-    sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=u.device), float("-inf"))
-    mem = (z @ memory.T / temperature).masked_fill(clash, float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(u.device)
-    return F.cross_entropy(torch.cat([sim, mem], 1), target)
 
 
 class InstanceMemory(InstanceContrast):
@@ -134,9 +132,9 @@ class InstanceMemory(InstanceContrast):
             )
         with torch.autocast(device_type=u.device.type, enabled=False):
             clash = ((idx[:, None] == self.memory_idx[None, :]) | (self.memory_idx < 0)).repeat(2, 1)
-            loss = nt_xent_with_memory(u, v, self.memory, self.temperature, clash)
+            loss = nt_xent(u, v, self.temperature, self.memory, clash)
             with torch.no_grad():
-                z = F.normalize(torch.tanh(u.float()), dim=1)
+                z = unit_codes(u)
                 self.memory = torch.cat([z, self.memory])[: len(self.memory)]
                 self.memory_idx = torch.cat([idx, self.memory_idx])[: len(self.memory)]
         return self.weight * loss
