@@ -1,5 +1,5 @@
 """The ``vitrieve`` command line: options (``options``), verbs (``commands``), ``search`` and the run summary."""
 
-from pipelines.cli.commands import main
+from pipelines.cli.commands import entry, main
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]

@@ -1,7 +1,5 @@
 """``python -m pipelines.cli``: the ``vitrieve`` command."""
 
-import sys
+from pipelines.cli.commands import entry
 
-from pipelines.cli.commands import main
-
-sys.exit(main())
+entry()

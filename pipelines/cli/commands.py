@@ -7,21 +7,23 @@ import sys
 import time
 import traceback
 import uuid
+from typing import NoReturn
 
 from pipelines.cli.errors import USER_ERROR_EXIT, UserError, as_user_error, is_user_error_name
 from pipelines.cli.options import ASSET_OF_VERB, locations, parser, run_config
+from pipelines.cli.process_exit import run_and_exit
 
 
 def _check_inputs(args, root: str, selection: list[str] | None, instance) -> None:
     """What a one-asset verb needs before it starts: the catalogue (all but ``ingest``), a trained model (the
     verbs after ``train``); a ``UserError`` naming the verb that makes it otherwise."""
-    from storage.catalogue import catalogue_parts
+    from storage.catalogue import catalogue_exists
     from storage.fs import StorageRoot
 
     if selection is None or selection == ["catalogue"]:
         return
     name = args.catalogue
-    if not StorageRoot(root).exists(*catalogue_parts(name)):
+    if not catalogue_exists(StorageRoot(root), name):
         raise UserError(
             f"no catalogue {name!r} in {root} — run `vitrieve ingest --catalogue {name} --source URI` "
             f"(or `vitrieve run --catalogue {name} --source URI`) first"
@@ -333,5 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> NoReturn:
+    """The ``vitrieve`` console script: :func:`main` on ``sys.argv``, then a clean process exit."""
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pipelines.cli.commands as commands
 from bench.faults import TINY_OPS
-from pipelines.cli import main
+from pipelines.cli import entry
 from pipelines.cli.options import run_config
 
 
@@ -21,4 +19,4 @@ def tiny_run_config(args) -> dict:
 
 if __name__ == "__main__":
     commands.run_config = tiny_run_config
-    sys.exit(main(sys.argv[1:]))
+    entry()
