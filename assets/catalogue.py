@@ -6,14 +6,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from assets.common import file_facts, lineage, remove_stale_temps
+from assets.common import lineage, remove_stale_temps
 from assets.partitions import catalogues
 from assets.resources import DiagnosticsResource, StorageResource
 from assets.table_metadata import table_metadata
 from storage.catalogue import (
     SCHEMA,
     CatalogueInfo,
-    catalogue_parts,
+    catalogue_dir,
+    catalogue_facts,
+    catalogue_manifest,
     fingerprint,
     read_catalogue,
     write_catalogue,
@@ -233,7 +235,7 @@ def catalogue(
         )
     kind = detect_kind(source) if config.kind == "auto" else config.kind
     root = storage.get()
-    remove_stale_temps(context, root, *catalogue_parts(name)[:-1])
+    remove_stale_temps(context, root, *catalogue_dir(name))
     before = _previous_rows(root, name)
     rejected: list[Rejection] = []
     skipped: list[Skip] = []
@@ -312,13 +314,13 @@ def catalogue(
     counts = {"listed": listed, "accepted": table.num_rows, "rejected": len(rejected), **extra}
     if unchanged:
         context.log.info(f"catalogue {name!r} unchanged ({table.num_rows} rows); nothing written")
-        uri = root.url("catalogues", name, "catalogue.parquet")
+        uri = root.url(*catalogue_manifest(name))
     else:
         uri = write_catalogue(root, table, info)
     _record(diagnostics, context, name, config, rejected, counts, "success")
     facts = {
         "changed_row_share": changed_row_share(before, table),
-        **file_facts(root, *catalogue_parts(name)),
+        **catalogue_facts(root, name),
         "lineage": lineage(context, source=source, fingerprint=fingerprint(table)),
     }
     metadata = _metadata(table, info, uri, unchanged, counts, rejected) | _split_metadata(

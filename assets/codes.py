@@ -13,7 +13,6 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 from pydantic import Field
 
 from assets.automation import FOLLOW_ACCEPTED_UPSTREAM
@@ -21,7 +20,7 @@ from assets.common import current_model_id, lineage, load_model, remove_stale_te
 from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
 from assets.table_metadata import codes_schema, table_metadata
-from storage.catalogue import catalogue_parts, fingerprint, read_catalogue
+from storage.catalogue import catalogue_dataset, fingerprint, read_catalogue
 from storage.codes import (
     PartWriter,
     codes_dir,
@@ -184,8 +183,7 @@ def _encode_rows(
     extra: dict,
 ) -> str:
     """Encode the catalogue rows ``row_ids`` (streamed in batches) into one new part; returns its name."""
-    fs = None if root.is_local else root.fs
-    dataset = pds.dataset(root.path(*catalogue_parts(name)), format="parquet", filesystem=fs)
+    dataset = catalogue_dataset(root, name)
     row_filter = None if len(row_ids) == dataset.count_rows() else pc.field("row_id").isin(row_ids)
     batches = dataset.to_batches(
         columns=["row_id", "image", "uri", "sha256"], filter=row_filter, batch_size=config.chunk_rows

@@ -21,12 +21,11 @@ from assets.partitions import catalogues
 from assets.resources import ComputeResource, StorageResource
 from assets.shard_io import HANDOFF, handoff_io_manager
 from assets.table_metadata import codes_schema, table_metadata
-from storage.catalogue import fingerprint
+from storage.catalogue import SHARD_ROWS, fingerprint
 from storage.codes import codes_dir, image_hash_of
 from storage.embeddings import META_KEY
 from storage.model_store import card_bits, read_card
 from storage.shards import (
-    SHARD_ROWS,
     Shard,
     commit_shards,
     finished_shard,

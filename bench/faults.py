@@ -149,7 +149,7 @@ def running_asset(home: str) -> str:
 
 def corrupt_state(root_uri: str, db_path: str, had_published: bool) -> list[str]:
     """What a reader would trip over after a kill (empty = consistent)."""
-    from storage.catalogue import catalogue_parts, read_catalogue
+    from storage.catalogue import catalogue_exists, read_catalogue
     from storage.codes import PARTS_FILE, parts_manifest, read_code_arrays
     from storage.fs import StorageRoot
     from storage.index import current, load_index
@@ -164,7 +164,7 @@ def corrupt_state(root_uri: str, db_path: str, had_published: bool) -> list[str]
         except Exception as err:  # any failure to read back is the finding
             problems.append(f"{what}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
 
-    if root.exists(*catalogue_parts(NAME)):
+    if catalogue_exists(root, NAME):
         check("catalogue", lambda: read_catalogue(root, NAME))
     for model_id in root.names("models"):
         if has_model(root, model_id):

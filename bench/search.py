@@ -277,17 +277,14 @@ def default_specs(
 
 def _load_real(spec: DatasetSpec):
     """(root, catalogue, model_id, database row_ids (sorted), query codes) of a published catalogue."""
-    import pyarrow.parquet as pq
-
-    from storage.catalogue import catalogue_parts
+    from storage.catalogue import read_catalogue
     from storage.codes import read_code_arrays
     from storage.fs import StorageRoot
     from storage.index import current
 
     root = StorageRoot(spec.root)
     model_id = current(root, spec.catalogue)["model_id"]
-    with root.fs.open(root.path(*catalogue_parts(spec.catalogue)), "rb") as f:
-        flags = pq.read_table(f, columns=["row_id", "in_database", "in_query"])
+    flags, _ = read_catalogue(root, spec.catalogue, columns=["row_id", "in_database", "in_query"])
     rid = flags["row_id"].to_numpy()
     db = np.sort(rid[flags["in_database"].to_numpy(zero_copy_only=False)])
     qids = np.sort(rid[flags["in_query"].to_numpy(zero_copy_only=False)])

@@ -79,7 +79,7 @@ def run_shard_bench(
     1: the two paths' codes differ). ``model_id``: default, the model of the catalogue's published index."""
     from assets.codes import packed_codes
     from assets.codes_shards import packed_codes_sharded
-    from storage.catalogue import catalogue_parts
+    from storage.catalogue import catalogue_dir
     from storage.codes import read_codes
     from storage.index import current
 
@@ -100,9 +100,7 @@ def run_shard_bench(
         roots = {}
         for name in rows:
             roots[name] = StorageRoot(f"{tmp}/{name}")
-            shutil.copytree(
-                src.path(*catalogue_parts(catalogue)[:-1]), roots[name].path(*catalogue_parts(catalogue)[:-1])
-            )
+            shutil.copytree(src.path(*catalogue_dir(catalogue)), roots[name].path(*catalogue_dir(catalogue)))
             shutil.copytree(src.path("models", model_id), roots[name].path("models", model_id))
         assets = {
             "one-step": (packed_codes, config),

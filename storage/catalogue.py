@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from storage.fs import StorageRoot
+from storage.part_checks import CHECKS, verify_parts
+
+MANIFEST = "catalogue.json"
+LEGACY_FILE = "catalogue.parquet"  # one file with the metadata in its footer, as written before shard files
+FORMAT = 2
+SHARD_ROWS = 1 << 18  # row ids per shard file (and the codes' default shard)
+ROW_GROUP_ROWS = 16_384
+_SHARD_RE = re.compile(r"^shard-\d{5,}-[0-9a-f]+\.parquet$")
 
 SCHEMA = pa.schema(
     [
@@ -35,8 +47,13 @@ SCHEMA = pa.schema(
 )
 
 
-def catalogue_parts(name: str) -> tuple[str, ...]:
-    return ("catalogues", name, "catalogue.parquet")
+def catalogue_dir(name: str) -> tuple[str, ...]:
+    return ("catalogues", name)
+
+
+def catalogue_manifest(name: str) -> tuple[str, ...]:
+    """The catalogue's manifest: its metadata and the shard files that hold its rows."""
+    return (*catalogue_dir(name), MANIFEST)
 
 
 @dataclass
@@ -65,6 +82,9 @@ class CatalogueInfo:
         if self.image_checks is not None:
             meta[b"vitrieve.image_checks"] = str(self.image_checks).encode()
         return meta
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_metadata(cls, meta: dict[bytes, bytes]) -> CatalogueInfo:
@@ -102,46 +122,206 @@ def validate_catalogue(table: pa.Table) -> None:
         raise ValueError(f"catalogue item {bad!r} has neither image bytes nor a uri")
 
 
-def write_catalogue(root: StorageRoot, table: pa.Table, info: CatalogueInfo) -> str:
-    """Validate and atomically write ``catalogues/<name>/catalogue.parquet``; returns its URI."""
+class CatalogueWriter:
+    """Write a catalogue shard by shard: rows arrive in ``row_id`` order (any batch size); each full shard
+    (``row_id // shard_rows``) becomes one Parquet file ``shard-kkkkk-<sha256>.parquet``, so memory holds one
+    shard and the set of image ids seen (to refuse a repeated one). :meth:`commit` checks the table-wide invariants, writes ``catalogue.json`` atomically (the switch
+    readers see) and removes the files it no longer lists. A shard whose file is already stored byte for byte
+    (an unchanged shard on re-ingest) is not written again; an error before the commit leaves the stored
+    catalogue as it was."""
+
+    def __init__(self, root: StorageRoot, info: CatalogueInfo, shard_rows: int = SHARD_ROWS) -> None:
+        if shard_rows <= 0:
+            raise ValueError(f"shard_rows {shard_rows}: must be positive")
+        self.root, self.info, self.shard_rows = root, info, shard_rows
+        self._pending: list[pa.Table] = []
+        self._shard = -1
+        self._last_row_id = -1
+        self._image_ids: set[str] = set()
+        self._roles = dict.fromkeys(("in_query", "in_database", "in_train"), False)
+        self.parts: list[str] = []
+        self.checks: dict[str, dict] = {}
+        self.rows = 0
+
+    def write(self, rows: pa.Table | pa.RecordBatch) -> None:
+        """Add rows whose row ids ascend from where the previous ones stopped."""
+        table = _conform(pa.table(rows) if isinstance(rows, pa.RecordBatch) else rows)
+        if table.num_rows == 0:
+            return
+        self._check(table)
+        number = table["row_id"].to_numpy() // self.shard_rows
+        cuts = np.flatnonzero(number[1:] != number[:-1]) + 1
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(number)].tolist(), strict=True):
+            if int(number[lo]) != self._shard:
+                self._flush()
+                self._shard = int(number[lo])
+            self._pending.append(table.slice(lo, hi - lo))
+
+    def _check(self, table: pa.Table) -> None:
+        if table["row_id"].null_count:
+            raise ValueError("catalogue has null row_id")
+        row_ids = table["row_id"].to_numpy()
+        if row_ids[0] <= self._last_row_id or not bool(np.all(row_ids[1:] > row_ids[:-1])):
+            raise ValueError("catalogue column 'row_id' has duplicate values")
+        self._last_row_id = int(row_ids[-1])
+        ids = table["image_id"].to_pylist()
+        self._image_ids.update(ids)
+        if len(self._image_ids) != self.rows + table.num_rows:
+            raise ValueError("catalogue column 'image_id' has duplicate values")
+        no_image = pc.and_(pc.is_null(table["image"]), pc.is_null(table["uri"]))
+        if pc.any(no_image).as_py():
+            bad = table.filter(no_image)["image_id"][0].as_py()
+            raise ValueError(f"catalogue item {bad!r} has neither image bytes nor a uri")
+        for role in self._roles:
+            self._roles[role] = self._roles[role] or bool(pc.any(table[role]).as_py())
+        self.rows += table.num_rows
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        self._pending = []
+        buf = io.BytesIO()
+        pq.write_table(
+            table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_page_checksum=True
+        )
+        data = buf.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        name = f"shard-{self._shard:05d}-{sha[:16]}.parquet"
+        folder = catalogue_dir(self.info.name)
+        if not (self.root.exists(*folder, name) and self.root.sha256(*folder, name) == sha):
+            self.root.write_bytes(data, *folder, name)
+        self.parts.append(name)
+        self.checks[name] = {"sha256": sha, "rows": table.num_rows}
+
+    def commit(self) -> str:
+        """Write the last shard and ``catalogue.json``; returns the manifest's URI."""
+        self._flush()
+        if self.rows == 0:
+            raise ValueError("catalogue is empty")
+        for role, what in (("in_query", "query"), ("in_database", "database"), ("in_train", "training")):
+            if not self._roles[role]:
+                raise ValueError(f"catalogue protocol has no {what} images")
+        manifest = {
+            "format": FORMAT,
+            "rows": self.rows,
+            "shard_rows": self.shard_rows,
+            "parts": self.parts,
+            CHECKS: self.checks,
+            "info": self.info.to_dict(),
+        }
+        folder = catalogue_dir(self.info.name)
+        uri = self.root.write_text(json.dumps(manifest, indent=1), *folder, MANIFEST)
+        for name in self.root.names(*folder):
+            if (_SHARD_RE.match(name) and name not in self.checks) or name == LEGACY_FILE:
+                with contextlib.suppress(FileNotFoundError):
+                    self.root.fs.rm(self.root.path(*folder, name))
+        return uri
+
+
+def _conform(table: pa.Table) -> pa.Table:
     missing = set(SCHEMA.names) - set(table.column_names)
     if missing:
         raise ValueError(f"catalogue table lacks columns {sorted(missing)}")
-    table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("row_id")
-    validate_catalogue(table)
-    table = table.replace_schema_metadata(info.to_metadata())
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=16384, write_page_checksum=True)
-    return root.write_bytes(buf.getvalue(), *catalogue_parts(info.name))
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def write_catalogue(
+    root: StorageRoot,
+    rows: pa.Table | Iterable[pa.RecordBatch],
+    info: CatalogueInfo,
+    shard_rows: int = SHARD_ROWS,
+) -> str:
+    """Validate and write ``catalogues/<name>/``: a whole table (sorted here, checked before any file is
+    written), or record batches in ``row_id`` order streamed through :class:`CatalogueWriter`; returns the
+    manifest's URI."""
+    if isinstance(rows, pa.Table):
+        rows = _conform(rows).sort_by("row_id")
+        validate_catalogue(rows)
+        rows = rows.to_batches(max_chunksize=ROW_GROUP_ROWS)
+    writer = CatalogueWriter(root, info, shard_rows)
+    for batch in rows:
+        writer.write(batch)
+    return writer.commit()
 
 
 # How pyarrow reports a damaged Parquet file through OSError (a failed page CRC, an undecodable header).
 DAMAGE = re.compile(r"checksum|thrift|parquet|page", re.IGNORECASE)
 
 
-def read_catalogue(
-    root: StorageRoot, name: str, columns: list[str] | None = None
-) -> tuple[pa.Table, CatalogueInfo]:
-    """Read a catalogue (all or some columns), sorted by row_id, with its metadata."""
-    path = root.path(*catalogue_parts(name))
-    if not root.fs.exists(path):
-        raise FileNotFoundError(
-            f"catalogue {name!r} not found at {root.url(*catalogue_parts(name))}; ingest it first"
-        )
+def _again(name: str) -> str:
+    return f"ingest it again: vitrieve ingest --catalogue {name} --source SOURCE"
+
+
+def catalogue_exists(root: StorageRoot, name: str) -> bool:
+    return root.exists(*catalogue_manifest(name)) or root.exists(*catalogue_dir(name), LEGACY_FILE)
+
+
+def _stored(root: StorageRoot, name: str) -> tuple[list[str], CatalogueInfo | None]:
+    """(the files holding the rows, in row-id order; the metadata, None for a legacy file whose footer has
+    it); every shard file checked against the sha256 its manifest recorded."""
+    folder = catalogue_dir(name)
+    if root.exists(*folder, MANIFEST):
+        manifest = json.loads(root.read_text(*folder, MANIFEST))
+        verify_parts(root, folder, manifest, _again(name), listed_in=MANIFEST)
+        return list(manifest["parts"]), CatalogueInfo(**manifest["info"])
+    if root.exists(*folder, LEGACY_FILE):
+        return [LEGACY_FILE], None
+    raise FileNotFoundError(f"catalogue {name!r} not found at {root.url(*folder)}; ingest it first")
+
+
+def _read_file(
+    root: StorageRoot, name: str, file: str, columns: list[str] | None
+) -> tuple[pa.Table, CatalogueInfo | None]:
+    path = (*catalogue_dir(name), file)
     try:
-        with root.fs.open(path, "rb") as f:
+        with root.fs.open(root.path(*path), "rb") as f:
             pf = pq.ParquetFile(f, page_checksum_verification=True)  # the CRC of every page written
-            info = CatalogueInfo.from_metadata(pf.schema_arrow.metadata)
-            table = pf.read(columns=columns)
+            meta = pf.schema_arrow.metadata or {}
+            info = CatalogueInfo.from_metadata(meta) if b"vitrieve.catalogue" in meta else None
+            return pf.read(columns=columns), info
     except (OSError, pa.ArrowException) as err:
         if not isinstance(err, pa.ArrowException) and not DAMAGE.search(str(err)):
             raise  # e.g. the network: not the file's fault
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{root.url(*catalogue_parts(name))}: damaged or partly copied ({reason}); "
-            f"ingest it again: vitrieve ingest --catalogue {name} --source SOURCE"
-        ) from None
-    return table, info
+        raise ValueError(f"{root.url(*path)}: damaged or partly copied ({reason}); {_again(name)}") from None
+
+
+def read_catalogue(
+    root: StorageRoot, name: str, columns: list[str] | None = None
+) -> tuple[pa.Table, CatalogueInfo]:
+    """Read a catalogue (all or some columns), sorted by row_id, with its metadata."""
+    files, info = _stored(root, name)
+    tables = []
+    for file in files:
+        table, footer = _read_file(root, name, file, columns)
+        tables.append(table)
+        info = info or footer
+    if info is None:
+        raise ValueError(f"{root.url(*catalogue_dir(name), files[0])}: no catalogue metadata; {_again(name)}")
+    return pa.concat_tables(tables), info
+
+
+def catalogue_facts(root: StorageRoot, name: str) -> dict[str, int | str]:
+    """``bytes`` of the stored catalogue (all its files), its ``shard_files`` and the ``sha256`` of the file
+    that pins its content (the manifest, which records every shard's sha256)."""
+    files, _ = _stored(root, name)
+    folder = catalogue_dir(name)
+    pin = MANIFEST if root.exists(*folder, MANIFEST) else files[0]
+    stored = [*files, MANIFEST] if pin == MANIFEST else files
+    return {
+        "bytes": sum(int(root.fs.size(root.path(*folder, f))) for f in stored),
+        "shard_files": len(files),
+        "sha256": root.sha256(*folder, pin),
+    }
+
+
+def catalogue_dataset(root: StorageRoot, name: str) -> pds.Dataset:
+    """A pyarrow dataset over the catalogue's files (checked as :func:`read_catalogue` does), for scans that
+    read only the row groups a filter needs."""
+    files, _ = _stored(root, name)
+    fs = None if root.is_local else root.fs
+    return pds.dataset([root.path(*catalogue_dir(name), f) for f in files], format="parquet", filesystem=fs)
 
 
 def labels_matrix(table: pa.Table, num_classes: int) -> np.ndarray:
@@ -156,13 +336,13 @@ def labels_matrix(table: pa.Table, num_classes: int) -> np.ndarray:
 
 
 def fingerprint(table: pa.Table) -> str:
-    """Content fingerprint of a catalogue: rows, ids, image hashes, labels and protocol membership."""
-    import hashlib
-
+    """Content fingerprint of a catalogue: rows, ids, image hashes, labels and protocol membership. Each column
+    is first concatenated into one fresh array, so how the rows are split into chunks or files (shards, row
+    groups, slices) does not change it."""
     h = hashlib.sha256()
     for col in ("row_id", "sha256", "labels", "in_train", "in_query", "in_database"):
-        for chunk in table[col].chunks:
-            for buf in chunk.buffers():
-                if buf is not None:
-                    h.update(buf)
+        whole = pa.concat_arrays([*table[col].chunks, pa.array([], table[col].type)])  # copies: offset 0
+        for buf in whole.buffers():
+            if buf is not None:
+                h.update(buf)
     return h.hexdigest()[:16]

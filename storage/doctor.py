@@ -3,7 +3,8 @@
 What it reports (``Finding.problem``):
 
 - ``stale-temp``: a temporary file of an atomic write untouched for ``STALE_TEMP_SECONDS`` (a killed writer's);
-- ``orphan-part``: a codes part file that ``parts.json`` does not list (a killed encode or compaction);
+- ``orphan-part``: a codes part that ``parts.json`` does not list (a killed encode or compaction), or a catalogue
+  shard file that ``catalogue.json`` does not list (a killed or refused ingest);
 - ``unpublished-index``: an index file (or a whole index folder) that ``CURRENT`` does not serve: the spare slot
   of the published model, other kinds or models, or a catalogue with nothing published;
 - ``stale-resume-state``: a model's ``last.pt`` although its card exists (training finished);
@@ -21,6 +22,7 @@ import posixpath
 import time
 from dataclasses import dataclass
 
+from storage.catalogue import MANIFEST, catalogue_dir
 from storage.codes import PARTS_FILE
 from storage.fs import STALE_TEMP_SECONDS, TEMP_NAME, StorageRoot
 from storage.index import IndexManifest, current, published_manifest
@@ -54,20 +56,32 @@ def _temps(root: StorageRoot, older_than_s: float) -> list[Finding]:
     return found
 
 
-def _code_parts(root: StorageRoot, older_than_s: float) -> list[Finding]:
+def _unlisted(
+    root: StorageRoot, folder: tuple[str, ...], manifest: str, owned: str, cutoff: float
+) -> list[Finding]:
+    """Files of ``folder`` named ``owned*`` that its ``manifest`` does not list, older than ``cutoff``."""
+    names = root.names(*folder)
+    if manifest not in names:
+        return []  # a legacy layout, or a writer that never committed: nothing to compare with
+    listed = set(json.loads(root.read_text(*folder, manifest))["parts"])
     found = []
+    for name in names:
+        parts = (*folder, name)
+        unlisted = name.startswith(owned) and name.endswith(".parquet") and name not in listed
+        if unlisted and root.fs.modified(root.path(*parts)).timestamp() < cutoff:
+            found.append(_finding(root, "orphan-part", parts, f"not listed in {manifest}"))
+    return found
+
+
+def _parts(root: StorageRoot, older_than_s: float) -> list[Finding]:
+    """Codes parts (``part-*``) and catalogue shard files that no manifest lists (a killed write)."""
     cutoff = time.time() - older_than_s
+    found = []
+    for catalogue in root.names("catalogues"):
+        found += _unlisted(root, catalogue_dir(catalogue), MANIFEST, "shard-", cutoff)
     for catalogue in root.names("codes"):
         for model_id in root.names("codes", catalogue):
-            names = root.names("codes", catalogue, model_id)
-            if PARTS_FILE not in names:
-                continue  # a legacy lone part, or an encode that never committed: nothing to compare with
-            listed = set(json.loads(root.read_text("codes", catalogue, model_id, PARTS_FILE))["parts"])
-            for name in names:
-                parts = ("codes", catalogue, model_id, name)
-                unlisted = name.startswith("part-") and name not in listed
-                if unlisted and root.fs.modified(root.path(*parts)).timestamp() < cutoff:
-                    found.append(_finding(root, "orphan-part", parts, f"not listed in {PARTS_FILE}"))
+            found += _unlisted(root, ("codes", catalogue, model_id), PARTS_FILE, "part-", cutoff)
     return found
 
 
@@ -125,7 +139,7 @@ def _models(root: StorageRoot) -> list[Finding]:
 
 def examine(root: StorageRoot, older_than_s: float = STALE_TEMP_SECONDS) -> list[Finding]:
     """Everything under ``root`` that no reader needs (see the module docstring), in a stable order."""
-    findings = _temps(root, older_than_s) + _code_parts(root, older_than_s) + _indexes(root) + _models(root)
+    findings = _temps(root, older_than_s) + _parts(root, older_than_s) + _indexes(root) + _models(root)
     return sorted(findings, key=lambda f: (PROBLEMS.index(f.problem), f.path))
 
 

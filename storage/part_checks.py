@@ -1,5 +1,5 @@
-"""What a reader checks the parts of a codes folder against: the sha256 and rows ``parts.json`` recorded when
-each part was committed (``CHECKS``); a part that differs is a ``CorruptCodesError`` naming it."""
+"""What a reader checks the parts of a codes or catalogue folder against: the sha256 and rows its manifest
+(``parts.json``, ``catalogue.json``) recorded when each part was committed (``CHECKS``); a part that differs is a ``CorruptCodesError`` naming it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def _listing(root: StorageRoot, *folder: str) -> tuple:
     )
 
 
-def verify_parts(root: StorageRoot, folder: tuple[str, ...], manifest: dict, rebuild: str) -> None:
+def verify_parts(
+    root: StorageRoot, folder: tuple[str, ...], manifest: dict, rebuild: str, listed_in: str = "parts.json"
+) -> None:
     """Check every live part of ``folder`` against the sha256 ``manifest`` recorded (again only when a file of
     the folder changed); ``CorruptCodesError`` names the first part that differs and ``rebuild``, the command
     that writes it again. Parts committed before checks were recorded pass."""
@@ -46,7 +48,7 @@ def verify_parts(root: StorageRoot, folder: tuple[str, ...], manifest: dict, reb
             continue
         found = root.sha256(*folder, name) if root.exists(*folder, name) else "missing"
         if found != checks[name]["sha256"]:
-            what = "missing" if found == "missing" else "sha256 differs from parts.json"
+            what = "missing" if found == "missing" else f"sha256 differs from {listed_in}"
             raise CorruptCodesError(
                 f"{root.url(*folder, name)}: {what} (damaged or partly copied); {rebuild}"
             )

@@ -23,14 +23,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 
-from storage.catalogue import catalogue_parts
+from storage.catalogue import catalogue_dataset
 from storage.codes import codes_dir, commit_parts
 from storage.fs import StorageRoot
 from storage.part_checks import part_check
-
-SHARD_ROWS = 1 << 18  # 16 row groups of the catalogue (storage.catalogue writes 16,384 rows per group)
 
 
 @dataclass(frozen=True)
@@ -90,8 +87,7 @@ def shard_batches(
     root: StorageRoot, catalogue: str, shard: Shard, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
     """Stream the catalogue rows of one shard (only the row groups whose row-id range meets it)."""
-    fs = None if root.is_local else root.fs
-    dataset = pds.dataset(root.path(*catalogue_parts(catalogue)), format="parquet", filesystem=fs)
+    dataset = catalogue_dataset(root, catalogue)
     yield from dataset.to_batches(columns=columns, filter=shard_filter(shard), batch_size=batch_rows)
 
 

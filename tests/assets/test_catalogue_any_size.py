@@ -89,8 +89,9 @@ def test_skewed_folder_with_sidecars_through_the_cli(tmp_path, monkeypatch, caps
     assert small == {**small, "images": 1, "query": 0, "train": 0, "validation": 0, "database": 1}
 
 
-def _stored(tmp_path) -> bytes:
-    return (tmp_path / "data" / "catalogues" / "mine" / "catalogue.parquet").read_bytes()
+def _stored(tmp_path) -> dict[str, bytes]:
+    folder = tmp_path / "data" / "catalogues" / "mine"
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
 
 
 @pytest.mark.parametrize("failure", ["too-many-rejects", "protocol", "unusable-source"])

@@ -258,7 +258,7 @@ def test_too_many_rejects_fail_naming_the_worst_reasons(tmp_path):
     assert db.query("SELECT status, count(*) FROM runs JOIN rejected USING (run_id) GROUP BY 1")[1] == [
         ("failed", 12)
     ]
-    assert not StorageRoot(tmp_path / "data").exists("catalogues", "zoo", "catalogue.parquet")
+    assert not StorageRoot(tmp_path / "data").exists("catalogues", "zoo", "catalogue.json")
 
 
 def test_unusable_source_fails_the_asset_at_once(tmp_path):

@@ -108,7 +108,7 @@ def test_whole_run_with_storage_root_on_s3(s3, tmp_path, capsys, monkeypatch):
     assert row_ids.tolist() == table["row_id"].to_pylist()
     assert index.ntotal == manifest.ntotal == int(pc.sum(table["in_database"]).as_py())
     keys = fs.find("vitrieve/prod")
-    assert "vitrieve/prod/catalogues/pets/catalogue.parquet" in keys
+    assert "vitrieve/prod/catalogues/pets/catalogue.json" in keys
     assert "vitrieve/prod/indexes/pets/CURRENT" in keys
     assert not [k for k in keys if k.endswith(".tmp")]  # every write landed under its final name
     assert (
@@ -159,7 +159,7 @@ def test_endpoint_from_resource_config(s3, tmp_path, monkeypatch):
     assert result.success, failure_messages(result)
     assert "s3" not in fsspec.config.conf  # the run's options are undone after it
     s3fs.S3FileSystem.clear_instance_cache()
-    assert s3fs.S3FileSystem(endpoint_url=url).exists("byconfig/root/catalogues/pets/catalogue.parquet")
+    assert s3fs.S3FileSystem(endpoint_url=url).exists("byconfig/root/catalogues/pets/catalogue.json")
 
 
 def _assert_nowhere(secrets, instance, run_id: str, db, fs, capsys) -> None:

@@ -145,6 +145,6 @@ def check_run(env: dict[str, str], launch_output: str) -> None:
     import s3fs
 
     fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"], key="testing", secret="testing")
-    assert fs.exists(f"vitrieve/data/catalogues/{CATALOGUE}/catalogue.parquet")
+    assert fs.exists(f"vitrieve/data/catalogues/{CATALOGUE}/catalogue.json")
     assert fs.exists(f"vitrieve/data/indexes/{CATALOGUE}/CURRENT")
     assert fs.glob("vitrieve/data/models/*/model.safetensors")

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
+from storage.catalogue import read_catalogue, write_catalogue
 from storage.codes import read_codes, write_codes
 from storage.doctor import examine, fix
 from storage.fs import StorageRoot
 from storage.index import build_index, current, load_index, publish, verify_index, write_index
+from tests.storage.test_catalogue_shards import INFO as CATALOGUE_INFO
+from tests.storage.test_catalogue_shards import _table as catalogue_table
 
 ROWS = np.arange(60, dtype=np.int64) + 10
 CODES = np.random.default_rng(3).integers(0, 256, (60, 8), dtype=np.uint8)
@@ -40,8 +43,11 @@ def _root_with_leftovers(tmp_path) -> StorageRoot:
     orphan = tmp_path / "codes" / "cat" / "m1" / "part-00007.parquet"
     orphan.write_bytes(b"an encode killed before its commit")
     _old(orphan)
+    write_catalogue(root, catalogue_table(np.arange(40)), CATALOGUE_INFO)
+    stray = tmp_path / "catalogues" / "cat" / "shard-00001-00ff00ff00ff00ff.parquet"
+    stray.write_bytes(b"an ingest killed before its commit")
+    _old(stray)
     temp = tmp_path / "catalogues" / "cat" / ".catalogue.parquet.1a2b.tmp"
-    temp.parent.mkdir(parents=True)
     temp.write_bytes(b"half")
     _old(temp)
     (tmp_path / "catalogues" / "cat" / ".catalogue.parquet.9z.tmp").write_bytes(b"a live writer's")
@@ -63,6 +69,7 @@ def test_examine_finds_each_leftover_and_fix_keeps_what_readers_need(tmp_path):
     assert published["model_id"] == "m1"
     assert found == [
         ("stale-temp", "catalogues/cat/.catalogue.parquet.1a2b.tmp"),
+        ("orphan-part", "catalogues/cat/shard-00001-00ff00ff00ff00ff.parquet"),
         ("orphan-part", "codes/cat/m1/part-00007.parquet"),
         ("unpublished-index", "indexes/cat/m0"),
         ("unpublished-index", "indexes/cat/m1/flat.faiss"),  # the first build: the spare slot now
@@ -83,6 +90,7 @@ def test_examine_finds_each_leftover_and_fix_keeps_what_readers_need(tmp_path):
     assert manifest.sha256 == published["sha256"] and manifest.file == "flat.b.faiss"
     row_ids, codes, _ = read_codes(root, "cat", "m1")
     assert verify_index(index, row_ids, codes) == []
+    assert read_catalogue(root, "cat")[0].num_rows == 40  # its listed shard files: kept
     for name in ("flat.manifest.json", "manifest.json"):  # described the removed hnsw build: repointed
         assert json.loads(root.read_text("indexes", "cat", "m1", name))["file"] == "flat.b.faiss"
     # the next build goes to the free slot and publishes as before
@@ -102,9 +110,9 @@ def test_doctor_verb_reports_then_fixes(tmp_path, capsys):
     _root_with_leftovers(tmp_path)
     assert main(["doctor", "--root", str(tmp_path), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert len(report) == 11 and not any(r["removed"] for r in report)
+    assert len(report) == 12 and not any(r["removed"] for r in report)
     assert main(["doctor", "--root", str(tmp_path), "--fix"]) == 0
-    assert "removed 11 of 11" in capsys.readouterr().err
+    assert "removed 12 of 12" in capsys.readouterr().err
     assert main(["doctor", "--root", str(tmp_path)]) == 0
     assert "nothing left behind" in capsys.readouterr().err
 

@@ -216,7 +216,9 @@ def test_model_weights_are_checked_against_their_card(tmp_path):
 def test_a_damaged_catalogue_is_refused_naming_the_file(tmp_path):
     from pathlib import Path
 
-    from storage.catalogue import read_catalogue, write_catalogue
+    import pyarrow.parquet as pq
+
+    from storage.catalogue import LEGACY_FILE, read_catalogue, write_catalogue
     from storage.ingest_idx import FASHION_MNIST_DIR, idx_catalogue
 
     if not Path(FASHION_MNIST_DIR).exists():
@@ -225,14 +227,37 @@ def test_a_damaged_catalogue_is_refused_naming_the_file(tmp_path):
     table, info = idx_catalogue("cat", FASHION_MNIST_DIR, validation_size=20, train_limit=200, query_limit=50)
     write_catalogue(root, table, info)
     assert read_catalogue(root, "cat")[0].num_rows == table.num_rows
-    path = Path(root.path("catalogues", "cat", "catalogue.parquet"))
+    (path,) = Path(root.path("catalogues", "cat")).glob("shard-*.parquet")
     data = bytearray(path.read_bytes())
-    for at in (len(data) // 3, len(data) // 2):  # bit rot inside the image pages
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF  # bit rot inside the image pages
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(
+        ValueError, match=rf"{path.name}: sha256 differs from catalogue\.json.*vitrieve ingest"
+    ):
+        read_catalogue(root, "cat")
+    path.unlink()
+    with pytest.raises(ValueError, match=rf"{path.name}: missing"):
+        read_catalogue(root, "cat")
+
+    # A catalogue written as one file before shard files (its metadata in the footer) has only page CRCs.
+    Path(root.path("catalogues", "cat", "catalogue.json")).unlink()
+    legacy = Path(root.path("catalogues", "cat", LEGACY_FILE))
+    pq.write_table(
+        table.replace_schema_metadata(info.to_metadata()),
+        legacy,
+        row_group_size=16384,
+        write_page_checksum=True,
+    )
+    back, back_info = read_catalogue(root, "cat")
+    assert back.equals(table) and back_info == info
+    data = bytearray(legacy.read_bytes())
+    for at in (len(data) // 3, len(data) // 2):
         damaged = bytearray(data)
         damaged[at] ^= 0xFF
-        path.write_bytes(bytes(damaged))
+        legacy.write_bytes(bytes(damaged))
         with pytest.raises(ValueError, match=r"catalogue\.parquet: damaged.*vitrieve ingest --catalogue cat"):
             read_catalogue(root, "cat")
-    path.write_bytes(bytes(data[: len(data) // 2]))  # a partial copy
+    legacy.write_bytes(bytes(data[: len(data) // 2]))  # a partial copy
     with pytest.raises(ValueError, match="damaged or partly copied"):
         read_catalogue(root, "cat")
