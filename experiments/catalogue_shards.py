@@ -92,7 +92,7 @@ def main(rows: int, scratch: str) -> None:
     )
     phase("first write", root, (batch(lo, min(lo + BATCH, rows)) for lo in range(0, rows, BATCH)), info)
     grown = rows + rows // 100
-    stored = catalogue_dataset(root, "big").to_batches(batch_size=BATCH)
+    stored = catalogue_dataset(root, "big").to_batches(batch_size=BATCH, use_threads=False)
     new = (batch(lo, min(lo + BATCH, grown)) for lo in range(rows, grown, BATCH))
     phase("+1 % rows", root, (b for part in (stored, new) for b in part), info)
     start = time.perf_counter()

@@ -122,10 +122,13 @@ def validate_catalogue(table: pa.Table) -> None:
         raise ValueError(f"catalogue item {bad!r} has neither image bytes nor a uri")
 
 
+_id_hash = hash  # 64 bits, fixed within a process: all a writer needs to compare its own ids
+
+
 class CatalogueWriter:
     """Write a catalogue shard by shard: rows arrive in ``row_id`` order (any batch size); each full shard
     (``row_id // shard_rows``) becomes one Parquet file ``shard-kkkkk-<sha256>.parquet``, so memory holds one
-    shard and the set of image ids seen (to refuse a repeated one). :meth:`commit` checks the table-wide invariants, writes ``catalogue.json`` atomically (the switch
+    shard and an 8-byte hash per image id (to refuse a repeated one). :meth:`commit` checks the table-wide invariants, writes ``catalogue.json`` atomically (the switch
     readers see) and removes the files it no longer lists. A shard whose file is already stored byte for byte
     (an unchanged shard on re-ingest) is not written again; an error before the commit leaves the stored
     catalogue as it was."""
@@ -137,7 +140,7 @@ class CatalogueWriter:
         self._pending: list[pa.Table] = []
         self._shard = -1
         self._last_row_id = -1
-        self._image_ids: set[str] = set()
+        self._id_hashes: list[np.ndarray] = []  # 64-bit hashes of the image ids, to find a repeated one
         self._roles = dict.fromkeys(("in_query", "in_database", "in_train"), False)
         self.parts: list[str] = []
         self.checks: dict[str, dict] = {}
@@ -165,9 +168,7 @@ class CatalogueWriter:
             raise ValueError("catalogue column 'row_id' has duplicate values")
         self._last_row_id = int(row_ids[-1])
         ids = table["image_id"].to_pylist()
-        self._image_ids.update(ids)
-        if len(self._image_ids) != self.rows + table.num_rows:
-            raise ValueError("catalogue column 'image_id' has duplicate values")
+        self._id_hashes.append(np.fromiter(map(_id_hash, ids), np.int64, table.num_rows))
         no_image = pc.and_(pc.is_null(table["image"]), pc.is_null(table["uri"]))
         if pc.any(no_image).as_py():
             bad = table.filter(no_image)["image_id"][0].as_py()
@@ -194,11 +195,29 @@ class CatalogueWriter:
         self.parts.append(name)
         self.checks[name] = {"sha256": sha, "rows": table.num_rows}
 
+    def _check_image_ids(self) -> None:
+        """Refuse a repeated image id: equal hashes, then (rarely) the ids behind them read back to compare."""
+        hashes = np.sort(np.concatenate(self._id_hashes))
+        suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+        if not suspects:
+            return
+        folder = catalogue_dir(self.info.name)
+        files = [self.root.path(*folder, f) for f in self.parts]
+        fs = None if self.root.is_local else self.root.fs
+        ids = pds.dataset(files, format="parquet", filesystem=fs).to_table(columns=["image_id"])["image_id"]
+        seen: set[str] = set()
+        for image_id in ids.to_pylist():
+            if _id_hash(image_id) in suspects:
+                if image_id in seen:
+                    raise ValueError("catalogue column 'image_id' has duplicate values")
+                seen.add(image_id)
+
     def commit(self) -> str:
         """Write the last shard and ``catalogue.json``; returns the manifest's URI."""
         self._flush()
         if self.rows == 0:
             raise ValueError("catalogue is empty")
+        self._check_image_ids()
         for role, what in (("in_query", "query"), ("in_database", "database"), ("in_train", "training")):
             if not self._roles[role]:
                 raise ValueError(f"catalogue protocol has no {what} images")

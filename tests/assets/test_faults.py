@@ -128,7 +128,10 @@ def assert_published_readable(root: StorageRoot) -> None:
 
 # Where each stage is killed: inside its atomic write, after the data went to the temporary file.
 KILL_POINTS = (
-    ("catalogue", "catalogue.json"),  # the new shard files written, the manifest that lists them not yet renamed
+    (
+        "catalogue",
+        "catalogue.json",
+    ),  # the new shard files written, the manifest that lists them not yet renamed
     ("packed_codes", "part-"),  # a new codes part written, not yet renamed
     ("binary_index", "flat.manifest.json"),  # the new .faiss renamed into place, its manifest not yet
 )

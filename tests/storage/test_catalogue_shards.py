@@ -154,3 +154,16 @@ def test_the_writer_holds_one_shard_at_a_time(tmp_path):
     assert not catalogue_exists(root, "cat")  # nothing is live before the commit
     writer.commit()
     assert read_catalogue(root, "cat")[0].equals(table)
+
+
+def test_equal_id_hashes_are_told_apart_from_a_repeated_id(tmp_path, monkeypatch):
+    import storage.catalogue as catalogue
+
+    monkeypatch.setattr(catalogue, "_id_hash", len)  # every id of one length collides
+    root = StorageRoot(tmp_path)
+    table = _table(np.arange(40))
+    write_catalogue(root, table, INFO, shard_rows=16)
+    assert read_catalogue(root, "cat")[0].equals(table)
+    repeated = table.set_column(1, "image_id", pa.array([f"img{r % 39}" for r in range(40)]))
+    with pytest.raises(ValueError, match="'image_id' has duplicate values"):
+        write_catalogue(root, iter(repeated.to_batches(max_chunksize=7)), INFO, shard_rows=16)
