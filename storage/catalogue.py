@@ -128,10 +128,10 @@ _id_hash = hash  # 64 bits, fixed within a process: all a writer needs to compar
 class CatalogueWriter:
     """Write a catalogue shard by shard: rows arrive in ``row_id`` order (any batch size); each full shard
     (``row_id // shard_rows``) becomes one Parquet file ``shard-kkkkk-<sha256>.parquet``, so memory holds one
-    shard and an 8-byte hash per image id (to refuse a repeated one). :meth:`commit` checks the table-wide invariants, writes ``catalogue.json`` atomically (the switch
-    readers see) and removes the files it no longer lists. A shard whose file is already stored byte for byte
-    (an unchanged shard on re-ingest) is not written again; an error before the commit leaves the stored
-    catalogue as it was."""
+    shard and an 8-byte hash per image id (to refuse a repeated one). :meth:`commit` checks the table-wide
+    invariants, writes ``catalogue.json`` atomically (the switch readers see) and removes the files it no
+    longer lists. A shard whose file is already stored byte for byte (an unchanged shard on re-ingest) is not
+    written again; an error before the commit leaves the stored catalogue as it was."""
 
     def __init__(self, root: StorageRoot, info: CatalogueInfo, shard_rows: int = SHARD_ROWS) -> None:
         if shard_rows <= 0:
@@ -163,9 +163,15 @@ class CatalogueWriter:
     def _check(self, table: pa.Table) -> None:
         if table["row_id"].null_count:
             raise ValueError("catalogue has null row_id")
-        row_ids = table["row_id"].to_numpy()
-        if row_ids[0] <= self._last_row_id or not bool(np.all(row_ids[1:] > row_ids[:-1])):
-            raise ValueError("catalogue column 'row_id' has duplicate values")
+        row_ids = np.r_[self._last_row_id, table["row_id"].to_numpy()]
+        step = np.diff(row_ids)
+        if not bool(np.all(step > 0)):
+            at = int(np.argmax(step <= 0))
+            if step[at] == 0:
+                raise ValueError("catalogue column 'row_id' has duplicate values")
+            raise ValueError(
+                f"catalogue rows must come in row_id order: {row_ids[at + 1]} after {row_ids[at]}"
+            )
         self._last_row_id = int(row_ids[-1])
         ids = table["image_id"].to_pylist()
         self._id_hashes.append(np.fromiter(map(_id_hash, ids), np.int64, table.num_rows))

@@ -109,7 +109,8 @@ def test_an_append_rewrites_only_the_last_shard_and_removes_what_it_replaced(tmp
 @pytest.mark.parametrize(
     "batches, error",
     [
-        (lambda t: [t.slice(20), t.slice(0, 20)], "'row_id' has duplicate values"),
+        (lambda t: [t.slice(20), t.slice(0, 20)], "must come in row_id order: 0 after 39"),
+        (lambda t: [t.slice(0, 20), t.slice(19)], "'row_id' has duplicate values"),
         (lambda t: [t, t.slice(0, 1).set_column(0, "row_id", pa.array([999], pa.int64()))], "'image_id'"),
         (lambda t: [t.filter(pc.invert(t["in_query"]))], "no query images"),
         (lambda t: [t.set_column(2, "uri", pa.nulls(len(t), pa.string()))], "neither image bytes nor a uri"),
