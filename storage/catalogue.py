@@ -101,27 +101,6 @@ class CatalogueInfo:
         )
 
 
-def validate_catalogue(table: pa.Table) -> None:
-    """Raise ValueError naming the first broken invariant of a catalogue table."""
-    if table.num_rows == 0:
-        raise ValueError("catalogue is empty")
-    for col in ("row_id", "image_id"):
-        if pc.count_distinct(table[col]).as_py() != table.num_rows:
-            raise ValueError(f"catalogue column {col!r} has duplicate values")
-    if pc.any(pc.is_null(table["row_id"])).as_py():
-        raise ValueError("catalogue has null row_id")
-    if not pc.any(table["in_query"]).as_py():
-        raise ValueError("catalogue protocol has no query images")
-    if not pc.any(table["in_database"]).as_py():
-        raise ValueError("catalogue protocol has no database images")
-    if not pc.any(table["in_train"]).as_py():
-        raise ValueError("catalogue protocol has no training images")
-    no_image = pc.and_(pc.is_null(table["image"]), pc.is_null(table["uri"]))
-    if pc.any(no_image).as_py():
-        bad = table.filter(no_image)["image_id"][0].as_py()
-        raise ValueError(f"catalogue item {bad!r} has neither image bytes nor a uri")
-
-
 _id_hash = hash  # 64 bits, fixed within a process: all a writer needs to compare its own ids
 
 
@@ -131,7 +110,9 @@ class CatalogueWriter:
     shard and an 8-byte hash per image id (to refuse a repeated one). :meth:`commit` checks the table-wide
     invariants, writes ``catalogue.json`` atomically (the switch readers see) and removes the files it no
     longer lists. A shard whose file is already stored byte for byte (an unchanged shard on re-ingest) is not
-    written again; an error before the commit leaves the stored catalogue as it was."""
+    written again. Every invariant of a catalogue is checked here (each with a one-line ``ValueError``); a
+    write refused before the commit leaves the stored catalogue as it was, and :meth:`abort` removes the files
+    it had written."""
 
     def __init__(self, root: StorageRoot, info: CatalogueInfo, shard_rows: int = SHARD_ROWS) -> None:
         if shard_rows <= 0:
@@ -145,6 +126,8 @@ class CatalogueWriter:
         self.parts: list[str] = []
         self.checks: dict[str, dict] = {}
         self.rows = 0
+        self._written: list[str] = []  # files this writer created (an unchanged shard's file is not one)
+        self._committed = False
 
     def write(self, rows: pa.Table | pa.RecordBatch) -> None:
         """Add rows whose row ids ascend from where the previous ones stopped."""
@@ -198,6 +181,7 @@ class CatalogueWriter:
         folder = catalogue_dir(self.info.name)
         if not (self.root.exists(*folder, name) and self.root.sha256(*folder, name) == sha):
             self.root.write_bytes(data, *folder, name)
+            self._written.append(name)
         self.parts.append(name)
         self.checks[name] = {"sha256": sha, "rows": table.num_rows}
 
@@ -207,10 +191,7 @@ class CatalogueWriter:
         suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
         if not suspects:
             return
-        folder = catalogue_dir(self.info.name)
-        files = [self.root.path(*folder, f) for f in self.parts]
-        fs = None if self.root.is_local else self.root.fs
-        ids = pds.dataset(files, format="parquet", filesystem=fs).to_table(columns=["image_id"])["image_id"]
+        ids = _files_dataset(self.root, self.info.name, self.parts).to_table(columns=["image_id"])["image_id"]
         seen: set[str] = set()
         for image_id in ids.to_pylist():
             if _id_hash(image_id) in suspects:
@@ -237,11 +218,20 @@ class CatalogueWriter:
         }
         folder = catalogue_dir(self.info.name)
         uri = self.root.write_text(json.dumps(manifest, indent=1), *folder, MANIFEST)
+        self._committed = True
         for name in self.root.names(*folder):
             if (_SHARD_RE.match(name) and name not in self.checks) or name == LEGACY_FILE:
                 with contextlib.suppress(FileNotFoundError):
                     self.root.fs.rm(self.root.path(*folder, name))
         return uri
+
+    def abort(self) -> None:
+        """Remove the shard files this writer created, unless it committed them."""
+        if self._committed:
+            return
+        for name in self._written:
+            with contextlib.suppress(FileNotFoundError):
+                self.root.fs.rm(self.root.path(*catalogue_dir(self.info.name), name))
 
 
 def _conform(table: pa.Table) -> pa.Table:
@@ -257,17 +247,19 @@ def write_catalogue(
     info: CatalogueInfo,
     shard_rows: int = SHARD_ROWS,
 ) -> str:
-    """Validate and write ``catalogues/<name>/``: a whole table (sorted here, checked before any file is
-    written), or record batches in ``row_id`` order streamed through :class:`CatalogueWriter`; returns the
-    manifest's URI."""
+    """Validate and write ``catalogues/<name>/``: a whole table (sorted here) or record batches in ``row_id``
+    order, streamed through :class:`CatalogueWriter`; returns the manifest's URI. Refused rows leave the folder
+    as it was."""
     if isinstance(rows, pa.Table):
-        rows = _conform(rows).sort_by("row_id")
-        validate_catalogue(rows)
-        rows = rows.to_batches(max_chunksize=ROW_GROUP_ROWS)
+        rows = _conform(rows).sort_by("row_id").to_batches(max_chunksize=ROW_GROUP_ROWS)
     writer = CatalogueWriter(root, info, shard_rows)
-    for batch in rows:
-        writer.write(batch)
-    return writer.commit()
+    try:
+        for batch in rows:
+            writer.write(batch)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 # How pyarrow reports a damaged Parquet file through OSError (a failed page CRC, an undecodable header).
@@ -282,13 +274,14 @@ def catalogue_exists(root: StorageRoot, name: str) -> bool:
     return root.exists(*catalogue_manifest(name)) or root.exists(*catalogue_dir(name), LEGACY_FILE)
 
 
-def _stored(root: StorageRoot, name: str) -> tuple[list[str], CatalogueInfo | None]:
+def _stored(root: StorageRoot, name: str, check: bool = True) -> tuple[list[str], CatalogueInfo | None]:
     """(the files holding the rows, in row-id order; the metadata, None for a legacy file whose footer has
-    it); every shard file checked against the sha256 its manifest recorded."""
+    it); with ``check``, every shard file checked against the sha256 its manifest recorded."""
     folder = catalogue_dir(name)
     if root.exists(*folder, MANIFEST):
         manifest = json.loads(root.read_text(*folder, MANIFEST))
-        verify_parts(root, folder, manifest, _again(name), listed_in=MANIFEST)
+        if check:
+            verify_parts(root, folder, manifest, _again(name), listed_in=MANIFEST)
         return list(manifest["parts"]), CatalogueInfo(**manifest["info"])
     if root.exists(*folder, LEGACY_FILE):
         return [LEGACY_FILE], None
@@ -329,11 +322,11 @@ def read_catalogue(
 
 def catalogue_facts(root: StorageRoot, name: str) -> dict[str, int | str]:
     """``bytes`` of the stored catalogue (all its files), its ``shard_files`` and the ``sha256`` of the file
-    that pins its content (the manifest, which records every shard's sha256)."""
-    files, _ = _stored(root, name)
+    that pins its content (the manifest, which records every shard's sha256; the files are not read)."""
+    files, info = _stored(root, name, check=False)
     folder = catalogue_dir(name)
-    pin = MANIFEST if root.exists(*folder, MANIFEST) else files[0]
-    stored = [*files, MANIFEST] if pin == MANIFEST else files
+    pin = files[0] if info is None else MANIFEST  # a legacy file pins itself
+    stored = files if info is None else [*files, MANIFEST]
     return {
         "bytes": sum(int(root.fs.size(root.path(*folder, f))) for f in stored),
         "shard_files": len(files),
@@ -344,7 +337,10 @@ def catalogue_facts(root: StorageRoot, name: str) -> dict[str, int | str]:
 def catalogue_dataset(root: StorageRoot, name: str) -> pds.Dataset:
     """A pyarrow dataset over the catalogue's files (checked as :func:`read_catalogue` does), for scans that
     read only the row groups a filter needs."""
-    files, _ = _stored(root, name)
+    return _files_dataset(root, name, _stored(root, name)[0])
+
+
+def _files_dataset(root: StorageRoot, name: str, files: list[str]) -> pds.Dataset:
     fs = None if root.is_local else root.fs
     return pds.dataset([root.path(*catalogue_dir(name), f) for f in files], format="parquet", filesystem=fs)
 

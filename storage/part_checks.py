@@ -1,5 +1,6 @@
 """What a reader checks the parts of a codes or catalogue folder against: the sha256 and rows its manifest
-(``parts.json``, ``catalogue.json``) recorded when each part was committed (``CHECKS``); a part that differs is a ``CorruptCodesError`` naming it."""
+(``parts.json``, ``catalogue.json``) recorded when each part was committed (``CHECKS``); a part that differs is
+a ``CorruptCodesError`` naming it."""
 
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ from typing import NoReturn
 
 def exit_process(code: int) -> NoReturn:
     """Exit with ``code`` after joining threads, running atexit hooks and flushing stdout and stderr."""
-    shutdown: Callable[[], None] | None = getattr(
-        threading, "_shutdown", None
-    )  # what Py_FinalizeEx runs first
+    # threading._shutdown joins the non-daemon threads: what Py_FinalizeEx runs first
+    shutdown: Callable[[], None] | None = getattr(threading, "_shutdown", None)
     if shutdown is not None:
         shutdown()
     atexit._run_exitfuncs()
@@ -34,9 +33,8 @@ def run_and_exit(main: Callable[[], int]) -> NoReturn:
     """``main()``, then :func:`exit_process` with its status (``SystemExit`` keeps its code)."""
     try:
         code = main()
-    except (
-        SystemExit
-    ) as stop:  # argparse's --help and usage errors; a message as code means status 1, as in Python
+    except SystemExit as stop:
+        # argparse's --help and usage errors; a message as code means status 1, as in Python
         code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
         if not isinstance(stop.code, int | None):
             print(stop.code, file=sys.stderr)
