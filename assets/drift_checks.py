@@ -71,13 +71,22 @@ LIMITS: dict[str, Limit] = {
         min_samples=2000,
         about="share of database rows whose code another row also has (1 - unique codes / rows)",
     ),
-    # "instance_recall_drop": no instance-recall metric exists yet; add its measure to MEASURES with a limit here.
+    "copy_recall_drop": Limit(
+        warn=0.02,
+        error=0.05,
+        worse="lower",
+        min_samples=500,
+        about="copy recall@1 (expected rank under ties) of the copies protocol (model_evaluation with "
+        "copy_protocol; samples: the copies)",
+    ),
 }
 
 
 @dataclass(frozen=True)
 class Measure:
-    value: float
+    value: (
+        float | None
+    )  # None: not measured by this materialisation (nothing to judge, no baseline for later)
     model_id: str
     samples: int  # queries or database rows the value is measured on
 
@@ -116,6 +125,13 @@ def _evaluation_map(context, root: StorageRoot) -> Measure:
     return Measure(float(meta["map_at_100"]), meta["model_id"], int(meta["protocol"]["queries"]))
 
 
+def _copy_recall(context, root: StorageRoot) -> Measure:
+    meta = latest_metadata(context.instance, "model_evaluation", context.partition_key)
+    value = meta.get("copy_recall_at_1_expected")
+    copies = int(meta["protocol"].get("copies", {}).get("queries", 0))
+    return Measure(None if value is None else float(value), meta["model_id"], copies)
+
+
 def _code_measure(name: str) -> Callable[..., Measure]:
     def measure(context, root: StorageRoot) -> Measure:
         model_id = latest_metadata(context.instance, "packed_codes", context.partition_key)["model_id"]
@@ -125,10 +141,11 @@ def _code_measure(name: str) -> Callable[..., Measure]:
     return measure
 
 
-#: check name -> (the asset it checks, how its value is measured); add instance recall here once measured
+#: check name -> (the asset it checks, how its value is measured)
 MEASURES: dict[str, tuple[dg.AssetsDefinition, Callable[..., Measure]]] = {
     "map_regression": (hashing_model, _validation_map),
     "eval_map_regression": (model_evaluation, _evaluation_map),
+    "copy_recall_drop": (model_evaluation, _copy_recall),
     "bit_balance_drift": (packed_codes, _code_measure("bit_balance_drift")),
     "collision_rate": (packed_codes, _code_measure("collision_rate")),
 }
@@ -213,6 +230,13 @@ def _comparison_check(name: str) -> dg.AssetChecksDefinition:
     def _check(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
         key = dg.AssetCheckKey(asset.key, name)
         now = measure(context, storage.get())
+        if (
+            now.value is None
+        ):  # recorded without a value, so a later evaluation never takes it as its baseline
+            return dg.AssetCheckResult(
+                passed=True,
+                metadata={"model_id": now.model_id, "verdict": "not measured by this materialisation"},
+            )
         before = baseline(context, key)
         previous = float(before["value"]) if before else None
         passed, severity, change, verdict = judge(
@@ -241,3 +265,4 @@ map_regression = _comparison_check("map_regression")
 eval_map_regression = _comparison_check("eval_map_regression")
 bit_balance_drift = _comparison_check("bit_balance_drift")
 collision_rate = _comparison_check("collision_rate")
+copy_recall_drop = _comparison_check("copy_recall_drop")

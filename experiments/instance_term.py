@@ -8,6 +8,7 @@ weight as it finishes, then a Markdown table.
 
     .venv/bin/python -m experiments.instance_term                   # four quick-profile trainings, full protocol
     .venv/bin/python -m experiments.instance_term --weights 0,1 --temperature 0.2 --device cuda
+    .venv/bin/python -m experiments.instance_term --weights 1 --instance-bits 32 --temperature 0.1 --koleo 1
     .venv/bin/python -m experiments.instance_term --train-limit 400 --query-limit 200 --validation-size 100 \\
         --epochs 1 --copies 100                                       # a smoke test: 20 s on 2 busy cores
 
@@ -54,6 +55,8 @@ def query_ties(q_codes: np.ndarray, db_codes: np.ndarray, chunk: int = 256) -> f
 
 def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.device) -> dict:
     given = parse_config(args.config) | {"instance": weight, "instance_temperature": args.temperature}
+    if args.koleo:
+        given["instance_koleo"] = args.koleo
     if args.instance_bits:
         given["instance_bits"] = args.instance_bits
     if args.instance_loss:
@@ -79,6 +82,7 @@ def run_weight(weight: float, args: argparse.Namespace, protocol, device: torch.
     return {
         "instance": weight,
         "temperature": args.temperature,
+        "koleo": args.koleo,
         "instance_bits": args.instance_bits,
         "instance_loss": args.instance_loss or "nt-xent",
         "map_at_100": m.map_at["100"],
@@ -111,6 +115,7 @@ def main() -> None:
     )
     ap.add_argument("--weights", default="0,0.1,0.3,1.0", help="instance weights, comma-separated")
     ap.add_argument("--temperature", type=float, default=0.3, help="instance_temperature of every run")
+    ap.add_argument("--koleo", type=float, default=0.0, help="instance_koleo of every run (0: off)")
     ap.add_argument("--instance-bits", type=int, default=0, help="instance_bits of every run (0: all bits)")
     ap.add_argument("--profile", default="quick", help="training profile (quick | full)")
     ap.add_argument("--instance-loss", default="", help="instance_loss of every run (default: nt-xent)")

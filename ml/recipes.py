@@ -84,6 +84,7 @@ RUN_FIELDS = (
     "amp",
     "instance",
     "instance_temperature",
+    "instance_koleo",
     "instance_bits",
     "instance_loss",
 )

@@ -249,11 +249,19 @@ def train_hashing_model(
         device
     )
     eraser = random_eraser(cfg.erase, device)
-    instance = InstanceContrast(cfg.instance, cfg.instance_temperature)  # checks the weight and temperature
+    # checks the weights and temperature
+    instance = InstanceContrast(cfg.instance, cfg.instance_temperature, cfg.instance_koleo)
     if cfg.instance:
         dims = cfg.instance_bits or spec.bits
         instance = build_instance(
-            cfg.instance_loss, cfg.instance, cfg.instance_temperature, n, dims, cfg.seed
+            cfg.instance_loss,
+            cfg.instance,
+            cfg.instance_temperature,
+            n,
+            dims,
+            cfg.seed,
+            model,
+            koleo=cfg.instance_koleo,
         )
     instance = instance.to(device)
     # the copy-style views draw from their own generator: batches and light augmentation stay those of instance = 0
@@ -328,15 +336,18 @@ def train_hashing_model(
                 if eraser is not None and augmenting:
                     x = eraser(x)
                 y = labels[idx].to(device, non_blocking=True)
+                inputs = x if views is None else torch.cat([x, views])  # both views in one forward
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    u = model(x if views is None else torch.cat([x, views]))  # both views in one forward
+                    u = model(inputs)
+                    keys = None if views is None else instance.keys(model, inputs)  # a momentum encoder's
                 u, u_view = (u, None) if views is None else u.split(len(idx))
                 loss = loss_fn(u[:, :label_bits].float(), y, idx.to(device))
                 if cfg.classifier:
                     loss = loss + aux(u[:, :label_bits], y)
                 if u_view is not None:
                     first = label_bits if cfg.instance_bits else 0
-                    loss = loss + instance(u[:, first:], u_view[:, first:], idx.to(device))
+                    keys = None if keys is None else keys[:, first:].float()
+                    loss = loss + instance(u[:, first:], u_view[:, first:], idx.to(device), keys)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss {loss.item()} at epoch {epoch} ({cfg.loss} on {spec.model})"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant")
-INSTANCE_LOSSES = ("nt-xent", "bank", "memory")  # built by ml.losses.instance.build_instance
+INSTANCE_LOSSES = ("nt-xent", "bank", "memory", "moco")  # built by ml.losses.instance.build_instance
 LOSS_NAMES = "dsh | hashnet | greedyhash | idhn | csq | dpn | dch | transhash | hybridhash | xhashnet"
 
 
@@ -76,7 +76,14 @@ class TrainConfig:
         metadata={
             "description": "the instance term's negatives: nt-xent = the batch's other images; bank = every "
             "training image, through a memory bank of their codes; memory = the batch's plus the last 8,192 "
-            "training views"
+            "training views; moco = the batch's and the last 8,192 images' codes from a momentum encoder"
+        },
+    )
+    instance_koleo: float = field(
+        default=0.0,
+        metadata={
+            "description": "weight, within the instance term, of the KoLeo spreading term: minus the mean log "
+            "distance from each training view's unit code to its nearest other in the batch (0 = off)"
         },
     )
     instance_bits: int = field(
@@ -133,4 +140,4 @@ class TrainConfig:
         return values
 
 
-ADDED_AFTER_V5 = ("instance_loss",)
+ADDED_AFTER_V5 = ("instance_loss", "instance_koleo")

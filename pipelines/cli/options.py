@@ -142,6 +142,7 @@ OPTIONS = (
     Option("hashing_model", "patience"),
     Option("hashing_model", "instance"),
     Option("hashing_model", "instance_temperature"),
+    Option("hashing_model", "instance_koleo"),
     Option("hashing_model", "instance_bits"),
     Option("hashing_model", "instance_loss", choices="instance_loss"),
     Option("binary_index", "kind", flag="--index-kind", choices="index_kind"),

@@ -38,14 +38,14 @@ def graph(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("copies")
     folder = write_folder(tmp / "pets", per_class=10)
     root, db = str(tmp / "data"), str(tmp / "diagnostics.duckdb")
-    result = run_graph(
-        dg.DagsterInstance.ephemeral(), "pets", tiny_catalogue_config(str(folder)), root, db, ops=OPS
-    )
-    return result, StorageRoot(root), DiagnosticsDB(db)
+    instance = dg.DagsterInstance.ephemeral()
+    config = tiny_catalogue_config(str(folder))
+    result = run_graph(instance, "pets", config, root, db, ops=OPS)
+    return result, StorageRoot(root), DiagnosticsDB(db), (instance, config, root, str(tmp / "again.duckdb"))
 
 
 def test_evaluation_stores_instance_metrics(graph):
-    result, root, db = graph
+    result, root, db, _ = graph
     assert result.success, failure_messages(result)
     model_id = current(root, "pets")["model_id"]
     ids, _, _ = read_codes(root, "pets", model_id)
@@ -70,7 +70,7 @@ def test_evaluation_stores_instance_metrics(graph):
 
 @pytest.mark.parametrize("scorer", ["asymmetric", "stored"])
 def test_search_reranks(graph, scorer, capsys):
-    _, root, _ = graph
+    _, root, _, _ = graph
     table, _ = read_catalogue(root, "pets", columns=["row_id", "in_database"])
     rid = int(table.filter(table["in_database"])["row_id"][2].as_py())
     argv = ["search", "--root", root.uri, "--catalogue", "pets", "-k", "4", "--device", "cpu", "--json"]
@@ -84,7 +84,7 @@ def test_search_reranks(graph, scorer, capsys):
 def test_bench_rerank_on_the_published_catalogue(graph, tmp_path, capsys):
     from bench.rerank import VARIANTS, run_rerank_bench
 
-    _, root, _ = graph
+    _, root, _, _ = graph
     db = str(tmp_path / "bench.duckdb")
     out = tmp_path / "rows.json"
     code = run_rerank_bench(
@@ -111,3 +111,38 @@ def test_bench_rerank_on_the_published_catalogue(graph, tmp_path, capsys):
     assert "| asymmetric@2 |" in capsys.readouterr().out
     _, n = DiagnosticsDB(db).query("SELECT count(DISTINCT scorer) FROM instance_metrics")
     assert n == [(2 * len(VARIANTS),)]
+
+
+def test_copy_recall_check_judges_measured_evaluations_only(graph, monkeypatch):
+    from assets import drift_checks
+
+    result, _, _, (instance, config, root, db) = graph
+
+    def check(run: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+        (evaluation,) = [
+            e for e in run.get_asset_check_evaluations() if e.asset_check_key.name == "copy_recall_drop"
+        ]
+        return evaluation
+
+    first = check(result)
+    assert first.passed and first.metadata["baseline"].value == "none"
+    meta = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[-1] == "model_evaluation"
+    )
+    assert first.metadata["value"].value == meta["copy_recall_at_1_expected"].value
+    assert first.metadata["samples"].value == 12
+    # an evaluation without the copies protocol records no value, so it never becomes a baseline
+    plain = {"model_evaluation": {"config": {"stability_sample": 8}}}
+    unmeasured = run_graph(instance, "pets", config, root, db, selection=["model_evaluation"], ops=plain)
+    assert unmeasured.success, failure_messages(unmeasured)
+    assert check(unmeasured).passed and "value" not in check(unmeasured).metadata
+    # any drop is an error under these limits: judged against the first measured evaluation
+    monkeypatch.setitem(
+        drift_checks.LIMITS, "copy_recall_drop", drift_checks.Limit(-1.0, -1.0, "lower", 1, "any")
+    )
+    again = run_graph(instance, "pets", config, root, db, selection=["model_evaluation"], ops=OPS)
+    judged = check(again)
+    assert (judged.passed, judged.severity) == (False, dg.AssetCheckSeverity.ERROR)
+    assert judged.metadata["baseline"].value == first.metadata["value"].value

@@ -33,6 +33,7 @@ def test_graph_materialises_and_checks_pass(tiny_run):
         "eval_map_regression": True,
         "bit_balance_drift": True,
         "collision_rate": True,
+        "copy_recall_drop": True,  # no copies protocol in this run: not measured
     }
 
 

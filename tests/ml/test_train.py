@@ -63,8 +63,16 @@ def test_unknown_optimizer_is_named():
         {"loss": "csq", "ema": 0.9},
         {"loss": "csq", "instance": 0.5},
         {"loss": "csq", "instance": 0.5, "instance_loss": "bank", "instance_bits": 4},
+        {"loss": "csq", "instance": 0.5, "instance_loss": "moco", "instance_bits": 4},
     ],
-    ids=["hashnet", "csq+classifier+erase", "csq+ema", "csq+instance", "csq+instance-bank"],
+    ids=[
+        "hashnet",
+        "csq+classifier+erase",
+        "csq+ema",
+        "csq+instance",
+        "csq+instance-bank",
+        "csq+instance-moco",
+    ],
 )
 def test_resume_after_crash_matches_uninterrupted_run(extra):
     cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-3, warmup_steps=2, **extra)

@@ -35,6 +35,7 @@ def test_definitions_are_loadable():
         "eval_map_regression",
         "bit_balance_drift",
         "collision_rate",
+        "copy_recall_drop",
     }
     assert defs.resolve_job_def("retrain_model")
     assert {"retrain_on_catalogue_change", "automation_sensor"} <= {s.name for s in defs.sensors}
