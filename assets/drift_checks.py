@@ -84,9 +84,8 @@ LIMITS: dict[str, Limit] = {
 
 @dataclass(frozen=True)
 class Measure:
-    value: (
-        float | None
-    )  # None: not measured by this materialisation (nothing to judge, no baseline for later)
+    # None: not measured by this materialisation (nothing to judge, no baseline for later)
+    value: float | None
     model_id: str
     samples: int  # queries or database rows the value is measured on
 
@@ -230,9 +229,8 @@ def _comparison_check(name: str) -> dg.AssetChecksDefinition:
     def _check(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
         key = dg.AssetCheckKey(asset.key, name)
         now = measure(context, storage.get())
-        if (
-            now.value is None
-        ):  # recorded without a value, so a later evaluation never takes it as its baseline
+        # recorded without a value, so a later evaluation never takes it as its baseline
+        if now.value is None:
             return dg.AssetCheckResult(
                 passed=True,
                 metadata={"model_id": now.model_id, "verdict": "not measured by this materialisation"},

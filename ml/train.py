@@ -346,7 +346,7 @@ def train_hashing_model(
                     loss = loss + aux(u[:, :label_bits], y)
                 if u_view is not None:
                     first = label_bits if cfg.instance_bits else 0
-                    keys = None if keys is None else keys[:, first:].float()
+                    keys = None if keys is None else keys[:, first:]
                     loss = loss + instance(u[:, first:], u_view[:, first:], idx.to(device), keys)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

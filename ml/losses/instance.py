@@ -163,6 +163,8 @@ class InstanceMemory(InstanceContrast):
     negatives of every anchor, so each step sees ``size`` negatives instead of the batch's. An entry of the
     anchor's own image is left out. A buffer, saved with the training state."""
 
+    kind = "memory"  # its name in errors
+
     def __init__(self, weight: float, temperature: float, dims: int, size: int = 8192, koleo: float = 0.0):
         super().__init__(weight, temperature, koleo)
         self.register_buffer("memory", torch.zeros(size, dims))
@@ -171,8 +173,7 @@ class InstanceMemory(InstanceContrast):
     def _check(self, u: Tensor, v: Tensor, idx: Tensor | None) -> None:
         if idx is None or u.shape != v.shape or len(idx) != len(u):
             raise ValueError(
-                f"instance {type(self).__name__.removeprefix('Instance').lower()}: views must be the same "
-                f"(n, B) with n indices, got {tuple(u.shape)}"
+                f"instance {self.kind}: views must be the same (n, B) with n indices, got {tuple(u.shape)}"
             )
 
     def _clash(self, idx: Tensor) -> Tensor:
@@ -202,6 +203,8 @@ class InstanceMoCo(InstanceMemory):
     that moves slowly, so they stay comparable where ``memory``'s drift. Costs a forward of both views per
     step and a copy of the model; key encoder and queue are buffers, saved with the training state."""
 
+    kind = "moco"
+
     def __init__(
         self,
         weight: float,
@@ -223,7 +226,7 @@ class InstanceMoCo(InstanceMemory):
     def keys(self, model: nn.Module, inputs: Tensor) -> Tensor:
         self.key_encoder.update(model)
         self.key_encoder.module.eval()
-        return self.key_encoder.module(inputs).detach()
+        return self.key_encoder.module(inputs)
 
     def contrast(self, u: Tensor, v: Tensor, idx: Tensor | None, keys: Tensor | None) -> Tensor:
         self._check(u, v, idx)
